@@ -1,0 +1,1 @@
+"""Graph configurations shipped with evpipe; `default.yaml` is what `evpipe run` runs."""

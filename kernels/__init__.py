@@ -1,0 +1,1 @@
+"""Pure array kernels: Numba on the CPU, Numba-CUDA on the GPU, same signatures and results."""

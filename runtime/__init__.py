@@ -1,0 +1,1 @@
+"""evpipe runtime: node contract, wire format, graphs, launcher, tracing, inference engines."""

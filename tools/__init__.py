@@ -1,0 +1,1 @@
+"""Command-line tools: dataset synthesis, training, export, evaluation, benchmarks."""
