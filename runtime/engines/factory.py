@@ -1,0 +1,235 @@
+"""``open_engine``: choose a backend for a model, device and precision, and open it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from evpipe.runtime.engines.base import (
+    BACKENDS,
+    POLICIES,
+    PRECISIONS,
+    BackendUnavailableError,
+    Engine,
+    ModelSource,
+    TensorSpec,
+)
+
+# Fastest first, per device. TensorRT and ONNX Runtime read the ONNX form, torch the module form.
+_AUTO_ORDER = {"cuda": ("tensorrt", "torch", "onnxruntime"), "cpu": ("onnxruntime", "torch")}
+
+# Options each backend accepts (beyond model, device, precision, max_in_flight, policy).
+BACKEND_OPTIONS = {
+    "onnxruntime": ("threads", "spin"),
+    "tensorrt": ("cache_dir", "input_shapes", "workspace_mb", "rebuild"),
+    "torch": ("cuda_graph", "warmup"),
+}
+
+
+def open_engine(
+    model: ModelSource | str | os.PathLike[str],
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "fp32",
+    *,
+    max_in_flight: int = 2,
+    policy: str = "lossless",
+    onnxruntime: Mapping[str, Any] | None = None,
+    tensorrt: Mapping[str, Any] | None = None,
+    torch: Mapping[str, Any] | None = None,
+) -> Engine:
+    """Open ``model`` on one backend and device.
+
+    model: a path to an ``.onnx`` file, or a :class:`ModelSource` bundling the ONNX file and/or the
+        torch module (``auto`` can then pick whichever backend is fastest here).
+    backend: ``auto`` | ``onnxruntime`` | ``tensorrt`` | ``torch``. ``auto`` takes, of the backends
+        that are installed and can use a form of the model: on a GPU TensorRT, then torch (CUDA
+        graphs), then the ONNX Runtime CUDA provider; on the CPU ONNX Runtime, then torch.
+    device: ``auto`` (the first CUDA GPU if torch sees one, else ``cpu``) | ``cpu`` | ``cuda`` |
+        ``cuda:N``.
+    precision: ``fp32`` | ``fp16`` (fp16: tensorrt and torch; inputs/outputs keep the model's dtypes).
+    max_in_flight, policy: the asynchronous mode (``submit``/``collect``): how many requests run at
+        once, and ``lossless`` (submit blocks when full) or ``latest`` (stale waiting requests are
+        skipped and counted).
+    onnxruntime, tensorrt, torch: options for that backend, used only if it is the one opened (so
+        one configuration serves ``auto`` on every machine). onnxruntime: ``threads`` (intra-op
+        threads, default all usable cores), ``spin`` (busy-wait, default False). tensorrt:
+        ``cache_dir``, ``input_shapes`` (``{input: shape or (min, opt, max)}`` for dynamic inputs),
+        ``workspace_mb`` (1024), ``rebuild`` (False). torch (GPU only; the CPU path has no
+        options): ``cuda_graph`` (True), ``warmup`` (3).
+
+    Raises BackendUnavailableError (naming what to install) when the backend cannot run here,
+    ValueError for bad arguments.
+    """
+    source = _as_source(model)
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+    per_backend = {
+        "onnxruntime": dict(onnxruntime or {}),
+        "tensorrt": dict(tensorrt or {}),
+        "torch": dict(torch or {}),
+    }
+    for name, given in per_backend.items():
+        unknown = sorted(set(given) - set(BACKEND_OPTIONS[name]))
+        if unknown:
+            raise ValueError(
+                f"{name}= options {unknown} are unknown; backend '{name}' takes {list(BACKEND_OPTIONS[name])}"
+            )
+    device = resolve_device(device)
+    if backend == "auto":
+        backend = _choose(source, device, precision)
+    options = per_backend[backend]
+    common = {"precision": precision, "max_in_flight": max_in_flight, "policy": policy}
+    if backend == "onnxruntime":
+        from evpipe.runtime.engines.ort_backend import OrtEngine
+
+        return OrtEngine(_onnx_path(source, backend), device=device, **common, **options)
+    if backend == "tensorrt":
+        from evpipe.runtime.engines.trt_backend import TrtEngine
+
+        if device == "cpu":
+            raise BackendUnavailableError("backend 'tensorrt' runs on a CUDA GPU only; device is 'cpu'")
+        return TrtEngine(_onnx_path(source, backend), device=device, **common, **options)
+    return _open_torch(source, device, common, options)
+
+
+def resolve_device(device: str) -> str:
+    """Normalise a device string to ``cpu`` or ``cuda:N``."""
+    if device == "auto":
+        return "cuda:0" if _torch_sees_gpu() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda":
+        return "cuda:0"
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def available_backends(device: str = "auto", precision: str = "fp32") -> dict[str, str | None]:
+    """For each backend: None if it can run on ``device`` at ``precision`` here, else the reason."""
+    device = resolve_device(device)
+    return {name: _unavailable_reason(name, device, precision) for name in BACKENDS}
+
+
+def _as_source(model: ModelSource | str | os.PathLike[str]) -> ModelSource:
+    if isinstance(model, ModelSource):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return ModelSource(onnx=model)
+    raise TypeError(
+        f"model must be a path to an .onnx file or a ModelSource, got {type(model).__name__}; "
+        "wrap a torch module as ModelSource(torch=module, inputs=[TensorSpec(...)])"
+    )
+
+
+def _onnx_path(source: ModelSource, backend: str) -> Path:
+    if source.onnx is None:
+        raise ValueError(f"backend '{backend}' needs an ONNX file: give ModelSource(onnx=path, ...)")
+    return Path(source.onnx)
+
+
+def _torch_sees_gpu() -> bool:
+    from evpipe.runtime.engines.torch_backend import torch_cuda_available
+
+    return torch_cuda_available()
+
+
+def _unavailable_reason(backend: str, device: str, precision: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` at ``precision`` here (None: it can)."""
+    try:
+        if backend == "onnxruntime":
+            from evpipe.runtime.engines.ort_backend import cuda_provider_available, import_onnxruntime
+
+            import_onnxruntime()
+            if precision != "fp32":
+                return "onnxruntime runs ONNX graphs at their exported precision (fp32 here)"
+            if device != "cpu" and not cuda_provider_available():
+                return "onnxruntime lacks the CUDA execution provider (pip install onnxruntime-gpu)"
+        elif backend == "tensorrt":
+            if device == "cpu":
+                return "tensorrt runs on a CUDA GPU only"
+            from evpipe.runtime.engines.cuda_rt import import_cudart
+            from evpipe.runtime.engines.trt_backend import import_tensorrt
+
+            import_tensorrt()
+            import_cudart()
+        else:
+            from evpipe.runtime.engines.torch_backend import import_torch, torch_cuda_available
+
+            import_torch()
+            if device != "cpu" and not torch_cuda_available():
+                return "this torch build sees no CUDA GPU (install a CUDA build of torch)"
+    except BackendUnavailableError as error:
+        return str(error)
+    return None
+
+
+def _choose(source: ModelSource, device: str, precision: str) -> str:
+    reasons = []
+    for backend in _AUTO_ORDER["cpu" if device == "cpu" else "cuda"]:
+        form_missing = source.torch is None if backend == "torch" else source.onnx is None
+        if form_missing:
+            reasons.append(f"{backend}: model has no {'torch module' if backend == 'torch' else 'ONNX file'}")
+            continue
+        reason = _unavailable_reason(backend, device, precision)
+        if reason is None:
+            return backend
+        reasons.append(f"{backend}: {reason}")
+    raise BackendUnavailableError(
+        f"no backend can run this model on {device} at {precision}: " + "; ".join(reasons)
+    )
+
+
+def _open_torch(source: ModelSource, device: str, common: dict[str, Any], options: dict[str, Any]) -> Engine:
+    from evpipe.runtime.engines.torch_backend import TorchCpuEngine, TorchCudaEngine
+
+    if source.torch is None:
+        raise ValueError(
+            "backend 'torch' needs a torch module: give ModelSource(torch=module_or_loader, ...)"
+        )
+    inputs, output_names = _torch_io(source)
+    if device == "cpu":
+        return TorchCpuEngine(source.torch, inputs=inputs, output_names=output_names, **common)
+    return TorchCudaEngine(
+        source.torch, inputs=inputs, output_names=output_names, device=device, **common, **options
+    )
+
+
+def _torch_io(source: ModelSource) -> tuple[tuple[TensorSpec, ...], tuple[str, ...] | None]:
+    """Input specs and output names for the torch form: given explicitly, else from the ONNX graph."""
+    if source.inputs is not None:
+        return tuple(source.inputs), source.output_names
+    if source.onnx is None:
+        raise ValueError(
+            "backend 'torch' needs the module's inputs: give ModelSource(inputs=[TensorSpec(...)])"
+        )
+    import onnx
+
+    graph = onnx.load(str(source.onnx), load_external_data=False).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    inputs = []
+    for value in graph.input:
+        if value.name in initializers:  # older exporters list weights among the inputs
+            continue
+        tensor_type = value.type.tensor_type
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor_type.shape.dim
+        )
+        inputs.append(
+            TensorSpec(
+                value.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+            )
+        )
+    names = source.output_names or tuple(value.name for value in graph.output)
+    return tuple(inputs), names
