@@ -1,0 +1,127 @@
+"""Input validation and CPU/CUDA dispatch shared by every kernel.
+
+Kernels take the wire dtypes (``t`` int64 µs, ``x``/``y`` uint16, ``p`` int8 ±1). Whole-array
+checks that need a pass over the events (coordinates inside the sensor, polarity ±1, time order)
+happen inside the kernels themselves, which read those values anyway; the kernels report the first
+offending event index and :func:`raise_bad_event` turns it into a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+EVENT_FIELD_DTYPES: dict[str, np.dtype] = {
+    "t": np.dtype(np.int64),
+    "x": np.dtype(np.uint16),
+    "y": np.dtype(np.uint16),
+    "p": np.dtype(np.int8),
+}
+
+# Largest sensor side a uint16 coordinate can address.
+MAX_SIDE = 65536
+
+
+def is_device_array(arr: Any) -> bool:
+    """True for CUDA device arrays (numba device arrays, CuPy, torch CUDA tensors, the CUDA simulator).
+
+    ``numba.cuda`` is never imported here: an object can only be a numba device array if the
+    caller already imported it, so CPU users never pay for the CUDA import.
+    """
+    if hasattr(arr, "__cuda_array_interface__"):
+        return True
+    cuda = sys.modules.get("numba.cuda")
+    return cuda is not None and cuda.devicearray.is_cuda_ndarray(arr)
+
+
+def use_cuda(device: str | None, *arrays: Any) -> bool:
+    """Pick the implementation: explicit ``device`` ("cpu"/"cuda") or where the inputs live."""
+    if device is None:
+        return any(is_device_array(a) for a in arrays)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected None, 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu":
+        on_device = [i for i, a in enumerate(arrays) if is_device_array(a)]
+        if on_device:
+            raise ValueError(
+                f"device='cpu' but argument(s) {on_device} are CUDA device arrays; copy them to the host"
+            )
+    return device == "cuda"
+
+
+def check_sensor(height: int, width: int) -> tuple[int, int]:
+    """Validate the sensor size and return it as Python ints."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value <= MAX_SIDE:
+            raise ValueError(f"{name}: expected an integer in [1, {MAX_SIDE}], got {value!r}")
+    return int(height), int(width)
+
+
+def check_event_arrays(**arrays: Any) -> int:
+    """Check 1-D arrays of the wire dtypes and equal length; returns the event count.
+
+    Works for host and device arrays alike (only ``shape``/``dtype`` are read).
+    """
+    n = None
+    for name, arr in arrays.items():
+        expected = EVENT_FIELD_DTYPES[name]
+        shape = getattr(arr, "shape", None)
+        dtype = getattr(arr, "dtype", None)
+        if shape is None or dtype is None:
+            raise ValueError(f"{name}: expected a 1-D {expected} array, got {type(arr).__name__}")
+        if len(shape) != 1 or np.dtype(dtype) != expected:
+            raise ValueError(
+                f"{name}: expected a 1-D {expected} array, got {np.dtype(dtype)} shape {tuple(shape)}"
+            )
+        if n is None:
+            n = shape[0]
+        elif shape[0] != n:
+            lengths = {k: v.shape[0] for k, v in arrays.items()}
+            raise ValueError(f"event arrays have different lengths: {lengths}")
+    return int(n or 0)
+
+
+def check_windows(windows: Any, n_events: int) -> np.ndarray:
+    """Validate ``windows``: int64 (n, 2) of ``[start, stop)`` event-index ranges within ``n_events``.
+
+    Device windows are copied to the host (they are tiny) so they can be checked.
+    """
+    if is_device_array(windows):
+        windows = windows.copy_to_host() if hasattr(windows, "copy_to_host") else np.asarray(windows)
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] != 2 or windows.dtype != np.int64:
+        raise ValueError(
+            f"windows: expected an int64 array of shape (n, 2), got {windows.dtype} shape {windows.shape}"
+        )
+    if len(windows):
+        start, stop = windows[:, 0], windows[:, 1]
+        bad = np.flatnonzero((start < 0) | (stop < start) | (stop > n_events))
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(
+                f"windows[{i}] = {windows[i].tolist()}: need 0 <= start <= stop <= {n_events} (events)"
+            )
+    return np.ascontiguousarray(windows)
+
+
+def raise_bad_event(
+    index: int,
+    t: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    height: int,
+    width: int,
+    context: str = "",
+) -> None:
+    """Raise a ValueError describing event ``index`` (host arrays), found invalid by a kernel."""
+    xi, yi, pi, ti = int(x[index]), int(y[index]), int(p[index]), int(t[index])
+    if xi >= width or yi >= height:
+        problem = f"(x={xi}, y={yi}) is outside the {width}x{height} sensor"
+    elif pi not in (-1, 1):
+        problem = f"p={pi}, polarity must be -1 or +1"
+    else:
+        problem = f"t={ti} is outside its window's time range{context}; events must be sorted by t"
+    raise ValueError(f"event {index}: {problem}")
