@@ -8,9 +8,12 @@ ONNX Runtime (CPU) and torch (CPU):
   each request from submit to result (p50/p99) and calls per second;
 - ratios async/sync for throughput and p50 latency.
 
+Sync and async alternate in rounds over the same inputs so that load from other jobs on a shared
+machine falls on both; calls/s is the median over rounds.
+
 Writes ``benchmarks/engines.json`` and ``benchmarks/engines.md``. Runs in well under a minute.
 
-    python -m evpipe.tools.bench_engines --calls 200 --in-flight 2
+    python -m evpipe.tools.bench_engines --calls 300 --rounds 5 --in-flight 2
 """
 
 from __future__ import annotations
@@ -106,35 +109,41 @@ def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
-def measure(engine: Engine, feeds_list: Sequence[dict[str, np.ndarray]], progress: Any) -> dict[str, Any]:
-    """Sync then async over the same feeds; returns latencies, throughputs and their ratios."""
+def measure(
+    engine: Engine, feeds_list: Sequence[dict[str, np.ndarray]], rounds: int, progress: Any
+) -> dict[str, Any]:
+    """Sync and async over the same feeds, alternating in ``rounds`` so that a load spike from
+    other jobs on the machine hits both modes alike. Latencies are pooled over rounds; calls/s is
+    the median over rounds."""
     for feeds in feeds_list[:10]:  # warm-up: allocator, thread pools, first-call kernels
         engine.run(feeds)
-    sync_latencies = []
-    start = time.perf_counter()
-    for feeds in feeds_list:
-        began = time.perf_counter()
-        engine.run(feeds)
-        sync_latencies.append(time.perf_counter() - began)
-        progress.update(1)
-    sync_wall = time.perf_counter() - start
-
     engine.submit(feeds_list[0])  # warm-up: starts the worker threads
     engine.collect(block=True)
-    start = time.perf_counter()
-    for feeds in feeds_list:
-        engine.submit(feeds)
-        progress.update(1)
-    results = engine.collect(block=True)
-    async_wall = time.perf_counter() - start
-    if len(results) != len(feeds_list):
-        raise RuntimeError(f"async run returned {len(results)} results for {len(feeds_list)} requests")
+    sync_latencies: list[float] = []
+    async_latencies: list[float] = []
+    sync_rates, async_rates = [], []
+    for chunk in np.array_split(np.arange(len(feeds_list)), rounds):
+        batch = [feeds_list[i] for i in chunk]
+        start = time.perf_counter()
+        for feeds in batch:
+            began = time.perf_counter()
+            engine.run(feeds)
+            sync_latencies.append(time.perf_counter() - began)
+        sync_rates.append(len(batch) / (time.perf_counter() - start))
+        progress.update(len(batch))
 
-    sync = {"calls_per_s": len(feeds_list) / sync_wall, **_percentiles(sync_latencies)}
-    asynchronous = {
-        "calls_per_s": len(feeds_list) / async_wall,
-        **_percentiles([r.latency_s for r in results]),
-    }
+        start = time.perf_counter()
+        for feeds in batch:
+            engine.submit(feeds)
+        results = engine.collect(block=True)
+        async_rates.append(len(batch) / (time.perf_counter() - start))
+        if len(results) != len(batch):
+            raise RuntimeError(f"async round returned {len(results)} results for {len(batch)} requests")
+        async_latencies += [r.latency_s for r in results]
+        progress.update(len(batch))
+
+    sync = {"calls_per_s": float(np.median(sync_rates)), **_percentiles(sync_latencies)}
+    asynchronous = {"calls_per_s": float(np.median(async_rates)), **_percentiles(async_latencies)}
     return {
         "sync": sync,
         "async": asynchronous,
@@ -147,7 +156,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Inference engines: sync vs async on the CPU",
         "",
-        f"Input {report['input_shape']} float32, small 3-layer conv net, {report['calls']} calls per mode, "
+        f"Input {report['input_shape']} float32, small 3-layer conv net, {report['calls']} calls per mode "
+        f"in {report['rounds']} alternating rounds (calls/s: median over rounds), "
         f"async with {report['max_in_flight']} in flight (lossless). "
         f"Machine: {report['machine']['cpus']} usable CPU cores (shared with other jobs). "
         "Latency: sync = one `run` call; async = submit to result ready.",
@@ -170,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--calls", type=int, default=200, help="calls per mode and backend (default 200)")
+    parser.add_argument("--calls", type=int, default=300, help="calls per mode and backend (default 300)")
+    parser.add_argument("--rounds", type=int, default=5, help="sync/async alternations (default 5)")
     parser.add_argument(
         "--in-flight", type=int, default=2, help="requests in flight in async mode (default 2)"
     )
@@ -181,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calls < 20:
         parser.error(f"--calls must be >= 20 (p99 needs samples), got {args.calls}")
+    if not 1 <= args.rounds <= args.calls:
+        parser.error(f"--rounds must be in 1..{args.calls}, got {args.rounds}")
     if args.in_flight < 1:
         parser.error(f"--in-flight must be >= 1, got {args.in_flight}")
 
@@ -195,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "input_shape": list(INPUT_SHAPE),
         "calls": args.calls,
+        "rounds": args.rounds,
         "max_in_flight": args.in_flight,
         "machine": {
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -215,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tqdm(total=len(backends) * 2 * args.calls, desc="bench engines", unit="call") as progress:
             for label, settings in backends.items():
                 with open_engine(source, device="cpu", max_in_flight=args.in_flight, **settings) as engine:
-                    report["backends"][label] = measure(engine, feeds_list, progress)
+                    report["backends"][label] = measure(engine, feeds_list, args.rounds, progress)
                     if label == "onnxruntime-cpu":
                         report["machine"]["onnxruntime_threads"] = engine.threads
     args.out.parent.mkdir(parents=True, exist_ok=True)

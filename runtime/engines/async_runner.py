@@ -36,7 +36,8 @@ class Completed:
 
     ticket: the number ``submit`` returned (gaps mean skipped requests).
     outputs: one array per output name, owned by the caller.
-    latency_s: seconds from ``submit`` to the outputs being ready on the host.
+    latency_s: seconds from the ``submit`` call (including any time it blocked for a free slot) to
+        the result being collectable, i.e. done and every earlier request done too.
     """
 
     ticket: int
@@ -109,8 +110,10 @@ class AsyncRunner:
             ticket = self._next_ticket
             self._next_ticket += 1
             if self._policy == "lossless":
-                while not self._free_slots:
+                while not self._free_slots and not self._closing:
                     self._cond.wait()
+                if self._closing:
+                    raise RuntimeError("engine closed while submit waited for a free slot")
                 self._start_locked(_Waiting(ticket, checked, submitted_at), self._free_slots.popleft())
             elif self._free_slots:
                 self._start_locked(_Waiting(ticket, checked, submitted_at), self._free_slots.popleft())

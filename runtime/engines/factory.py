@@ -45,11 +45,12 @@ def open_engine(
 
     model: a path to an ``.onnx`` file, or a :class:`ModelSource` bundling the ONNX file and/or the
         torch module (``auto`` can then pick whichever backend is fastest here).
-    backend: ``auto`` | ``onnxruntime`` | ``tensorrt`` | ``torch``. ``auto`` takes, of the backends
-        that are installed and can use a form of the model: on a GPU TensorRT, then torch (CUDA
-        graphs), then the ONNX Runtime CUDA provider; on the CPU ONNX Runtime, then torch.
-    device: ``auto`` (the first CUDA GPU if torch sees one, else ``cpu``) | ``cpu`` | ``cuda`` |
-        ``cuda:N``.
+    backend: ``auto`` | ``onnxruntime`` | ``tensorrt`` | ``torch``. ``auto`` takes the first that is
+        installed, can use a form of the model and supports ``precision``, in the order: on a GPU
+        TensorRT, torch (CUDA graphs), the ONNX Runtime CUDA provider; on the CPU ONNX Runtime,
+        torch.
+    device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``. ``auto`` tries the first CUDA GPU (if torch
+        sees one) and then the CPU, so a model no GPU backend can run still opens on the CPU.
     precision: ``fp32`` | ``fp16`` (fp16: tensorrt and torch; inputs/outputs keep the model's dtypes).
     max_in_flight, policy: the asynchronous mode (``submit``/``collect``): how many requests run at
         once, and ``lossless`` (submit blocks when full) or ``latest`` (stale waiting requests are
@@ -84,9 +85,7 @@ def open_engine(
             raise ValueError(
                 f"{name}= options {unknown} are unknown; backend '{name}' takes {list(BACKEND_OPTIONS[name])}"
             )
-    device = resolve_device(device)
-    if backend == "auto":
-        backend = _choose(source, device, precision)
+    backend, device = _choose(source, backend, device, precision)
     options = per_backend[backend]
     common = {"precision": precision, "max_in_flight": max_in_flight, "policy": policy}
     if backend == "onnxruntime":
@@ -174,19 +173,36 @@ def _unavailable_reason(backend: str, device: str, precision: str) -> str | None
     return None
 
 
-def _choose(source: ModelSource, device: str, precision: str) -> str:
+def _choose(source: ModelSource, backend: str, device: str, precision: str) -> tuple[str, str]:
+    """(backend, device) to open: the first candidate, fastest first, that can run here."""
+    if device == "auto":
+        devices = (["cuda:0"] if _torch_sees_gpu() else []) + ["cpu"]
+    else:
+        devices = [resolve_device(device)]
+    candidates = [
+        (name, where)
+        for where in devices
+        for name in _AUTO_ORDER["cpu" if where == "cpu" else "cuda"]
+        if backend in ("auto", name)
+    ]
     reasons = []
-    for backend in _AUTO_ORDER["cpu" if device == "cpu" else "cuda"]:
-        form_missing = source.torch is None if backend == "torch" else source.onnx is None
+    for name, where in candidates:
+        form_missing = source.torch is None if name == "torch" else source.onnx is None
         if form_missing:
-            reasons.append(f"{backend}: model has no {'torch module' if backend == 'torch' else 'ONNX file'}")
+            reasons.append(
+                f"{name} on {where}: model has no {'torch module' if name == 'torch' else 'ONNX file'}"
+            )
             continue
-        reason = _unavailable_reason(backend, device, precision)
+        reason = _unavailable_reason(name, where, precision)
         if reason is None:
-            return backend
-        reasons.append(f"{backend}: {reason}")
+            return name, where
+        reasons.append(f"{name} on {where}: {reason}")
+    if backend != "auto":
+        # Open it anyway on the requested (or most likely) device: the backend's own error is the
+        # most specific (what is missing and how to install it).
+        return backend, devices[0]
     raise BackendUnavailableError(
-        f"no backend can run this model on {device} at {precision}: " + "; ".join(reasons)
+        f"no backend can run this model on {' or '.join(devices)} at {precision}: " + "; ".join(reasons)
     )
 
 
