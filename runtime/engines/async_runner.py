@@ -100,9 +100,7 @@ class AsyncRunner:
             return len(self._running) + len(self._waiting)
 
     def submit(self, feeds: Mapping[str, np.ndarray]) -> int:
-        # Copy now: the caller may overwrite its arrays as soon as submit returns, while a
-        # worker thread or a waiting slot may read them later.
-        checked = {name: array.copy() for name, array in self._engine.check_feeds(feeds).items()}
+        checked = self._engine.check_feeds(feeds)
         submitted_at = time.perf_counter()
         with self._cond:
             if self._closing:
@@ -114,14 +112,17 @@ class AsyncRunner:
                     self._cond.wait()
                 if self._closing:
                     raise RuntimeError("engine closed while submit waited for a free slot")
-                self._start_locked(_Waiting(ticket, checked, submitted_at), self._free_slots.popleft())
-            elif self._free_slots:
+            if self._free_slots:
+                # The caller may overwrite its arrays once submit returns: copy them unless the
+                # engine stages them (into pinned memory) before _start returns.
+                if not self._engine.stages_feeds_on_start:
+                    checked = _copied(checked)
                 self._start_locked(_Waiting(ticket, checked, submitted_at), self._free_slots.popleft())
             else:
                 while self._waiting:
                     self._waiting.popleft()
                     self._skipped += 1
-                self._waiting.append(_Waiting(ticket, checked, submitted_at))
+                self._waiting.append(_Waiting(ticket, _copied(checked), submitted_at))
             self._cond.notify_all()
         return ticket
 
@@ -193,3 +194,7 @@ class AsyncRunner:
                 else:
                     self._free_slots.append(slot)
                 self._cond.notify_all()
+
+
+def _copied(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: array.copy() for name, array in feeds.items()}

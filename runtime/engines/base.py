@@ -137,6 +137,9 @@ class Engine(ABC):
     """
 
     backend: str = ""
+    # True when _start copies the feeds (into pinned buffers) before returning, so the
+    # asynchronous mode need not copy them first; CPU backends read them later, on a worker thread.
+    stages_feeds_on_start: bool = False
 
     def __init__(
         self,

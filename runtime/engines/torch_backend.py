@@ -159,6 +159,7 @@ class TorchCudaEngine(Engine):
     """A torch module on one CUDA GPU, replayed as a CUDA graph (UNVERIFIED here: no GPU)."""
 
     backend = "torch"
+    stages_feeds_on_start = True
 
     def __init__(
         self,

@@ -201,6 +201,7 @@ class TrtEngine(Engine):
     """An ONNX model compiled by TensorRT 10 for one CUDA GPU (UNVERIFIED here, see module docstring)."""
 
     backend = "tensorrt"
+    stages_feeds_on_start = True
 
     def __init__(
         self,
