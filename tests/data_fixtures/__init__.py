@@ -1,0 +1,1 @@
+"""Helpers that write small synthetic test data (recordings in every supported format)."""
