@@ -1,0 +1,12 @@
+"""Node families: sources, transforms, predict, deblur, restore, upsample, sinks.
+
+``BUILTIN_NODES`` maps the type names used in graph YAML to ``module:Class``; classes are imported
+only when a graph uses them, so listing or validating a graph never loads torch needlessly.
+A graph can also name any Node subclass by dotted path (``mypackage.nodes:MyNode``).
+"""
+
+BUILTIN_NODES: dict[str, str] = {
+    "event_generator": "evpipe.nodes.sources.generator:EventGenerator",
+    "event_filter": "evpipe.nodes.transforms.filter:EventFilter",
+    "metrics": "evpipe.nodes.sinks.metrics:Metrics",
+}

@@ -1,0 +1,165 @@
+"""The ``evpipe`` command line.
+
+Exit codes: 0 the graph completed (also after Ctrl-C with a clean drain), 1 it failed (a node
+crashed more often than allowed), 2 bad usage or an invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from evpipe.runtime.graph import ConfigError, Graph, load_graph
+from rich.console import Console
+
+DEFAULT_GRAPH = "default.yaml"
+
+
+def _stdout_console() -> Console:
+    """Tables keep their width when piped to a file (rich would wrap them at 80 columns)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=180)
+
+
+def default_graph_path() -> Path:
+    return Path(str(resources.files("evpipe.configs").joinpath(DEFAULT_GRAPH)))
+
+
+def _load(config: str | None, overrides: list[str], console: Console) -> Graph | None:
+    path = Path(config) if config else default_graph_path()
+    if config and not path.exists():
+        shipped = Path(str(resources.files("evpipe.configs").joinpath(config)))
+        path = shipped if shipped.exists() else path
+    try:
+        return load_graph(path, overrides)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return None
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.runtime.report import render_tables, write_report
+    from evpipe.runtime.supervisor import Supervisor
+
+    graph = _load(args.config, args.set, console)
+    if graph is None:
+        return 2
+    console.print(f"running graph [bold]{graph.name}[/] ({graph.path}): {len(graph.nodes)} nodes, "
+                  f"{len(graph.edges)} edges, transport {graph.settings.transport}")
+    result = Supervisor(graph, console=console, log_level=args.log_level).run()
+    out = _stdout_console()
+    for table in render_tables(result.report):
+        out.print(table)
+    state = "completed" if result.exit_code == 0 else "FAILED"
+    out.print(f"graph {state} in {result.report['duration_s']:.2f} s"
+              + (" (interrupted, drained)" if result.report["interrupted"] else ""))
+    if args.report:
+        json_path, png_path = write_report(result.report, args.report)
+        out.print(f"report: {json_path}  plot: {png_path}")
+    return result.exit_code
+
+
+def cmd_graph(args: argparse.Namespace, console: Console) -> int:
+    graph = _load(args.config, args.set, console)
+    if graph is None:
+        return 2
+    lines = ["flowchart LR"]
+    for name, node in graph.nodes.items():
+        lines.append(f'    {name}["{name}<br/><i>{node.type}</i>"]')
+    for e in graph.edges:
+        arrow = "-.->" if e.policy == "latest" else "-->"
+        lines.append(f"    {e.src} {arrow}|{e.src_port} → {e.dst_port} ({e.kind}, {e.policy})| {e.dst}")
+    mermaid = "\n".join(lines)
+    if args.png:
+        from evpipe.runtime.drawing import draw_graph_png
+
+        draw_graph_png(graph, args.png)
+        console.print(f"wrote {args.png}")
+    if args.mermaid or not args.png:
+        print(mermaid)
+    console.print(f"[green]valid:[/] {graph.path} ({len(graph.nodes)} nodes, {len(graph.edges)} edges)")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.nodes import BUILTIN_NODES
+    from evpipe.runtime.graph import resolve_node_type
+    from rich.table import Table
+
+    names = [args.type] if args.type else sorted(BUILTIN_NODES)
+    for name in names:
+        try:
+            cls = resolve_node_type(name)
+        except LookupError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            return 2
+        spec = cls.spec()
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        table = Table(title=f"{name}  —  {doc}", title_justify="left", show_lines=False)
+        for col in ("", "name", "kind / type", "default", "description"):
+            table.add_column(col)
+        for port in spec.inputs.values():
+            table.add_row("in", port.name, port.kind, "", port.doc)
+        for port in spec.outputs.values():
+            table.add_row("out", port.name, port.kind, "", port.doc)
+        for p in spec.params.values():
+            extra = f" (one of {', '.join(map(str, p.choices))})" if p.choices else ""
+            table.add_row("param", p.name, p.type.__name__, repr(p.default), p.doc + extra)
+        _stdout_console().print(table)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.nodes.sources.readers import RecordingError, describe, format_description
+
+    kwargs = {"sensor_size": tuple(args.sensor_size)} if args.sensor_size else {}
+    try:
+        info = describe(args.file, **kwargs)
+    except (RecordingError, OSError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    _stdout_console().print(format_description(info))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evpipe", description="Streaming real-time pipeline for event cameras.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="validate and run a graph (default: the built-in default graph)")
+    p.add_argument("config", nargs="?", help="graph YAML (a path, or the name of a shipped config)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter")
+    p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON and a PNG plot")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("graph", help="validate a graph and print it as Mermaid (or draw a PNG)")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
+    p.add_argument("--png", metavar="FILE.png", help="draw the graph to a PNG")
+    p.add_argument("--mermaid", action="store_true", help="print Mermaid even when --png is given")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("nodes", help="list node types with their ports and parameters")
+    p.add_argument("type", nargs="?", help="show one node type")
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("info", help="describe a recording: format, sensor, duration, rates, anomalies")
+    p.add_argument("file")
+    p.add_argument("--sensor-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                   help="for formats whose header has no geometry")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args, Console(stderr=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Latency statistics from message traces, and the run report (table, JSON, PNG).
+
+End-to-end latency is *newest input event available* (the source's ``emit_ns``) → *delivered to
+the sink* (receive time). Each hop splits into queueing (previous stamp → this node took the
+message: transport plus waiting) and compute (taken → emitted). Unlike data-flow tracking that
+needs queue size 1 and no drops, this works under every delivery policy: a message's trace is
+self-contained, and drops are counted separately from latency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from evpipe.runtime.wire import Trace
+
+PERCENTILES = (50, 90, 99)
+
+
+def describe_ms(samples_ns: list[int] | np.ndarray) -> dict[str, float]:
+    """count, mean, p50/p90/p99 and max of nanosecond samples, in milliseconds."""
+    a = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if a.size == 0:
+        return {"count": 0}
+    out = {"count": int(a.size), "mean": float(a.mean()), "max": float(a.max())}
+    for q, v in zip(PERCENTILES, np.percentile(a, PERCENTILES), strict=True):
+        out[f"p{q}"] = float(v)
+    return out
+
+
+class LatencyRecorder:
+    """Accumulates traces arriving at a sink; the first ``warmup`` messages of each path are skipped."""
+
+    def __init__(self, warmup: int = 5) -> None:
+        self.warmup = warmup
+        self.e2e: dict[str, list[int]] = defaultdict(list)
+        self.arrival_ns: dict[str, list[int]] = defaultdict(list)
+        self.queue: dict[str, list[int]] = defaultdict(list)
+        self.compute: dict[str, list[int]] = defaultdict(list)
+        self.sensor_lag: dict[str, list[int]] = defaultdict(list)
+        self.skipped: dict[str, int] = defaultdict(int)
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+
+    def add(self, trace: Trace, recv_ns: int, sink: str) -> None:
+        path = " -> ".join([*(h[0] for h in trace.hops), sink])
+        if self.skipped[path] < self.warmup:
+            self.skipped[path] += 1
+            return
+        self.first_ns = recv_ns if self.first_ns is None else self.first_ns
+        self.last_ns = recv_ns
+        self.e2e[path].append(recv_ns - trace.emit_ns)
+        self.arrival_ns[path].append(recv_ns)
+        prev = trace.emit_ns
+        for node, in_ns, out_ns in trace.hops[1:]:  # hops[0] is the source: it emits at emit_ns
+            self.queue[node].append(in_ns - prev)
+            self.compute[node].append(out_ns - in_ns)
+            prev = out_ns
+        self.queue[sink].append(recv_ns - prev)
+
+    def summary(self, max_samples: int = 20_000) -> dict[str, Any]:
+        paths = {}
+        for path, samples in self.e2e.items():
+            arrivals = np.asarray(self.arrival_ns[path], dtype=np.int64)
+            keep = np.linspace(0, len(samples) - 1, min(len(samples), max_samples)).astype(int)
+            paths[path] = {
+                **describe_ms(samples),
+                "warmup_skipped": self.skipped[path],
+                "series_t_s": ((arrivals[keep] - arrivals[0]) / 1e9).round(6).tolist(),
+                "series_ms": (np.asarray(samples, dtype=np.float64)[keep] / 1e6).round(4).tolist(),
+            }
+        nodes = {n: {"queue": describe_ms(self.queue[n]), "compute": describe_ms(self.compute.get(n, []))}
+                 for n in self.queue}
+        span_s = (self.last_ns - self.first_ns) / 1e9 if self.first_ns is not None else 0.0
+        total = sum(len(s) for s in self.e2e.values())
+        return {"paths": paths, "nodes": nodes, "messages": total,
+                "throughput_msgs_s": total / span_s if span_s > 0 else 0.0}
+
+
+def edge_accounting(edges: list[dict[str, Any]], counters: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per edge: sent, delivered, dropped (policy), rejected and lost = sent - processed - dropped - rejected.
+
+    ``counters`` maps node -> summed counters over all its incarnations.
+    """
+    rows = []
+    for e in edges:
+        eid = e["id"]
+        out = counters.get(e["src"], {}).get("outputs", {}).get(eid, {})
+        inn = counters.get(e["dst"], {}).get("inputs", {}).get(eid, {})
+        sent = out.get("sent", 0)
+        dropped = out.get("dropped_send", 0) + inn.get("dropped_latest", 0)
+        processed, rejected = inn.get("processed", 0), inn.get("rejected", 0)
+        rows.append({"edge": eid, "policy": e["policy"], "sent": sent, "processed": processed,
+                     "dropped": dropped, "rejected": rejected, "gaps": inn.get("gaps", 0),
+                     "bytes": out.get("bytes", 0), "lost": max(0, sent - processed - dropped - rejected)})
+    return rows
+
+
+def render_tables(report: dict[str, Any]) -> list[Any]:
+    """rich Tables for the end-of-run report."""
+    from rich.table import Table
+
+    tables = []
+    latency = report.get("latency") or {}
+    t = Table(title="End-to-end latency (ms): newest event available -> delivered")
+    for col in ("path", "count", "p50", "p90", "p99", "max"):
+        t.add_column(col, justify="left" if col == "path" else "right")
+    for path, s in latency.get("paths", {}).items():
+        t.add_row(path, str(s.get("count", 0)), *(f"{s[k]:.2f}" if k in s else "-"
+                                                    for k in ("p50", "p90", "p99", "max")))
+    tables.append(t)
+    t = Table(title="Per node (ms): queueing vs compute")
+    for col in ("node", "queue p50", "queue p99", "compute p50", "compute p99", "restarts", "processed"):
+        t.add_column(col, justify="left" if col == "node" else "right")
+    nodes = latency.get("nodes", {})
+    for name, info in report["nodes"].items():
+        q, c = nodes.get(name, {}).get("queue", {}), nodes.get(name, {}).get("compute", {})
+        t.add_row(name, *(f"{d[k]:.2f}" if k in d else "-" for d, k in
+                          ((q, "p50"), (q, "p99"), (c, "p50"), (c, "p99"))),
+                  str(info["restarts"]), str(info["processed"]))
+    tables.append(t)
+    t = Table(title="Edges")
+    for col in ("edge", "policy", "sent", "processed", "dropped", "rejected", "lost"):
+        t.add_column(col, justify="left" if col in ("edge", "policy") else "right")
+    for e in report["edges"]:
+        t.add_row(e["edge"], e["policy"], *(str(e[k]) for k in ("sent", "processed", "dropped", "rejected", "lost")))
+    tables.append(t)
+    return tables
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
+    """Write the report as JSON and a PNG (latency histogram, latency over time, per-node breakdown)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    png = path.with_suffix(".png")
+    latency = report.get("latency") or {"paths": {}, "nodes": {}}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for name, s in latency["paths"].items():
+        label = f"{name} (p50 {s.get('p50', 0):.2f} ms, p99 {s.get('p99', 0):.2f} ms)"
+        axes[0].hist(s["series_ms"], bins=60, alpha=0.6, label=label)
+        axes[1].plot(s["series_t_s"], s["series_ms"], ".", ms=2, label=name)
+    axes[0].set(xlabel="end-to-end latency (ms)", ylabel="messages", title="Latency histogram")
+    axes[1].set(xlabel="time since first message (s)", ylabel="latency (ms)", title="Latency over time")
+    names = list(latency["nodes"])
+    q50 = [latency["nodes"][n]["queue"].get("p50", 0) for n in names]
+    c50 = [latency["nodes"][n]["compute"].get("p50", 0) for n in names]
+    axes[2].bar(names, q50, label="queueing p50")
+    axes[2].bar(names, c50, bottom=q50, label="compute p50")
+    axes[2].set(ylabel="ms", title="Per node (p50)")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return path, png

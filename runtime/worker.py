@@ -1,0 +1,190 @@
+"""One node in its own process: sockets, the compute loop, tracing and shutdown.
+
+Started by the supervisor as ``python -m evpipe.runtime.worker`` with a JSON spec on stdin. Life
+cycle: bind inputs, connect outputs, ``node.start()``, report *ready*, wait for *start*, then
+process (or produce) until every input has ended, ``node.stop()``, send end-of-stream downstream,
+report final counters, exit 0. SIGTERM asks a source to stop producing and any other node to
+finish what it has; the graph then drains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import msgpack
+import zmq
+from evpipe.runtime.counters import Counters
+from evpipe.runtime.graph import resolve_node_type
+from evpipe.runtime.node import Node
+from evpipe.runtime.transport import Inbox, Mailbox, Outlet
+from evpipe.runtime.wire import Limits, Message, Trace, now_ns
+
+# A restarted node cannot receive the end-of-stream of a producer that ended while it was down;
+# such an edge counts as ended once it has been quiet this long.
+CLOSED_EDGE_IDLE_S = 1.0
+
+
+class Control(threading.Thread):
+    """Talks to the supervisor: sends reports from a queue, receives commands into events."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, identity: str) -> None:
+        super().__init__(name="control", daemon=True)
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, identity.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(endpoint)
+        self.outbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.started = threading.Event()
+        self.stop_requested = threading.Event()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        self.outbox.put(payload)
+
+    def run(self) -> None:
+        while True:
+            if self.sock.poll(20, zmq.POLLIN):
+                command = msgpack.unpackb(self.sock.recv(), raw=False)
+                if command.get("cmd") == "start":
+                    self.started.set()
+                elif command.get("cmd") == "stop":
+                    self.stop_requested.set()
+            try:
+                while True:
+                    payload = self.outbox.get_nowait()
+                    if payload is None:
+                        self.sock.close()
+                        return
+                    self.sock.send(msgpack.packb(payload, use_bin_type=True))
+            except queue.Empty:
+                pass
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.join(5)
+
+
+class Worker:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.limits = Limits(**spec["limits"])
+        self.ctx = zmq.Context()
+        self.abort = threading.Event()
+        self.control = Control(self.ctx, spec["control"], f"{self.name}#{spec['incarnation']}")
+        self.counters = Counters(spec["counters"], [e["id"] for e in spec["inputs"]],
+                                 [e["id"] for e in spec["outputs"]], create=True)
+        self.mailbox = Mailbox(self.counters)
+        self.inboxes = [
+            Inbox(self.ctx, e["endpoint"], e["id"], e["dst_port"], e["policy"], e["capacity"], self.mailbox,
+                  self.limits, e.get("curve_server"))
+            for e in spec["inputs"]
+        ]
+        self.outlets: dict[str, list[Outlet]] = {}
+        for e in spec["outputs"]:
+            outlet = Outlet(self.ctx, e["endpoint"], e["id"], e["policy"], e["capacity"], self.counters,
+                            e.get("curve_client"))
+            self.outlets.setdefault(e["src_port"], []).append(outlet)
+        cls = resolve_node_type(spec["type"])
+        self.node: Node = cls(self.name, spec["params"])
+        self.node.attach_emitter(self._emit)
+        self.node.attach_reporter(lambda data: self.control.send({"type": "report", "data": data}))
+        self._current: tuple[Trace, int] | None = None  # trace and in_ns of the message being processed
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _emit(self, port: str, msg: Message) -> None:
+        out_ns = now_ns()
+        if self._current is not None:
+            trace, in_ns = self._current
+            msg.trace = trace.extended(self.name, in_ns, out_ns)
+        else:  # a source: the data became available now
+            msg.trace = Trace(msg.trace.sensor_t, out_ns, [(self.name, out_ns, out_ns)])
+        msg.stream = f"{self.name}.{port}"
+        for outlet in self.outlets.get(port, ()):
+            outlet.send(msg, self.abort)
+
+    def _send_eos(self) -> None:
+        for outlets in self.outlets.values():
+            for outlet in outlets:
+                outlet.send_eos(self.abort)
+
+    # -- main loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates Ctrl-C
+        signal.signal(signal.SIGTERM, lambda *_: self.control.stop_requested.set())
+        self.control.start()
+        for inbox in self.inboxes:
+            inbox.start()
+        self.node.start()
+        self.control.send({"type": "ready", "pid": os.getpid()})
+        while not self.control.started.wait(0.05):
+            if self.control.stop_requested.is_set():
+                break
+        try:
+            if self.node.is_source():
+                self._run_source()
+            else:
+                self._run_consumer()
+        finally:
+            self.node.stop()
+            self._send_eos()
+            for inbox in self.inboxes:
+                inbox.stop()
+            self.mailbox.shutdown()
+            for inbox in self.inboxes:
+                inbox.join()
+            for outlets in self.outlets.values():
+                for outlet in outlets:
+                    outlet.close()  # LINGER lets queued messages reach the consumer
+            self.control.send({"type": "done"})
+            self.control.close()
+            self.ctx.term()
+        return 0
+
+    def _run_source(self) -> None:
+        for port, msg in self.node.produce():
+            self.node.emit(port, msg)
+            self.counters.add_processed()
+            if self.control.stop_requested.is_set():
+                break
+
+    def _run_consumer(self) -> None:
+        closed_edges = set(self.spec.get("closed_edges", ()))
+        last_activity = time.monotonic()
+        while not self.mailbox.all_closed():
+            item = self.mailbox.get(timeout=0.1)
+            if item is None:
+                if self.control.stop_requested.is_set() and not self.mailbox.pending():
+                    return
+                if closed_edges and time.monotonic() - last_activity > CLOSED_EDGE_IDLE_S:
+                    for edge in closed_edges:
+                        self.mailbox.close_edge(edge)
+                    closed_edges = set()
+                continue
+            last_activity = time.monotonic()
+            edge, port, msg = item
+            if msg.kind == "control":
+                continue
+            self._current = (msg.trace, now_ns())
+            self.node.process(port, msg)
+            self._current = None
+            self.counters.add_in(edge, "processed")
+            self.counters.add_processed()
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.read())
+    logging.basicConfig(level=spec.get("log_level", "INFO"), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return Worker(spec).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
