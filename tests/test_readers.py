@@ -129,9 +129,7 @@ def test_hdf5_davis346_matches_h5py_and_its_aedat4_twin():
         with pytest.warns(RecordingWarning, match="m/s²"):
             imu = list(rec.imu())
         twin_imu = list(twin_rec.imu())
-        np.testing.assert_array_equal(
-            np.concatenate([b.t for b in imu]), np.concatenate([b.t for b in twin_imu])
-        )
+        np.testing.assert_array_equal(np.concatenate([b.t for b in imu]), np.concatenate([b.t for b in twin_imu]))
         np.testing.assert_allclose(
             np.concatenate([b.accel for b in imu]),
             np.concatenate([b.accel for b in twin_imu]),
@@ -154,9 +152,7 @@ def test_ecd_hdf5_and_text_agree_with_h5py_and_loadtxt():
         ref = Events.from_arrays(f["events/t"][:], f["events/x"][:], f["events/y"][:], f["events/p"][:])
         frame_t = f["frames/t"][:]
     table = np.loadtxt(txt_path)
-    txt_ref = Events.from_arrays(
-        np.rint(table[:, 0] * 1e6).astype(np.int64), table[:, 1], table[:, 2], table[:, 3]
-    )
+    txt_ref = Events.from_arrays(np.rint(table[:, 0] * 1e6).astype(np.int64), table[:, 1], table[:, 2], table[:, 3])
     with open_recording(h5_path) as rec:
         events = read_all(rec)
         assert len(events) == 1_078_541

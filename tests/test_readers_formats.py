@@ -10,6 +10,7 @@ from data_fixtures.recordings import (
     encode_evt3,
     event_arrays,
     random_events,
+    write_aedat4,
     write_event_stream,
     write_evt2,
     write_evt3,
@@ -39,6 +40,24 @@ def unique_events(events: Events) -> Events:
     key = np.stack([events.t, events.x, events.y, events.p]).T
     _, first = np.unique(key, axis=0, return_index=True)
     return events[np.sort(first)]
+
+
+def test_aedat4_round_trip_with_colour_frames_and_windows(tmp_path):
+    events = random_events(6000, 64, 48, t0=1_700_000_000_000_000, seed=12)
+    bgr = np.zeros((48, 64, 3), np.uint8)
+    bgr[..., 0], bgr[..., 2] = 10, 200
+    frames = [(int(events.t[100]), 1000, bgr), (int(events.t[3000]), 2000, np.full((48, 64), 7, np.uint8))]
+    path = write_aedat4(tmp_path / "a.aedat4", events, 64, 48, frames=frames)
+    with open_recording(path) as rec:
+        assert (rec.sensor_size, rec.t_offset) == ((64, 48), int(events.t[0]))
+        assert_same_events(read_all(rec, chunk_events=1234), events)
+        a, b = int(events.t[2222]), int(events.t[4444])
+        assert_same_events(read_all(rec, t_start=a, t_stop=b), events.time_slice(a, b))
+        colour, gray = rec.frames()
+        assert (colour.t, colour.exposure_us) == (frames[0][0] + 500, 1000)  # exposure midpoint
+        assert colour.image.shape == (48, 64, 3) and colour.image[0, 0].tolist() == [200, 0, 10]  # RGB
+        assert (gray.t, gray.image.shape) == (frames[1][0] + 1000, (48, 64))
+        assert [f.t for f in rec.frames(t_start=colour.t + 1)] == [gray.t]
 
 
 def test_evt2_round_trip_across_the_34_bit_clock_wrap(tmp_path):

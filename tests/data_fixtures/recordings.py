@@ -15,9 +15,7 @@ from evpipe.runtime.events import Events
 from PIL import Image
 
 
-def random_events(
-    n: int, width: int, height: int, *, t0: int = 0, rate_per_us: float = 0.5, seed: int = 0
-) -> Events:
+def random_events(n: int, width: int, height: int, *, t0: int = 0, rate_per_us: float = 0.5, seed: int = 0) -> Events:
     """``n`` sorted events with exponential gaps (many share a timestamp), uniform pixels and polarity."""
     rng = np.random.default_rng(seed)
     t = t0 + np.cumsum(rng.poisson(1.0 / rate_per_us, n)).astype(np.int64)
@@ -30,9 +28,7 @@ def polarity01(events: Events) -> np.ndarray:
 
 def _rows(events: Events) -> zip:
     """(t, x, y, p 0/1) per event as Python ints."""
-    return zip(
-        events.t.tolist(), events.x.tolist(), events.y.tolist(), polarity01(events).tolist(), strict=True
-    )
+    return zip(events.t.tolist(), events.x.tolist(), events.y.tolist(), polarity01(events).tolist(), strict=True)
 
 
 # ------------------------------------------------------------------------------ Prophesee
@@ -182,9 +178,7 @@ def write_h5_dsec(path: Path, events: Events, *, t_offset: int) -> Path:
     return path
 
 
-def write_h5_plain(
-    path: Path, arrays: dict[str, np.ndarray], *, group: str | None = None, **attrs: object
-) -> Path:
+def write_h5_plain(path: Path, arrays: dict[str, np.ndarray], *, group: str | None = None, **attrs: object) -> Path:
     """Plain layout: the given named arrays under ``group`` (or the root), attributes on the root."""
     with h5py.File(path, "w") as f:
         target = f.require_group(group) if group else f
@@ -196,3 +190,30 @@ def write_h5_plain(
 
 def event_arrays(events: Events) -> dict[str, np.ndarray]:
     return {"t": events.t, "x": events.x, "y": events.y, "p": polarity01(events).astype(np.uint8)}
+
+
+# -------------------------------------------------------------------------------- AEDAT4
+
+
+def write_aedat4(
+    path: Path,
+    events: Events,
+    width: int,
+    height: int,
+    *,
+    frames: list[tuple[int, int, np.ndarray]] = (),
+) -> Path:
+    """AEDAT4 via dv-processing's writer: events in packets of 1000 and frames given as
+    (exposure start µs, exposure µs, uint8 image (H, W) gray or (H, W, 3) BGR)."""
+    import dv_processing as dv
+
+    writer = dv.io.MonoCameraWriter(str(path), dv.io.MonoCameraWriter.DAVISConfig("TEST_0001", (width, height)))
+    for start in range(0, len(events), 1000):
+        store = dv.EventStore()
+        for t, x, y, p in _rows(events[start : start + 1000]):
+            store.push_back(t, x, y, bool(p))
+        writer.writeEvents(store)
+    for t, exposure, image in frames:
+        writer.writeFrame(dv.Frame(t, exposure, 0, 0, image, dv.FrameSource.SENSOR))
+    del writer  # the writer completes the file (its packet index) when destroyed
+    return path

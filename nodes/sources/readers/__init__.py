@@ -43,8 +43,7 @@ READERS: dict[str, type[Recording]] = {
 }
 
 _SUPPORTED = (
-    "AEDAT4, HDF5 (DSEC or plain layout), RPG/ECD text, .npy/.npz, Prophesee EVT 2.0/3.0 .raw, "
-    "Event Stream .es"
+    "AEDAT4, HDF5 (DSEC or plain layout), RPG/ECD text, .npy/.npz, Prophesee EVT 2.0/3.0 .raw, Event Stream .es"
 )
 
 

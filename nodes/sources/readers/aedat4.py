@@ -130,8 +130,6 @@ class Aedat4Recording(Recording):
                         [(s.accelerometerX, s.accelerometerY, s.accelerometerZ) for s in samples],
                         dtype=np.float32,
                     ),
-                    gyro=np.array(
-                        [(s.gyroscopeX, s.gyroscopeY, s.gyroscopeZ) for s in samples], dtype=np.float32
-                    ),
+                    gyro=np.array([(s.gyroscopeX, s.gyroscopeY, s.gyroscopeZ) for s in samples], dtype=np.float32),
                 )
             t = window_end

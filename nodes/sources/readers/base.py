@@ -47,10 +47,10 @@ FIXES: dict[str, str] = {
     "missing_frame": "restore the image file, or " + _SKIP_HINT,
     "truncated": "the file is cut short (an interrupted copy or recording); re-copy it, or pass "
     "on_error='skip' to read everything before the damage",
+    "corrupt": "the file is damaged; re-copy it, or pass on_error='skip' to drop the unreadable part",
     "garbage_line": "each line must hold the numeric columns of the format; " + _SKIP_HINT,
     "unknown_word": "the data is corrupt or not in the format its header declares; " + _SKIP_HINT,
-    "no_time_base": "the stream starts without a time-high word, so these events have no timestamp; "
-    + _SKIP_HINT,
+    "no_time_base": "the stream starts without a time-high word, so these events have no timestamp; " + _SKIP_HINT,
     "no_row_address": "the stream starts without a row (y) address, so these events have no y; " + _SKIP_HINT,
 }
 
@@ -278,11 +278,7 @@ class Recording(ABC):
         Every packet but the last holds exactly ``chunk_events`` events. Seeking is exact for files
         whose timestamps never go back in time.
         """
-        if (
-            isinstance(chunk_events, bool)
-            or not isinstance(chunk_events, (int, np.integer))
-            or chunk_events <= 0
-        ):
+        if isinstance(chunk_events, bool) or not isinstance(chunk_events, (int, np.integer)) or chunk_events <= 0:
             raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
         if t_start is not None and t_stop is not None and t_stop <= t_start:
             return
@@ -451,17 +447,13 @@ class _EventCheck:
             firsts = [(int(np.argmax(mask)), kind, text) for kind, mask, text in problems if mask.any()]
             if firsts:
                 i, kind, text = min(firsts)
-                detail = text.format(
-                    t=int(t[i]), x=int(x[i]), y=int(y[i]), p=p[i], w=self.width, h=self.height
-                )
+                detail = text.format(t=int(t[i]), x=int(x[i]), y=int(y[i]), p=p[i], w=self.width, h=self.height)
                 self.recording.report("events", kind, raw.unit, raw.position(i), 1, detail)
         for kind, mask, text in problems:
             n = int(np.count_nonzero(mask))
             if n:
                 i = int(np.argmax(mask))
-                detail = text.format(
-                    t=int(t[i]), x=int(x[i]), y=int(y[i]), p=p[i], w=self.width, h=self.height
-                )
+                detail = text.format(t=int(t[i]), x=int(x[i]), y=int(y[i]), p=p[i], w=self.width, h=self.height)
                 self.recording.report(
                     "events", kind, raw.unit, raw.position(i), n, f"{n} event(s) dropped: first, {detail}"
                 )

@@ -81,14 +81,10 @@ class _EventStats:
 
 
 def _rate_hz(times: list[int]) -> float | None:
-    return (
-        (len(times) - 1) / ((times[-1] - times[0]) / 1e6) if len(times) > 1 and times[-1] > times[0] else None
-    )
+    return (len(times) - 1) / ((times[-1] - times[0]) / 1e6) if len(times) > 1 and times[-1] > times[0] else None
 
 
-def summarize(
-    recording: Recording, *, progress: bool = False, chunk_events: int = DEFAULT_CHUNK_EVENTS
-) -> dict:
+def summarize(recording: Recording, *, progress: bool = False, chunk_events: int = DEFAULT_CHUNK_EVENTS) -> dict:
     """Stream every event, frame and IMU sample of ``recording`` once and summarise them.
 
     Keys: ``path``, ``format``, ``sensor_size`` [w, h], ``sensor_size_source``, ``t_offset_us``,
@@ -176,9 +172,7 @@ def format_description(summary: dict) -> str:
     table.add_row("events", _number(ev["count"]))
     if ev["count"]:
         table.add_row("duration", f"{ev['duration_s']:.6f} s")
-        table.add_row(
-            "event rate", f"mean {_number(ev['rate_mean_per_ms'])} /ms, peak {ev['rate_peak_per_ms']:,} /ms"
-        )
+        table.add_row("event rate", f"mean {_number(ev['rate_mean_per_ms'])} /ms, peak {ev['rate_peak_per_ms']:,} /ms")
     fr = summary["frames"]
     frames = _number(fr["count"])
     if fr["count"]:

@@ -103,19 +103,17 @@ class Hdf5Recording(Recording):
             raise self.error(f"event datasets differ in length: {lengths}; the file is corrupt")
         self.n_events = lengths["t"]
         check_coordinate_dtypes(self, self._columns)
+        for dataset in self._columns.values():
+            self._check_filters(dataset)
         t = self._columns["t"]
         self._t_factor = time_unit_factor(t, t.parent, self._h5)
-        self._ms_to_idx = (
-            self._h5["ms_to_idx"] if isinstance(self._h5.get("ms_to_idx"), h5py.Dataset) else None
-        )
+        self._ms_to_idx = self._h5["ms_to_idx"] if isinstance(self._h5.get("ms_to_idx"), h5py.Dataset) else None
         offset = self._h5.get("t_offset")
         if isinstance(offset, h5py.Dataset):
             self._declared_t_offset = int(np.asarray(offset[()]).reshape(-1)[0])
         elif "t_offset" in self._h5.attrs:
             self._declared_t_offset = int(np.asarray(self._h5.attrs["t_offset"]).reshape(-1)[0])
-        self.layout = (
-            "dsec" if (self._ms_to_idx is not None or self._declared_t_offset is not None) else "plain"
-        )
+        self.layout = "dsec" if (self._ms_to_idx is not None or self._declared_t_offset is not None) else "plain"
         for holder in (self._h5, t.parent):
             if "width" in holder.attrs and "height" in holder.attrs:
                 self._header_sensor_size = (int(holder.attrs["width"]), int(holder.attrs["height"]))
@@ -152,33 +150,36 @@ class Hdf5Recording(Recording):
             kind="missing_dataset",
         )
 
+    def _check_filters(self, dataset: h5py.Dataset) -> None:
+        """Fail early, naming the fix, when a compression filter of ``dataset`` is not installed."""
+        plist = dataset.id.get_create_plist()
+        for i in range(plist.get_nfilters()):
+            code, _, _, name = plist.get_filter(i)
+            if not h5py.h5z.filter_avail(code):
+                label = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+                raise self.error(
+                    f"dataset {dataset.name} is compressed with HDF5 filter {code} ({label or 'unnamed'}), which "
+                    "is not installed; DSEC files use Blosc: pip install hdf5plugin",
+                    kind="missing_filter",
+                )
+
     def _slice(self, dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
         try:
             return dataset[start:stop]
         except OSError as exc:
-            message = first_line(exc)
-            if "filter" in message.lower():
-                raise self.error(
-                    f"dataset {dataset.name} needs an HDF5 compression filter that is not installed "
-                    f"({message}); DSEC files use Blosc: pip install hdf5plugin",
-                    kind="missing_filter",
-                ) from None
             self.report(
                 "events",
-                "truncated",
+                "corrupt",
                 "index",
                 start,
                 stop - start,
-                f"rows {start}..{stop - 1} of {dataset.name} cannot be read ({message})",
+                f"rows {start}..{stop - 1} of {dataset.name} cannot be read ({first_line(exc)})",
             )
             return None
 
     def _time_at(self, index: int) -> int:
         offset = self._declared_t_offset or 0
-        return (
-            int(to_microseconds(np.asarray(self._columns["t"][index : index + 1]), self._t_factor)[0])
-            + offset
-        )
+        return int(to_microseconds(np.asarray(self._columns["t"][index : index + 1]), self._t_factor)[0]) + offset
 
     def _index_at(self, t_us: int) -> int:
         """First row whose time is >= t_us (binary search; narrowed by ms_to_idx where present)."""
@@ -204,9 +205,7 @@ class Hdf5Recording(Recording):
             if any(part is None for part in parts):
                 continue
             t, x, y, p = parts
-            yield RawEvents(
-                t=to_microseconds(t, self._t_factor) + offset, x=x, y=y, p=p, unit="index", origin=i
-            )
+            yield RawEvents(t=to_microseconds(t, self._t_factor) + offset, x=x, y=y, p=p, unit="index", origin=i)
 
     def _time_range(self) -> tuple[int, int]:
         times = []
@@ -240,9 +239,7 @@ class Hdf5Recording(Recording):
         if times is None:
             return
         group = self._h5["frames"]
-        exposures = (
-            group["exposure_us"][()].astype(np.int64) if "exposure_us" in group else np.zeros_like(times)
-        )
+        exposures = group["exposure_us"][()].astype(np.int64) if "exposure_us" in group else np.zeros_like(times)
         if "images" in group:
             images = group["images"]
             sources = None
@@ -283,9 +280,7 @@ class Hdf5Recording(Recording):
             for i, name in enumerate(lowered):
                 if name.startswith(prefix):
                     return i, name[len(prefix) :].lstrip("_")
-            raise self.error(
-                f"imu/columns {names} has no column starting with {prefix!r}", kind="missing_dataset"
-            )
+            raise self.error(f"imu/columns {names} has no column starting with {prefix!r}", kind="missing_dataset")
 
         t_col = next((i for i, n in enumerate(lowered) if n in ("t_us", "t", "timestamp")), None)
         if t_col is None:

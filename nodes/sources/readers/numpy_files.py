@@ -42,8 +42,7 @@ class NumpyRecording(Recording):
             loaded = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise self.error(
-                f"cannot be read as .npy/.npz ({first_line(exc)}); the file is truncated or corrupt: "
-                "re-copy it",
+                f"cannot be read as .npy/.npz ({first_line(exc)}); the file is truncated or corrupt: re-copy it",
                 kind="truncated",
             ) from None
         if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -112,19 +111,13 @@ class NumpyRecording(Recording):
 
     def _times(self, start: int, stop: int) -> np.ndarray:
         t = np.asarray(self._columns["t"][start:stop])
-        return (
-            np.rint(t.astype(np.float64) * 1e6).astype(np.int64)
-            if self._float_seconds
-            else t.astype(np.int64)
-        )
+        return np.rint(t.astype(np.float64) * 1e6).astype(np.int64) if self._float_seconds else t.astype(np.int64)
 
     def _read_events(self, t_start: int | None, t_stop: int | None, chunk_events: int) -> Iterator[RawEvents]:
         start = 0
         if t_start is not None:
             # Binary search reading single values (the column may be memory-mapped).
-            start = bisect.bisect_left(
-                range(self.n_events), t_start, key=lambda i: int(self._times(i, i + 1)[0])
-            )
+            start = bisect.bisect_left(range(self.n_events), t_start, key=lambda i: int(self._times(i, i + 1)[0]))
         c = self._columns
         for i in range(start, self.n_events, chunk_events):
             j = min(i + chunk_events, self.n_events)

@@ -53,9 +53,7 @@ def parse_raw_header(data: bytes) -> tuple[int, dict[str, str]]:
             end = len(data) - 1
         match = _HEADER_LINE.match(data[offset:end].rstrip(b"\r"))
         if match:
-            fields[match.group(1).decode("ascii", "replace").lower()] = match.group(2).decode(
-                "ascii", "replace"
-            )
+            fields[match.group(1).decode("ascii", "replace").lower()] = match.group(2).decode("ascii", "replace")
         offset = end + 1
     return offset, fields
 
@@ -65,9 +63,7 @@ def raw_version(fields: dict[str, str]) -> str | None:
     version = fields.get("evt", "").strip()
     if not version and "format" in fields:
         version = fields["format"].split(";")[0].strip().upper().removeprefix("EVT")
-    return {"2.0": "evt2", "2": "evt2", "2.1": "evt21", "21": "evt21", "3.0": "evt3", "3": "evt3"}.get(
-        version
-    )
+    return {"2.0": "evt2", "2": "evt2", "2.1": "evt21", "21": "evt21", "3.0": "evt3", "3": "evt3"}.get(version)
 
 
 def raw_geometry(fields: dict[str, str]) -> tuple[int, int] | None:

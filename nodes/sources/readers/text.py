@@ -179,9 +179,7 @@ class RpgTextRecording(ByteStreamRecording):
         path = Path(path)
         if path.is_dir():
             if not (path / "events.txt").is_file():
-                raise RecordingError(
-                    path, "the folder holds no events.txt (an RPG/ECD sequence folder has one)"
-                )
+                raise RecordingError(path, "the folder holds no events.txt (an RPG/ECD sequence folder has one)")
             path = path / "events.txt"
         super().__init__(path, **kwargs)
 
@@ -303,9 +301,7 @@ class RpgTextRecording(ByteStreamRecording):
         path = self.folder / "imu.txt"
         if path.is_file():
             data = path.read_bytes()
-            values, _, bad, _, _ = parse_columns(
-                np.frombuffer(data, np.uint8), IMU_SCALES, IMU_INTEGRAL, True
-            )
+            values, _, bad, _, _ = parse_columns(np.frombuffer(data, np.uint8), IMU_SCALES, IMU_INTEGRAL, True)
             if len(bad):
                 self.report(
                     "imu",
