@@ -45,9 +45,7 @@ def use_cuda(device: str | None, *arrays: Any) -> bool:
     if device == "cpu":
         on_device = [i for i, a in enumerate(arrays) if is_device_array(a)]
         if on_device:
-            raise ValueError(
-                f"device='cpu' but argument(s) {on_device} are CUDA device arrays; copy them to the host"
-            )
+            raise ValueError(f"device='cpu' but argument(s) {on_device} are CUDA device arrays; copy them to the host")
     return device == "cuda"
 
 
@@ -72,9 +70,7 @@ def check_event_arrays(**arrays: Any) -> int:
         if shape is None or dtype is None:
             raise ValueError(f"{name}: expected a 1-D {expected} array, got {type(arr).__name__}")
         if len(shape) != 1 or np.dtype(dtype) != expected:
-            raise ValueError(
-                f"{name}: expected a 1-D {expected} array, got {np.dtype(dtype)} shape {tuple(shape)}"
-            )
+            raise ValueError(f"{name}: expected a 1-D {expected} array, got {np.dtype(dtype)} shape {tuple(shape)}")
         if n is None:
             n = shape[0]
         elif shape[0] != n:
@@ -92,36 +88,48 @@ def check_windows(windows: Any, n_events: int) -> np.ndarray:
         windows = windows.copy_to_host() if hasattr(windows, "copy_to_host") else np.asarray(windows)
     windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[1] != 2 or windows.dtype != np.int64:
-        raise ValueError(
-            f"windows: expected an int64 array of shape (n, 2), got {windows.dtype} shape {windows.shape}"
-        )
+        raise ValueError(f"windows: expected an int64 array of shape (n, 2), got {windows.dtype} shape {windows.shape}")
     if len(windows):
         start, stop = windows[:, 0], windows[:, 1]
         bad = np.flatnonzero((start < 0) | (stop < start) | (stop > n_events))
         if len(bad):
             i = int(bad[0])
-            raise ValueError(
-                f"windows[{i}] = {windows[i].tolist()}: need 0 <= start <= stop <= {n_events} (events)"
-            )
+            raise ValueError(f"windows[{i}] = {windows[i].tolist()}: need 0 <= start <= stop <= {n_events} (events)")
     return np.ascontiguousarray(windows)
 
 
-def raise_bad_event(
-    index: int,
+def raise_first_invalid(
     t: np.ndarray,
     x: np.ndarray,
     y: np.ndarray,
     p: np.ndarray,
+    start: int,
     height: int,
     width: int,
-    context: str = "",
+    t_lo: int,
+    t_hi: int,
 ) -> None:
-    """Raise a ValueError describing event ``index`` (host arrays), found invalid by a kernel."""
-    xi, yi, pi, ti = int(x[index]), int(y[index]), int(p[index]), int(t[index])
-    if xi >= width or yi >= height:
-        problem = f"(x={xi}, y={yi}) is outside the {width}x{height} sensor"
-    elif pi not in (-1, 1):
-        problem = f"p={pi}, polarity must be -1 or +1"
-    else:
-        problem = f"t={ti} is outside its window's time range{context}; events must be sorted by t"
-    raise ValueError(f"event {index}: {problem}")
+    """Raise a ValueError for the first invalid event at or after ``start`` (host arrays).
+
+    A kernel found a bad event in a block beginning at ``start``; this finds and names it. Valid
+    means inside the sensor, polarity ±1 and ``t_lo <= t <= t_hi``.
+    """
+    stop = len(t)
+    while start < stop:
+        block = slice(start, min(start + 65536, stop))
+        tb, xb, yb, pb = t[block], x[block], y[block], p[block]
+        bad = np.flatnonzero(
+            (xb >= width) | (yb >= height) | (np.abs(pb.astype(np.int16)) != 1) | (tb < t_lo) | (tb > t_hi)
+        )
+        if len(bad):
+            i = block.start + int(bad[0])
+            xi, yi, pi, ti = int(x[i]), int(y[i]), int(p[i]), int(t[i])
+            if xi >= width or yi >= height:
+                problem = f"(x={xi}, y={yi}) is outside the {width}x{height} sensor"
+            elif pi not in (-1, 1):
+                problem = f"p={pi}, polarity must be -1 or +1"
+            else:
+                problem = f"t={ti} is outside its window's time range [{t_lo}, {t_hi}]; events must be sorted by t"
+            raise ValueError(f"event {i}: {problem}")
+        start = block.stop
+    raise AssertionError("a kernel reported an invalid event that the host check does not find")

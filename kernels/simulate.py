@@ -3,7 +3,8 @@
 Per pixel the simulator tracks the log intensity ``L = log(I + log_eps)`` (``I`` linear in [0, 1])
 and a reference level. Between two frames ``L`` is interpolated linearly in time; each time it
 reaches ``reference + C_on`` (ON, p=+1) or ``reference - C_off`` (OFF, p=-1) an event is emitted at
-the interpolated crossing time (rounded to the nearest µs) and the reference moves by exactly one
+the interpolated crossing time (rounded to the nearest µs, at least 1 µs after the previous frame so
+that consecutive steps never share a timestamp) and the reference moves by exactly one
 threshold. The thresholds are drawn once per pixel from ``N(c, sigma_c)`` and clipped to >= 0.01.
 A crossing less than ``refractory_us`` after the pixel's previous emitted event still moves the
 reference but emits nothing. Optional noise events are uniform over pixels, time and polarity.
@@ -39,7 +40,7 @@ def _walk_pixel(l0, l1, ref, c_on, c_off, last, t0, t1, refractory, out_t, out_p
     if l1 > l0:
         level = ref + c_on
         while level <= l1:
-            te = np.int64(np.floor(t0 + (level - l0) * slope_t + 0.5))
+            te = max(np.int64(np.floor(t0 + (level - l0) * slope_t + 0.5)), t0 + 1)
             if te - last >= refractory:
                 if write:
                     out_t[offset + count] = te
@@ -51,7 +52,7 @@ def _walk_pixel(l0, l1, ref, c_on, c_off, last, t0, t1, refractory, out_t, out_p
     else:
         level = ref - c_off
         while level >= l1:
-            te = np.int64(np.floor(t0 + (level - l0) * slope_t + 0.5))
+            te = max(np.int64(np.floor(t0 + (level - l0) * slope_t + 0.5)), t0 + 1)
             if te - last >= refractory:
                 if write:
                     out_t[offset + count] = te
@@ -138,9 +139,7 @@ class EventSimulator:
                 raise ValueError(f"EventSimulator {name}: expected an integer in [1, 65536], got {value!r}")
         for name, value in (("c_pos", c_pos), ("c_neg", c_neg)):
             if not np.isfinite(value) or value < _MIN_THRESHOLD:
-                raise ValueError(
-                    f"EventSimulator {name}: expected a threshold >= {_MIN_THRESHOLD}, got {value!r}"
-                )
+                raise ValueError(f"EventSimulator {name}: expected a threshold >= {_MIN_THRESHOLD}, got {value!r}")
         checks = (
             ("sigma_c", sigma_c, "a finite value >= 0"),
             ("refractory_us", refractory_us, "a value >= 0"),
@@ -195,9 +194,7 @@ class EventSimulator:
             raise ValueError("EventSimulator.step: call reset(frame, t_us) first")
         t_us = int(t_us)
         if t_us <= self._t:
-            raise ValueError(
-                f"EventSimulator.step: t_us={t_us} must be after the previous frame time {self._t}"
-            )
+            raise ValueError(f"EventSimulator.step: t_us={t_us} must be after the previous frame time {self._t}")
         l_new = self.log_intensity(frame)
         args = (
             self._log,

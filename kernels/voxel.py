@@ -2,23 +2,24 @@
 
 For a window of N events with timestamps t_0..t_{N-1} and B bins,
 ``t*_i = (B-1)(t_i - t_0)/(t_{N-1} - t_0)`` (0 when all events share one timestamp) and event i
-adds ``p_i * max(0, 1 - |b - t*_i|)`` to bin b at (y_i, x_i): at most two bins, floor(t*) and
-floor(t*)+1, receive a share.
+adds ``p_i * max(0, 1 - |b - t*_i|)`` to bin b at (y_i, x_i): bins floor(t*) and floor(t*)+1
+receive ``p(1 - frac)`` and ``p * frac``.
 
-CPU strategy (the loop is bound by scattered read-modify-writes into the grid):
-- a large window is split into one contiguous chunk per thread; each thread accumulates into a
-  private grid, so there are no races and no atomics; the private grids are summed in a fixed order,
-  which makes the result identical on every run (for a given thread count);
-- private grids are pixel-major, ``(H*W, B+1)``: an event's two bins are adjacent in memory (one
-  cache line instead of two planes H*W apart); the extra slot takes the zero share of events
-  that land exactly on the last bin, so the inner loop has no branch. The final reduction
-  transposes into ``(B, H, W)``;
-- time arithmetic is float32 on the offset ``t_i - t_0`` (an int64 subtraction), multiplied by a
-  precomputed ``(B-1)/span``: no per-event division;
-- small windows (or many windows) are processed one window per thread, written straight into the
-  output, which is also deterministic regardless of the thread count.
-Out-of-sensor coordinates, polarities other than ±1 and timestamps outside [t_0, t_{N-1}] are
-detected inside the loop (it reads those values anyway) and raise ``ValueError``.
+CPU strategy — the loop is bound by scattered read-modify-writes into the grid:
+- events go through in blocks of ``_BLOCK``: a branch-free pass (SIMD-vectorised by LLVM) checks
+  them and computes each event's grid index and two weights into small L1-resident buffers, then a
+  tight loop does only the scattered adds. Time is float32 on the offset ``t_i - t_0`` (one int64
+  subtraction) times a precomputed ``(B-1)/span``: no per-event division;
+- a large window is split into one contiguous chunk per thread, each accumulated into a private
+  grid (no races, no atomics), and the private grids are summed in a fixed order: the same result
+  on every run for a given thread count;
+- private grids are pixel-major (``(H*W, S)``, S = B rounded up to a multiple of 4): an event's
+  two bins are adjacent (one cache line, never split) instead of H*W floats apart; the ordered
+  reduction transposes them into ``(B, H, W)``;
+- small windows, or as many windows as threads, are processed one window per thread straight into
+  the output (planar layout), which is deterministic whatever the thread count.
+Events outside the sensor, polarities other than ±1 and timestamps outside [t_0, t_{N-1}] (the
+window is not sorted) raise ``ValueError``; the check rides along in the vectorised pass.
 """
 
 from __future__ import annotations
@@ -31,81 +32,88 @@ from evpipe.kernels._common import (
     check_event_arrays,
     check_sensor,
     check_windows,
-    raise_bad_event,
+    raise_first_invalid,
     use_cuda,
 )
 
-# Below this many events per window a private grid per thread costs more (zeroing + reduction)
-# than it saves; also used as a minimum share of the grid size.
+_BLOCK = 512
+# A private grid per thread pays for itself (zeroing + reduction) only when a window has this
+# many events, and at least as many as a quarter of the grid's cells.
 _PRIVATIZE_MIN_EVENTS = 1 << 16
 
 
-@nb.njit(cache=True, fastmath=True, inline="always")
-def _voxel_event_ok(ti, xi, yi, pi, t0, span, height, width):
-    return xi < width and yi < height and (pi == 1 or pi == -1) and ti - t0 >= 0 and ti - t0 <= span
-
-
 @nb.njit(cache=True, fastmath=True)
-def _accumulate_planar(t, x, y, p, start, stop, bins, height, width, grid):
-    """Add events [start, stop) to ``grid`` (B, H, W); returns 1 + index of the first bad event, or 0."""
-    if stop <= start:
-        return 0
-    t0 = t[start]
-    span = t[stop - 1] - t0
+def _accumulate(t, x, y, p, lo, hi, t0, span, bins, width, height, pix_stride, bin_stride, grid):
+    """Add events [lo, hi) of a window starting at time t0 (span = t_last - t0) to flat ``grid``.
+
+    Cell (pixel, bin) is at ``pixel * pix_stride + bin * bin_stride``. Returns -1, or the start of
+    the first block holding an invalid event (nothing of that block is added).
+    """
     scale = np.float32((bins - 1) / span) if span > 0 else np.float32(0.0)
     top = np.float32(bins - 1)
-    for i in range(start, stop):
-        xi = np.int64(x[i])
-        yi = np.int64(y[i])
-        pi = np.int64(p[i])
-        if not _voxel_event_ok(t[i], xi, yi, pi, t0, span, height, width):
-            return i + 1
-        ts = min(np.float32(t[i] - t0) * scale, top)
-        b0 = np.int64(ts)
-        frac = ts - np.float32(b0)
-        pol = np.float32(pi)
-        grid[b0, yi, xi] += pol * (np.float32(1.0) - frac)
-        if b0 + 1 < bins:
-            grid[b0 + 1, yi, xi] += pol * frac
-    return 0
+    last_lower_bin = max(bins - 2, 0)
+    # With one bin both shares go to the same cell.
+    upper = np.uint64(bin_stride if bins > 1 else 0)
+    index = np.empty(_BLOCK, np.uint64)
+    w_lower = np.empty(_BLOCK, np.float32)
+    w_upper = np.empty(_BLOCK, np.float32)
+    for start in range(lo, hi, _BLOCK):
+        m = min(_BLOCK, hi - start)
+        # Slices give the loop non-negative indices, so LLVM drops wraparound checks and vectorises.
+        tb = t[start : start + m]
+        xb = x[start : start + m]
+        yb = y[start : start + m]
+        pb = p[start : start + m]
+        invalid = np.int32(0)
+        for k in range(m):
+            xi = np.int64(xb[k])
+            yi = np.int64(yb[k])
+            pi = np.int32(pb[k])
+            dt = tb[k] - t0
+            # (pi + 1) & ~2 is 0 exactly for pi in {-1, +1}; unsigned dt > span catches dt < 0 too.
+            invalid |= np.int32(
+                (xi >= width) | (yi >= height) | (np.uint64(dt) > np.uint64(span)) | (((pi + 1) & 0xFD) != 0)
+            )
+            tstar = min(np.float32(dt) * scale, top)
+            b0 = min(np.int64(tstar), last_lower_bin)
+            frac = tstar - np.float32(b0)
+            pol = np.float32(pi)
+            index[k] = np.uint64((yi * width + xi) * pix_stride + b0 * bin_stride)
+            w_upper[k] = pol * frac
+            w_lower[k] = pol - pol * frac
+        if invalid:
+            return start
+        for k in range(m):
+            j = index[k]
+            grid[j] += w_lower[k]
+            grid[j + upper] += w_upper[k]
+    return -1
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def _voxel_per_window(t, x, y, p, windows, bins, height, width, out, bad):
     """One window per thread, each written straight into ``out[w]`` (B, H, W)."""
+    npix = height * width
     for w in nb.prange(windows.shape[0]):
-        bad[w] = _accumulate_planar(t, x, y, p, windows[w, 0], windows[w, 1], bins, height, width, out[w])
+        lo, hi = windows[w, 0], windows[w, 1]
+        if hi > lo:
+            grid = out[w].reshape(bins * npix)
+            bad[w] = _accumulate(t, x, y, p, lo, hi, t[lo], t[hi - 1] - t[lo], bins, width, height, 1, npix, grid)
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def _voxel_privatized(t, x, y, p, start, stop, bins, height, width, n_chunks, out, bad):
+def _voxel_privatized(t, x, y, p, lo, hi, bins, height, width, n_chunks, out, bad):
     """One large window: a private pixel-major grid per chunk, then an ordered reduction into ``out``."""
     npix = height * width
-    stride = bins + 1
+    stride = (bins + 3) // 4 * 4
     private = np.zeros((n_chunks, npix * stride), np.float32)
-    n = stop - start
-    t0 = t[start]
-    span = t[stop - 1] - t0
-    scale = np.float32((bins - 1) / span) if span > 0 else np.float32(0.0)
-    top = np.float32(bins - 1)
+    n = hi - lo
+    t0 = t[lo]
+    span = t[hi - 1] - t0
     for c in nb.prange(n_chunks):
-        lo = start + (n * c) // n_chunks
-        hi = start + (n * (c + 1)) // n_chunks
-        grid = private[c]
-        for i in range(lo, hi):
-            xi = np.int64(x[i])
-            yi = np.int64(y[i])
-            pi = np.int64(p[i])
-            if not _voxel_event_ok(t[i], xi, yi, pi, t0, span, height, width):
-                bad[c] = i + 1
-                break
-            ts = min(np.float32(t[i] - t0) * scale, top)
-            b0 = np.int64(ts)
-            frac = ts - np.float32(b0)
-            pol = np.float32(pi)
-            base = (yi * width + xi) * stride + b0
-            grid[base] += pol * (np.float32(1.0) - frac)
-            grid[base + 1] += pol * frac
+        c_lo = lo + (n * c) // n_chunks
+        c_hi = lo + (n * (c + 1)) // n_chunks
+        bad[c] = _accumulate(t, x, y, p, c_lo, c_hi, t0, span, bins, width, height, stride, 1, private[c])
     flat = out.reshape(bins, npix)
     for pix in nb.prange(npix):
         for b in range(bins):
@@ -115,35 +123,35 @@ def _voxel_privatized(t, x, y, p, start, stop, bins, height, width, n_chunks, ou
             flat[b, pix] = acc
 
 
-def _voxel_grid_cpu(t, x, y, p, bins, height, width, windows):
+def _voxel_grid_cpu(t, x, y, p, bins: int, height: int, width: int, windows: np.ndarray) -> np.ndarray:
     out = np.zeros((len(windows), bins, height, width), np.float32)
     sizes = windows[:, 1] - windows[:, 0]
     n_threads = nb.get_num_threads()
-    privatize = (n_threads > 1) & (sizes >= max(_PRIVATIZE_MIN_EVENTS, height * width * bins // 4))
-    if len(windows) >= n_threads:
-        # Enough windows to keep every thread busy without splitting any of them.
-        privatize[:] = False
-    small = np.flatnonzero(~privatize)
-    if len(small):
-        bad = np.zeros(len(small), np.int64)
-        sub = np.zeros((len(small), bins, height, width), np.float32) if len(small) < len(windows) else out
-        _voxel_per_window(t, x, y, p, windows[small], bins, height, width, sub, bad)
-        if sub is not out:
-            out[small] = sub
-        _raise_first_bad(bad, t, x, y, p, height, width)
+    big_enough = sizes >= max(_PRIVATIZE_MIN_EVENTS, height * width * bins // 4)
+    # With at least as many windows as threads, one window per thread already uses every core.
+    privatize = big_enough & (n_threads > 1) & (len(windows) < n_threads)
+    direct = np.flatnonzero(~privatize)
+    if len(direct):
+        bad = np.full(len(direct), -1, np.int64)
+        target = out if len(direct) == len(windows) else np.zeros((len(direct), bins, height, width), np.float32)
+        _voxel_per_window(t, x, y, p, windows[direct], bins, height, width, target, bad)
+        if target is not out:
+            out[direct] = target
+        for w, start in zip(direct, bad, strict=True):
+            if start >= 0:
+                _raise_invalid(t, x, y, p, start, windows[w], height, width)
     for w in np.flatnonzero(privatize):
-        bad = np.zeros(n_threads, np.int64)
-        _voxel_privatized(
-            t, x, y, p, windows[w, 0], windows[w, 1], bins, height, width, n_threads, out[w], bad
-        )
-        _raise_first_bad(bad, t, x, y, p, height, width)
+        bad = np.full(n_threads, -1, np.int64)
+        lo, hi = windows[w]
+        _voxel_privatized(t, x, y, p, lo, hi, bins, height, width, n_threads, out[w], bad)
+        if (bad >= 0).any():
+            _raise_invalid(t, x, y, p, int(bad[bad >= 0].min()), windows[w], height, width)
     return out
 
 
-def _raise_first_bad(bad: np.ndarray, t, x, y, p, height: int, width: int) -> None:
-    flagged = bad[bad > 0]
-    if len(flagged):
-        raise_bad_event(int(flagged.min()) - 1, t, x, y, p, height, width, " [t_first, t_last]")
+def _raise_invalid(t, x, y, p, start: int, window: np.ndarray, height: int, width: int) -> None:
+    lo, hi = int(window[0]), int(window[1])
+    raise_first_invalid(t[:hi], x[:hi], y[:hi], p[:hi], int(start), height, width, int(t[lo]), int(t[hi - 1]))
 
 
 def voxel_grid(
@@ -157,13 +165,15 @@ def voxel_grid(
     windows: np.ndarray | None = None,
     device: str | None = None,
 ) -> Any:
-    """Voxel grid(s) of events, E2VID definition (see module docstring).
+    """Voxel grid(s) of events, E2VID definition (see the module docstring).
 
     ``t`` int64 µs (sorted within each window), ``x``/``y`` uint16 pixel coordinates
     (< ``width``/``height``), ``p`` int8 ±1, all (N,). ``windows`` None: one grid, float32
     (bins, height, width) over all events; int64 (n, 2) ``[start, stop)`` index ranges: float32
     (n, bins, height, width), one grid per window (an empty window gives zeros).
     ``device`` None follows the inputs (CUDA device arrays in, device array out), or "cpu"/"cuda".
+    Raises ValueError for bad shapes/dtypes, events outside the sensor, polarities other than ±1
+    and windows whose events are not sorted by time.
     """
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins: expected an integer >= 1, got {bins!r}")

@@ -1,0 +1,214 @@
+"""CPU kernels against float64 NumPy references on random inputs (hypothesis), plus input validation.
+
+The references are plain per-event NumPy, written independently of the kernels; the CUDA tests
+(tests/test_kernels_cuda.py) import them from here.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from evpipe.kernels import voxel_grid
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def voxel_reference(t, x, y, p, bins: int, height: int, width: int) -> np.ndarray:
+    """E2VID voxel grid in float64 with ``np.add.at``: (bins, height, width)."""
+    grid = np.zeros((bins, height, width))
+    if len(t) == 0:
+        return grid
+    span = float(t[-1] - t[0])
+    tstar = (bins - 1) * (t - t[0]) / span if span > 0 else np.zeros(len(t))
+    for b in range(bins):
+        weight = p * np.maximum(0.0, 1.0 - np.abs(b - tstar))
+        np.add.at(grid[b], (y.astype(np.int64), x.astype(np.int64)), weight)
+    return grid
+
+
+def voxel_magnitude(t, x, y, p, bins: int, height: int, width: int) -> np.ndarray:
+    """The reference grid built from |p|: the scale of each cell's float rounding error."""
+    return voxel_reference(t, x, y, np.abs(p), bins, height, width)
+
+
+def event_frame_reference(x, y, p, height: int, width: int) -> np.ndarray:
+    counts = np.zeros((2, height, width))
+    np.add.at(counts, ((p > 0).astype(np.int64), y.astype(np.int64), x.astype(np.int64)), 1.0)
+    return counts
+
+
+def time_surface_reference(t, x, y, p, height: int, width: int, t_ref: int, tau_us: float) -> np.ndarray:
+    surface = np.zeros((2, height, width))
+    for ti, xi, yi, pi in zip(t.tolist(), x.tolist(), y.tolist(), p.tolist(), strict=True):
+        if ti <= t_ref:
+            value = np.exp(-(t_ref - ti) / tau_us)
+            channel = int(pi > 0)
+            surface[channel, yi, xi] = max(surface[channel, yi, xi], value)
+    return surface
+
+
+def edi_reference(t, x, y, p, c, start, end, n_samples, height, width, t_ref=None) -> np.ndarray:
+    """E(tau) = mean over sample times s_k = start + (k + 1/2) T / K of exp(c * integral_tau^s_k e)."""
+    tau = (start + end) / 2 if t_ref is None else float(t_ref)
+    period = end - start
+    inside = (t >= start) & (t < end)
+    t, x, y, p = t[inside], x[inside].astype(np.int64), y[inside].astype(np.int64), p[inside].astype(np.float64)
+    total = np.zeros((height, width))
+    for k in range(n_samples):
+        sample = start + (2 * k + 1) * period / (2 * n_samples)
+        integral = np.zeros((height, width))
+        if sample >= tau:
+            sel = (t > tau) & (t <= sample)
+            np.add.at(integral, (y[sel], x[sel]), p[sel])
+        else:
+            sel = (t > sample) & (t <= tau)
+            np.add.at(integral, (y[sel], x[sel]), -p[sel])
+        total += np.exp(c * integral)
+    return total / n_samples
+
+
+@st.composite
+def event_windows(draw, max_events: int = 200, max_side: int = 24):
+    """(t, x, y, p, height, width): sorted times (sometimes all equal), events on borders included."""
+    height = draw(st.integers(1, max_side))
+    width = draw(st.integers(1, max_side))
+    n = draw(st.integers(0, max_events))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    t0 = draw(st.integers(0, 2**40))
+    mode = draw(st.sampled_from(["spread", "one_timestamp", "bursty"]))
+    if mode == "one_timestamp":
+        t = np.full(n, t0, np.int64)
+    elif mode == "bursty":
+        t = t0 + np.sort(rng.integers(0, 5, n)).astype(np.int64) * 1_000_000
+    else:
+        t = t0 + np.sort(rng.integers(0, draw(st.integers(1, 10**7)), n)).astype(np.int64)
+    x = rng.integers(0, width, n).astype(np.uint16)
+    y = rng.integers(0, height, n).astype(np.uint16)
+    if n and draw(st.booleans()):
+        # Pin some events to the sensor's corners and edges.
+        k = max(1, n // 4)
+        x[:k] = rng.choice([0, width - 1], k)
+        y[-k:] = rng.choice([0, height - 1], k)
+    p = np.where(rng.random(n) < draw(st.floats(0.0, 1.0)), 1, -1).astype(np.int8)
+    return t, x, y, p, height, width
+
+
+def assert_close_to_reference(result: np.ndarray, reference: np.ndarray, magnitude: np.ndarray) -> None:
+    """float32 result within 1e-5 relative of the float64 reference.
+
+    Relative to the cell's magnitude (its reference with |p|), so that cells where ON and OFF
+    events cancel are judged on the scale of their terms, not on their near-zero sum.
+    """
+    assert result.dtype == np.float32
+    assert result.shape == reference.shape
+    np.testing.assert_array_less(np.abs(result - reference), 1e-5 * magnitude + 1e-6)
+
+
+FAST = settings(max_examples=60, deadline=None)
+
+
+@FAST
+@given(event_windows(), st.integers(1, 9))
+def test_voxel_grid_matches_reference(events, bins):
+    t, x, y, p, height, width = events
+    grid = voxel_grid(t, x, y, p, bins, height, width)
+    assert grid.shape == (bins, height, width)
+    reference = voxel_reference(t, x, y, p, bins, height, width)
+    assert_close_to_reference(grid, reference, voxel_magnitude(t, x, y, p, bins, height, width))
+    # Conservation: each event's weights sum to its polarity.
+    assert abs(float(grid.sum(dtype=np.float64)) - int(p.sum())) <= 1e-5 * max(len(p), 1)
+
+
+@FAST
+@given(event_windows(max_events=300), st.integers(1, 6), st.data())
+def test_voxel_grid_windows_equal_separate_calls(events, bins, data):
+    t, x, y, p, height, width = events
+    n = len(t)
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=8)))
+    windows = np.array([*itertools.pairwise(cuts), (cuts[0], cuts[0])], np.int64)
+    grids = voxel_grid(t, x, y, p, bins, height, width, windows=windows)
+    assert grids.shape == (len(windows), bins, height, width)
+    for (lo, hi), grid in zip(windows, grids, strict=True):
+        reference = voxel_reference(t[lo:hi], x[lo:hi], y[lo:hi], p[lo:hi], bins, height, width)
+        magnitude = voxel_magnitude(t[lo:hi], x[lo:hi], y[lo:hi], p[lo:hi], bins, height, width)
+        assert_close_to_reference(grid, reference, magnitude)
+    assert not grids[-1].any()  # the empty window
+
+
+def random_events(n: int, height: int, width: int, seed: int = 0, span_us: int = 10**6):
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, span_us, n)).astype(np.int64) + 1_700_000_000_000_000
+    x = rng.integers(0, width, n).astype(np.uint16)
+    y = rng.integers(0, height, n).astype(np.uint16)
+    p = np.where(rng.random(n) < 0.6, 1, -1).astype(np.int8)
+    return t, x, y, p
+
+
+def test_voxel_grid_large_window_is_deterministic_and_matches_reference():
+    # Large enough for the per-thread private grids (and absolute Unix-µs timestamps).
+    t, x, y, p = random_events(300_000, 30, 40)
+    grid = voxel_grid(t, x, y, p, 5, 30, 40)
+    assert_close_to_reference(grid, voxel_reference(t, x, y, p, 5, 30, 40), voxel_magnitude(t, x, y, p, 5, 30, 40))
+    for _ in range(3):
+        np.testing.assert_array_equal(voxel_grid(t, x, y, p, 5, 30, 40), grid)
+    assert abs(float(grid.sum(dtype=np.float64)) - int(p.sum())) < 1e-2
+
+
+def test_voxel_grid_single_event_and_one_timestamp():
+    t = np.array([5], np.int64)
+    x = np.array([3], np.uint16)
+    y = np.array([1], np.uint16)
+    grid = voxel_grid(t, x, y, np.array([-1], np.int8), 4, 2, 4)
+    expected = np.zeros((4, 2, 4), np.float32)
+    expected[0, 1, 3] = -1.0
+    np.testing.assert_array_equal(grid, expected)
+    # All events at one timestamp: t* = 0, everything in bin 0.
+    t, x, y, p = random_events(1000, 5, 7)
+    grid = voxel_grid(np.full(1000, 42, np.int64), x, y, p, 3, 5, 7)
+    assert not grid[1:].any()
+    counts = event_frame_reference(x, y, p, 5, 7)
+    np.testing.assert_array_equal(grid[0], counts[1] - counts[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda e: e.update(x=np.array([0, 7, 1], np.uint16)), r"event 1: \(x=7, y=0\) is outside the 7x5 sensor"),
+        (lambda e: e.update(y=np.array([0, 0, 5], np.uint16)), r"event 2: \(x=1, y=5\) is outside"),
+        (lambda e: e.update(p=np.array([1, 0, 1], np.int8)), r"event 1: p=0, polarity must be -1 or \+1"),
+        (
+            lambda e: e.update(t=np.array([1, 9, 3], np.int64)),
+            r"event 1: t=9 is outside its window's time range \[1, 3\]; events must be sorted",
+        ),
+        (lambda e: e.update(x=np.array([0, 1, 1], np.int32)), r"x: expected a 1-D uint16 array, got int32"),
+        (lambda e: e.update(p=np.array([1, 1], np.int8)), r"different lengths"),
+        (lambda e: e.update(t=np.zeros((3, 1), np.int64)), r"t: expected a 1-D int64 array"),
+    ],
+)
+def test_voxel_grid_rejects_bad_events(change, message):
+    events = {
+        "t": np.array([1, 2, 3], np.int64),
+        "x": np.array([0, 1, 1], np.uint16),
+        "y": np.array([0, 0, 4], np.uint16),
+        "p": np.array([1, -1, 1], np.int8),
+    }
+    change(events)
+    with pytest.raises(ValueError, match=message):
+        voxel_grid(events["t"], events["x"], events["y"], events["p"], 3, 5, 7)
+
+
+def test_voxel_grid_rejects_bad_arguments():
+    t, x, y, p = random_events(10, 5, 7)
+    with pytest.raises(ValueError, match="bins: expected an integer >= 1, got 0"):
+        voxel_grid(t, x, y, p, 0, 5, 7)
+    with pytest.raises(ValueError, match="width: expected an integer"):
+        voxel_grid(t, x, y, p, 3, 5, 0)
+    with pytest.raises(ValueError, match=r"windows\[1\] = \[4, 11\]: need 0 <= start <= stop <= 10"):
+        voxel_grid(t, x, y, p, 3, 5, 7, windows=np.array([[0, 4], [4, 11]], np.int64))
+    with pytest.raises(ValueError, match="windows: expected an int64 array of shape"):
+        voxel_grid(t, x, y, p, 3, 5, 7, windows=np.array([0, 4], np.int64))
+    with pytest.raises(ValueError, match="device: expected None, 'cpu' or 'cuda'"):
+        voxel_grid(t, x, y, p, 3, 5, 7, device="gpu")
