@@ -18,11 +18,11 @@ from evpipe.nodes.sources.readers import (
 )
 from evpipe.runtime.events import Events, events_checksum
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA
 
 
 def data_file(relative: str) -> Path:
-    path = DATA / relative
+    path = SHARED_DATA / relative
     if not path.exists():
         pytest.skip(f"real recording {path} is absent (../shared/data is not part of a fresh clone)")
     return path

@@ -8,7 +8,17 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-from data_fixtures.recordings import (
+from evpipe.nodes.sources.readers import (
+    RecordingError,
+    RecordingWarning,
+    describe,
+    open_recording,
+    summarize,
+)
+from evpipe.runtime.events import Events
+from PIL import Image
+
+from tests.data_fixtures.recordings import (
     encode_evt2,
     encode_evt3,
     event_arrays,
@@ -20,15 +30,6 @@ from data_fixtures.recordings import (
     write_h5_plain,
     write_rpg_text,
 )
-from evpipe.nodes.sources.readers import (
-    RecordingError,
-    RecordingWarning,
-    describe,
-    open_recording,
-    summarize,
-)
-from evpipe.runtime.events import Events
-from PIL import Image
 
 
 def read_all(recording, **kwargs) -> Events:

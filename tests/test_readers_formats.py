@@ -6,7 +6,10 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from data_fixtures.recordings import (
+from evpipe.nodes.sources.readers import RecordingError, detect_format, open_recording
+from evpipe.runtime.events import Events
+
+from tests.data_fixtures.recordings import (
     encode_evt3,
     event_arrays,
     random_events,
@@ -18,8 +21,6 @@ from data_fixtures.recordings import (
     write_h5_plain,
     write_rpg_text,
 )
-from evpipe.nodes.sources.readers import RecordingError, detect_format, open_recording
-from evpipe.runtime.events import Events
 
 
 def read_all(recording, **kwargs) -> Events:
@@ -94,6 +95,16 @@ def test_evt3_stray_time_low_before_the_real_one_changes_nothing(tmp_path):
     with open_recording(clean) as a, open_recording(stray) as b:
         assert_same_events(read_all(b), read_all(a))
         assert len(b.issues) == 0
+
+
+def test_raw_data_starting_with_a_percent_byte_is_not_header(tmp_path):
+    # The first word, TIME_HIGH 0x025 (0x8025), is stored as the bytes 0x25 ('%') 0x80.
+    events = unique_events(random_events(500, 64, 48, t0=0x025 << 12, seed=13))
+    path = write_evt3(tmp_path / "percent.raw", events, geometry=(64, 48))
+    header_size = len(b"% date 2024-01-01 00:00:00\n% evt 3.0\n% geometry 64x48\n")
+    assert path.read_bytes()[header_size : header_size + 2] == b"%\x80"
+    with open_recording(path) as rec:
+        assert_same_events(canonical(read_all(rec)), canonical(events))
 
 
 def test_event_stream_round_trip_with_overflow_bytes(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numba
 import numpy as np
 from evpipe.runtime.events import Events
 from rich.console import Console
@@ -11,6 +12,25 @@ from rich.table import Table
 from tqdm import tqdm
 
 from .base import DEFAULT_CHUNK_EVENTS, Recording, RecordingError
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_duplicates(t: np.ndarray, key: np.ndarray) -> int:
+    """Events whose key repeats within their run of equal (sorted) timestamps."""
+    duplicates = 0
+    start = 0
+    n = t.shape[0]
+    while start < n:
+        stop = start + 1
+        while stop < n and t[stop] == t[start]:
+            stop += 1
+        if stop - start > 1:
+            keys = np.sort(key[start:stop])
+            for i in range(1, keys.shape[0]):
+                if keys[i] == keys[i - 1]:
+                    duplicates += 1
+        start = stop
+    return duplicates
 
 
 class _EventStats:
@@ -38,7 +58,10 @@ class _EventStats:
             self.t_first = int(packet.t[0])
         self.count += len(packet)
         self.t_last = int(packet.t[-1])
-        bins, counts = np.unique((packet.t - self.t_first) // 1000, return_counts=True)
+        # Millisecond bins are sorted (so are the times): run lengths give the counts.
+        ms = (packet.t - self.t_first) // 1000
+        starts = np.flatnonzero(np.concatenate(([True], ms[1:] != ms[:-1])))
+        bins, counts = ms[starts], np.diff(np.append(starts, len(ms)))
         if bins[0] == self.bin_index:
             counts[0] += self.bin_count
         else:
@@ -55,11 +78,7 @@ class _EventStats:
 
     @staticmethod
     def _count_duplicates(t: np.ndarray, key: np.ndarray) -> int:
-        if len(t) < 2:
-            return 0
-        order = np.lexsort((key, t))
-        t, key = t[order], key[order]
-        return int(np.count_nonzero((t[1:] == t[:-1]) & (key[1:] == key[:-1])))
+        return int(_count_duplicates(t, key)) if len(t) > 1 else 0
 
     def finish(self) -> dict:
         self.duplicates += self._count_duplicates(self.carry_t, self.carry_key)

@@ -217,7 +217,8 @@ class Hdf5Recording(Recording):
         imu = self._h5.get("imu/data")
         if isinstance(imu, h5py.Dataset) and len(imu):
             column = self._imu_columns()[0]
-            times += [round(float(imu[0, column])), round(float(imu[len(imu) - 1, column]))]
+            offset = self._declared_t_offset or 0
+            times += [round(float(imu[0, column])) + offset, round(float(imu[len(imu) - 1, column])) + offset]
         if not times:
             raise self.error("the file holds no events, frames or IMU samples, so it has no time range")
         return min(times), max(times) + 1

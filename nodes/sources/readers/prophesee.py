@@ -41,20 +41,28 @@ import numpy as np
 from .base import ByteStreamRecording, RawEvents
 
 _HEADER_LINE = re.compile(rb"^% ?(\S+) ?(.*)$")
+_PRINTABLE = re.compile(rb"%[ -~]*")
 
 
 def parse_raw_header(data: bytes) -> tuple[int, dict[str, str]]:
-    """Split the ``%`` header off ``data``: (data start offset, {key: value})."""
+    """Split the ``%`` header off ``data``: (data start offset, {key: value}).
+
+    A header line is printable ASCII starting with ``%`` and ending in a newline, so binary data that
+    happens to begin with the byte ``%`` is not mistaken for one; ``% end`` closes the header early.
+    """
     offset = 0
     fields: dict[str, str] = {}
-    while offset < len(data) and data[offset : offset + 1] == b"%":
+    while data[offset : offset + 1] == b"%":
         end = data.find(b"\n", offset)
-        if end < 0:
-            end = len(data) - 1
-        match = _HEADER_LINE.match(data[offset:end].rstrip(b"\r"))
-        if match:
-            fields[match.group(1).decode("ascii", "replace").lower()] = match.group(2).decode("ascii", "replace")
+        line = data[offset:end].rstrip(b"\r") if end >= 0 else b""
+        if end < 0 or not _PRINTABLE.fullmatch(line):
+            break
         offset = end + 1
+        if line.strip() == b"% end":
+            break
+        match = _HEADER_LINE.match(line)
+        if match:
+            fields[match.group(1).decode("ascii").lower()] = match.group(2).decode("ascii")
     return offset, fields
 
 
