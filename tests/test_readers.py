@@ -227,6 +227,16 @@ def test_evt2_sample_count_and_span():
         assert np.all(np.diff(events.t) >= 0)
         assert int(events.x.max()) < 640 and int(events.y.max()) < 480
         assert rec.time_range() == (int(events.t[0]), int(events.t[-1]) + 1)
+    # Independently: forward-fill each CD word's latest TIME_HIGH (the file has no clock wrap).
+    data = path.read_bytes()
+    words = np.frombuffer(data[data.index(b"% evt 2.0\n") + 10 :], dtype="<u4").astype(np.int64)
+    kind = words >> 28
+    high = words[np.maximum.accumulate(np.where(kind == 0x8, np.arange(len(words)), 0))] & 0x0FFFFFFF
+    cd = kind <= 1
+    reference = Events.from_arrays(
+        (high[cd] << 6) | ((words[cd] >> 22) & 0x3F), (words[cd] >> 11) & 0x7FF, words[cd] & 0x7FF, kind[cd]
+    )
+    assert_same_events(events, reference)
 
 
 def test_event_stream_sample_count_and_span():
