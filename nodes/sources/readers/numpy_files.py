@@ -39,18 +39,24 @@ class NumpyRecording(Recording):
 
     def _open(self) -> None:
         try:
-            loaded = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            with open(self.path, "rb") as file:
+                is_zip = file.read(4) == b"PK\x03\x04"
+            if is_zip:
+                # np.load leaks its file handle when a damaged archive fails to open; own it instead.
+                self._file = open(self.path, "rb")  # noqa: SIM115 - closed in _close
+                self._npz = np.load(self._file, allow_pickle=False)
+            else:
+                array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise self.error(
                 f"cannot be read as .npy/.npz ({first_line(exc)}); the file is truncated or corrupt: re-copy it",
                 kind="truncated",
             ) from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
+        if is_zip:
             self.format = "npz"
-            self._npz = loaded
-            self._columns = self._npz_columns(loaded)
+            self._columns = self._npz_columns(self._npz)
         else:
-            self._columns = self._structured_columns(loaded, "the array")
+            self._columns = self._structured_columns(array, "the array")
         lengths = {name: len(column) for name, column in self._columns.items()}
         if len(set(lengths.values())) != 1:
             raise self.error(f"event fields differ in length: {lengths}; the file is corrupt")
@@ -60,9 +66,9 @@ class NumpyRecording(Recording):
         self._float_seconds = not np.issubdtype(t.dtype, np.integer)
 
     def _close(self) -> None:
-        npz = getattr(self, "_npz", None)
-        if npz is not None:
-            npz.close()
+        for handle in (getattr(self, "_npz", None), getattr(self, "_file", None)):
+            if handle is not None:
+                handle.close()
 
     def _structured_columns(self, array: np.ndarray, where: str) -> dict[str, np.ndarray]:
         names = list(array.dtype.names or ())
