@@ -99,37 +99,39 @@ def check_windows(windows: Any, n_events: int) -> np.ndarray:
 
 
 def raise_first_invalid(
-    t: np.ndarray,
+    t: np.ndarray | None,
     x: np.ndarray,
     y: np.ndarray,
     p: np.ndarray,
     start: int,
     height: int,
     width: int,
-    t_lo: int,
-    t_hi: int,
+    t_lo: int = 0,
+    t_hi: int = 0,
 ) -> None:
     """Raise a ValueError for the first invalid event at or after ``start`` (host arrays).
 
     A kernel found a bad event in a block beginning at ``start``; this finds and names it. Valid
-    means inside the sensor, polarity ±1 and ``t_lo <= t <= t_hi``.
+    means inside the sensor, polarity ±1 and, unless ``t`` is None, ``t_lo <= t <= t_hi``.
     """
-    stop = len(t)
+    stop = len(x)
     while start < stop:
         block = slice(start, min(start + 65536, stop))
-        tb, xb, yb, pb = t[block], x[block], y[block], p[block]
-        bad = np.flatnonzero(
-            (xb >= width) | (yb >= height) | (np.abs(pb.astype(np.int16)) != 1) | (tb < t_lo) | (tb > t_hi)
-        )
-        if len(bad):
-            i = block.start + int(bad[0])
-            xi, yi, pi, ti = int(x[i]), int(y[i]), int(p[i]), int(t[i])
+        bad = (x[block] >= width) | (y[block] >= height) | (np.abs(p[block].astype(np.int16)) != 1)
+        if t is not None:
+            bad |= (t[block] < t_lo) | (t[block] > t_hi)
+        flagged = np.flatnonzero(bad)
+        if len(flagged):
+            i = block.start + int(flagged[0])
+            xi, yi, pi = int(x[i]), int(y[i]), int(p[i])
             if xi >= width or yi >= height:
                 problem = f"(x={xi}, y={yi}) is outside the {width}x{height} sensor"
             elif pi not in (-1, 1):
                 problem = f"p={pi}, polarity must be -1 or +1"
             else:
-                problem = f"t={ti} is outside its window's time range [{t_lo}, {t_hi}]; events must be sorted by t"
+                problem = (
+                    f"t={int(t[i])} is outside its window's time range [{t_lo}, {t_hi}]; events must be sorted by t"
+                )
             raise ValueError(f"event {i}: {problem}")
         start = block.stop
     raise AssertionError("a kernel reported an invalid event that the host check does not find")

@@ -10,7 +10,7 @@ import itertools
 
 import numpy as np
 import pytest
-from evpipe.kernels import voxel_grid
+from evpipe.kernels import event_frame, time_surface, voxel_grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -212,3 +212,67 @@ def test_voxel_grid_rejects_bad_arguments():
         voxel_grid(t, x, y, p, 3, 5, 7, windows=np.array([0, 4], np.int64))
     with pytest.raises(ValueError, match="device: expected None, 'cpu' or 'cuda'"):
         voxel_grid(t, x, y, p, 3, 5, 7, device="gpu")
+
+
+@FAST
+@given(event_windows())
+def test_event_frame_counts_match_reference(events):
+    _t, x, y, p, height, width = events
+    frame = event_frame(x, y, p, height, width)
+    assert frame.dtype == np.float32 and frame.shape == (2, height, width)
+    np.testing.assert_array_equal(frame, event_frame_reference(x, y, p, height, width))
+    assert frame.sum() == len(x)
+    assert frame[1].sum() == np.count_nonzero(p == 1)  # channel 1 is ON
+
+
+@FAST
+@given(event_windows(), st.floats(1.0, 1e7), st.data())
+def test_time_surface_matches_reference(events, tau_us, data):
+    t, x, y, p, height, width = events
+    t_ref = data.draw(st.integers(int(t[0]) - 10, int(t[-1]) + 10)) if len(t) else 0
+    surface = time_surface(t, x, y, p, height, width, t_ref, tau_us)
+    assert surface.dtype == np.float32 and surface.shape == (2, height, width)
+    reference = time_surface_reference(t, x, y, p, height, width, t_ref, tau_us)
+    np.testing.assert_allclose(surface, reference, rtol=1e-6, atol=1e-30)
+
+
+@FAST
+@given(event_windows(max_events=300), st.data())
+def test_frames_windows_equal_separate_calls(events, data):
+    t, x, y, p, height, width = events
+    n = len(t)
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), min_size=2, max_size=6)))
+    windows = np.array([*itertools.pairwise(cuts), (cuts[0], cuts[0])], np.int64)
+    t_refs = np.array([t[hi - 1] if hi > lo else 0 for lo, hi in windows], np.int64)
+    frames = event_frame(x, y, p, height, width, windows=windows)
+    surfaces = time_surface(t, x, y, p, height, width, t_refs, 1000.0, windows=windows)
+    assert frames.shape == surfaces.shape == (len(windows), 2, height, width)
+    for (lo, hi), frame, surface, t_ref in zip(windows, frames, surfaces, t_refs, strict=True):
+        np.testing.assert_array_equal(frame, event_frame_reference(x[lo:hi], y[lo:hi], p[lo:hi], height, width))
+        reference = time_surface_reference(t[lo:hi], x[lo:hi], y[lo:hi], p[lo:hi], height, width, t_ref, 1000.0)
+        np.testing.assert_allclose(surface, reference, rtol=1e-6, atol=1e-30)
+    assert not frames[-1].any() and not surfaces[-1].any()
+
+
+def test_frames_large_window_matches_reference():
+    t, x, y, p = random_events(300_000, 30, 40)
+    np.testing.assert_array_equal(event_frame(x, y, p, 30, 40), event_frame_reference(x, y, p, 30, 40))
+    t_ref = int(t[200_000])
+    surface = time_surface(t, x, y, p, 30, 40, t_ref, 5e4)
+    np.testing.assert_allclose(surface, time_surface_reference(t, x, y, p, 30, 40, t_ref, 5e4), rtol=1e-6)
+
+
+def test_frames_reject_bad_input():
+    t, x, y, p = random_events(10, 5, 7)
+    bad_x = x.copy()
+    bad_x[4] = 7
+    with pytest.raises(ValueError, match=r"event 4: \(x=7, y=\d+\) is outside the 7x5 sensor"):
+        event_frame(bad_x, y, p, 5, 7)
+    with pytest.raises(ValueError, match=r"event 4: \(x=7"):
+        time_surface(t, bad_x, y, p, 5, 7, 0, 10.0)
+    with pytest.raises(ValueError, match="tau_us: expected a positive decay time"):
+        time_surface(t, x, y, p, 5, 7, 0, 0.0)
+    with pytest.raises(
+        ValueError, match=r"t_ref: expected an integer time in µs or an int array of one per window \(2\)"
+    ):
+        time_surface(t, x, y, p, 5, 7, np.zeros(3, np.int64), 10.0, windows=np.array([[0, 5], [5, 10]], np.int64))
