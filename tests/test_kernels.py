@@ -10,7 +10,7 @@ import itertools
 
 import numpy as np
 import pytest
-from evpipe.kernels import event_frame, time_surface, voxel_grid
+from evpipe.kernels import edi_integral, event_frame, simulate_events, time_surface, voxel_grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,20 +50,24 @@ def time_surface_reference(t, x, y, p, height: int, width: int, t_ref: int, tau_
 
 
 def edi_reference(t, x, y, p, c, start, end, n_samples, height, width, t_ref=None) -> np.ndarray:
-    """E(tau) = mean over sample times s_k = start + (k + 1/2) T / K of exp(c * integral_tau^s_k e)."""
-    tau = (start + end) / 2 if t_ref is None else float(t_ref)
+    """E(tau) = mean over sample times s_k = start + (k + 1/2) T / K of exp(c * integral_tau^s_k e).
+
+    Times are taken relative to ``start`` so that float64 stays exact for Unix-µs timestamps.
+    """
+    tau = (end - start) / 2 if t_ref is None else float(t_ref - start)
     period = end - start
     inside = (t >= start) & (t < end)
-    t, x, y, p = t[inside], x[inside].astype(np.int64), y[inside].astype(np.int64), p[inside].astype(np.float64)
+    d = (t[inside] - start).astype(np.float64)
+    x, y, p = x[inside].astype(np.int64), y[inside].astype(np.int64), p[inside].astype(np.float64)
     total = np.zeros((height, width))
     for k in range(n_samples):
-        sample = start + (2 * k + 1) * period / (2 * n_samples)
+        sample = (2 * k + 1) * period / (2 * n_samples)
         integral = np.zeros((height, width))
         if sample >= tau:
-            sel = (t > tau) & (t <= sample)
+            sel = (d > tau) & (d <= sample)
             np.add.at(integral, (y[sel], x[sel]), p[sel])
         else:
-            sel = (t > sample) & (t <= tau)
+            sel = (d > sample) & (d <= tau)
             np.add.at(integral, (y[sel], x[sel]), -p[sel])
         total += np.exp(c * integral)
     return total / n_samples
@@ -276,3 +280,84 @@ def test_frames_reject_bad_input():
         ValueError, match=r"t_ref: expected an integer time in µs or an int array of one per window \(2\)"
     ):
         time_surface(t, x, y, p, 5, 7, np.zeros(3, np.int64), 10.0, windows=np.array([[0, 5], [5, 10]], np.int64))
+
+
+@FAST
+@given(event_windows(max_events=150, max_side=8), st.floats(0.05, 0.5), st.integers(1, 40), st.data())
+def test_edi_integral_matches_reference(events, c, n_samples, data):
+    t, x, y, p, height, width = events
+    first = int(t[0]) if len(t) else 0
+    last = int(t[-1]) if len(t) else 100
+    start = data.draw(st.integers(first - 5, last))
+    end = data.draw(st.integers(start + 1, last + 10))
+    t_ref = data.draw(st.one_of(st.none(), st.integers(start, end)))
+    result = edi_integral(t, x, y, p, c, start, end, n_samples, height, width, t_ref=t_ref)
+    assert result.dtype == np.float32 and result.shape == (height, width)
+    reference = edi_reference(t, x, y, p, c, start, end, n_samples, height, width, t_ref=t_ref)
+    np.testing.assert_allclose(result, reference, rtol=1e-5)
+
+
+def test_edi_integral_large_input_matches_reference():
+    t, x, y, p = random_events(200_000, 20, 30, span_us=100_000)
+    start, end = int(t[1000]), int(t[150_000])
+    for t_ref in (None, start, end, int(t[40_000])):
+        result = edi_integral(t, x, y, p, 0.02, start, end, 24, 20, 30, t_ref=t_ref)
+        reference = edi_reference(t, x, y, p, 0.02, start, end, 24, 20, 30, t_ref=t_ref)
+        np.testing.assert_allclose(result, reference, rtol=1e-5)
+
+
+def test_edi_integral_single_event_analytic():
+    # One ON event at t=650 in the exposure [0, 1000), K=10 samples at 50, 150, ..., 950, tau=500:
+    # samples 650..950 (4 of them; an event at a sample time counts for it) see exp(c), 6 see 1.
+    t, x, y, p = (np.array([650], np.int64), np.array([1], np.uint16), np.array([0], np.uint16), np.array([1], np.int8))
+    result = edi_integral(t, x, y, p, 0.3, 0, 1000, 10, 1, 2)
+    np.testing.assert_allclose(result, [[1.0, (6 + 4 * np.exp(0.3)) / 10]], rtol=1e-6)
+    # Relative to tau after the event, the 6 earlier samples see exp(-c) instead.
+    result = edi_integral(t, x, y, p, 0.3, 0, 1000, 10, 1, 2, t_ref=900)
+    np.testing.assert_allclose(result[0, 1], (6 * np.exp(-0.3) + 4) / 10, rtol=1e-6)
+    # Events outside the exposure are ignored.
+    np.testing.assert_array_equal(edi_integral(t, x, y, p, 0.3, 0, 650, 10, 1, 2), np.ones((1, 2)))
+
+
+def test_edi_deblurs_a_simulated_blur():
+    # A scene whose log intensity changes linearly per pixel: the blurry frame is its mean over the
+    # exposure (at the EDI sample times), the events come from the simulator (exact thresholds), and
+    # blurry / E must recover the intensity at tau to within the thresholds' quantisation.
+    rng = np.random.default_rng(0)
+    height, width, c, n_steps, period = 12, 16, 0.05, 200, 20_000
+    log_start = np.log(rng.uniform(0.05, 0.2, (height, width)))
+    log_gain = rng.uniform(-1.0, 1.2, (height, width))
+
+    def intensity(time_us):  # linear intensity plus the simulator's log offset
+        return np.exp(log_start + log_gain * (np.asarray(time_us)[..., None, None] / period))
+
+    times = np.linspace(0, period, n_steps + 1).astype(np.int64)
+    events = simulate_events(intensity(times) - 1e-3, times, c_pos=c, c_neg=c, sigma_c=0.0)
+    blurry = intensity((np.arange(n_steps) + 0.5) * period / n_steps).mean(axis=0)
+    for tau in (0, period // 2, period):
+        e = edi_integral(events.t, events.x, events.y, events.p, c, 0, period, n_steps, height, width, t_ref=tau)
+        truth = intensity(tau)
+        assert np.abs(np.log(blurry / e / truth)).max() < 2 * c
+    # At the start of the exposure the blur itself is far larger than that.
+    assert np.abs(np.log(blurry / intensity(0))).max() > 8 * c
+
+
+def test_edi_integral_rejects_bad_input():
+    t, x, y, p = random_events(10, 5, 7)
+    with pytest.raises(ValueError, match="c: expected a positive contrast threshold"):
+        edi_integral(t, x, y, p, 0.0, 0, 10, 4, 5, 7)
+    with pytest.raises(ValueError, match=r"exposure: end 5 must be after start 10"):
+        edi_integral(t, x, y, p, 0.2, 10, 5, 4, 5, 7)
+    with pytest.raises(ValueError, match="n_samples: expected an integer >= 1"):
+        edi_integral(t, x, y, p, 0.2, 0, 10, 0, 5, 7)
+    with pytest.raises(ValueError, match=r"t_ref=20 must lie within the exposure \[0, 10\]"):
+        edi_integral(t, x, y, p, 0.2, 0, 10, 4, 5, 7, t_ref=20)
+    start, end = int(t[0]), int(t[-1]) + 1
+    unsorted = t.copy()
+    unsorted[[3, 6]] = unsorted[[6, 3]]
+    with pytest.raises(ValueError, match=r"event 4: t=\d+ is before the previous event's t=\d+; unsorted"):
+        edi_integral(unsorted, x, y, p, 0.2, start, end, 4, 5, 7)
+    bad_y = y.copy()
+    bad_y[2] = 9
+    with pytest.raises(ValueError, match=r"event 2: \(x=\d+, y=9\) is outside the 7x5 sensor"):
+        edi_integral(t, x, bad_y, p, 0.2, start, end, 4, 5, 7)
