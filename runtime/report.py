@@ -81,7 +81,9 @@ class LatencyRecorder:
 
 
 def edge_accounting(edges: list[dict[str, Any]], counters: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per edge: sent, delivered, dropped (policy), rejected and lost = sent - processed - dropped - rejected.
+    """Per edge: sent (emitted by the producer), processed, dropped (by the latest policy, at either end),
+    rejected (malformed or over a limit) and lost = sent - processed - dropped - rejected, exactly: the
+    counters of crashed incarnations survive in their files.
 
     ``counters`` maps node -> summed counters over all its incarnations.
     """
@@ -90,12 +92,12 @@ def edge_accounting(edges: list[dict[str, Any]], counters: dict[str, dict[str, A
         eid = e["id"]
         out = counters.get(e["src"], {}).get("outputs", {}).get(eid, {})
         inn = counters.get(e["dst"], {}).get("inputs", {}).get(eid, {})
-        sent = out.get("sent", 0)
+        sent = out.get("sent", 0) + out.get("dropped_send", 0)
         dropped = out.get("dropped_send", 0) + inn.get("dropped_latest", 0)
         processed, rejected = inn.get("processed", 0), inn.get("rejected", 0)
         rows.append({"edge": eid, "policy": e["policy"], "sent": sent, "processed": processed,
                      "dropped": dropped, "rejected": rejected, "gaps": inn.get("gaps", 0),
-                     "bytes": out.get("bytes", 0), "lost": max(0, sent - processed - dropped - rejected)})
+                     "bytes": out.get("bytes", 0), "lost": sent - processed - dropped - rejected})
     return rows
 
 

@@ -136,10 +136,10 @@ class Supervisor:
                 self.console.print(f"[bold cyan]\\[{name}][/] {raw.decode(errors='replace').rstrip()}",
                                    markup=True, highlight=False)
 
-    def _send(self, name: str, cmd: str) -> None:
+    def _send(self, name: str, cmd: str, **fields: Any) -> None:
         np_ = self.nodes[name]
         identity = f"{name}#{np_.incarnation}".encode()
-        self.router.send_multipart([identity, msgpack.packb({"cmd": cmd})])
+        self.router.send_multipart([identity, msgpack.packb({"cmd": cmd, **fields})])
 
     # -- control messages ------------------------------------------------------------------------
     def _handle(self, identity: bytes, payload: bytes) -> None:
@@ -157,6 +157,9 @@ class Supervisor:
             np_.reports.append(msg["data"])
         elif kind == "done":
             np_.state = "done"
+            for e in self.graph.edges_out_of(name):
+                if self.nodes[e.dst].state == "running":
+                    self._send(e.dst, "upstream_done", edges=[e.id])
 
     def _poll(self, timeout_ms: int) -> None:
         if self.router.poll(timeout_ms, zmq.POLLIN):

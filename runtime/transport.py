@@ -79,10 +79,12 @@ class Mailbox:
             self._cond.notify_all()
 
     def close_edge(self, edge: str) -> None:
-        """Mark an edge finished without an EOS message (its producer ended while we were down)."""
+        """Mark an edge finished without an EOS message (its EOS was lost with a crashed predecessor)."""
         with self._cond:
-            self._slots[edge].eos = True
-            self._cond.notify_all()
+            slot = self._slots[edge]
+            if not slot.eos:
+                slot.eos = True
+                self._cond.notify_all()
 
     def get(self, timeout: float) -> tuple[str, str, Message] | None:
         """Next (edge, port, message); an EOS is returned once per edge after its data. None on timeout."""
@@ -128,6 +130,8 @@ class Inbox(threading.Thread):
         self.last_seq = -1
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, 2 if policy == "latest" else capacity)
+        # Hard guard inside ZeroMQ: a frame over the limit is refused before it is allocated (the peer is
+        # disconnected and reconnects). Anything smaller is checked, counted and logged by decode().
         self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
         self.sock.setsockopt(zmq.LINGER, 0)
         if curve:

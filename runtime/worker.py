@@ -27,8 +27,8 @@ from evpipe.runtime.node import Node
 from evpipe.runtime.transport import Inbox, Mailbox, Outlet
 from evpipe.runtime.wire import Limits, Message, Trace, now_ns
 
-# A restarted node cannot receive the end-of-stream of a producer that ended while it was down;
-# such an edge counts as ended once it has been quiet this long.
+# An end-of-stream can die with a crashed consumer. When the supervisor says an edge's producer has
+# finished (and flushed), the edge counts as ended once it has also been quiet this long.
 CLOSED_EDGE_IDLE_S = 1.0
 
 
@@ -44,6 +44,7 @@ class Control(threading.Thread):
         self.outbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.started = threading.Event()
         self.stop_requested = threading.Event()
+        self.upstream_done: set[str] = set()  # input edges whose producer has finished
 
     def send(self, payload: dict[str, Any]) -> None:
         self.outbox.put(payload)
@@ -56,6 +57,8 @@ class Control(threading.Thread):
                     self.started.set()
                 elif command.get("cmd") == "stop":
                     self.stop_requested.set()
+                elif command.get("cmd") == "upstream_done":
+                    self.upstream_done.update(command["edges"])
             try:
                 while True:
                     payload = self.outbox.get_nowait()
@@ -76,20 +79,21 @@ class Worker:
         self.spec = spec
         self.name: str = spec["name"]
         self.limits = Limits(**spec["limits"])
-        self.ctx = zmq.Context()
+        self.ctx = zmq.Context()  # control only
+        self.data_ctx = zmq.Context()  # edges: terminating it waits until sent data has been handed over
         self.abort = threading.Event()
         self.control = Control(self.ctx, spec["control"], f"{self.name}#{spec['incarnation']}")
         self.counters = Counters(spec["counters"], [e["id"] for e in spec["inputs"]],
                                  [e["id"] for e in spec["outputs"]], create=True)
         self.mailbox = Mailbox(self.counters)
         self.inboxes = [
-            Inbox(self.ctx, e["endpoint"], e["id"], e["dst_port"], e["policy"], e["capacity"], self.mailbox,
+            Inbox(self.data_ctx, e["endpoint"], e["id"], e["dst_port"], e["policy"], e["capacity"], self.mailbox,
                   self.limits, e.get("curve_server"))
             for e in spec["inputs"]
         ]
         self.outlets: dict[str, list[Outlet]] = {}
         for e in spec["outputs"]:
-            outlet = Outlet(self.ctx, e["endpoint"], e["id"], e["policy"], e["capacity"], self.counters,
+            outlet = Outlet(self.data_ctx, e["endpoint"], e["id"], e["policy"], e["capacity"], self.counters,
                             e.get("curve_client"))
             self.outlets.setdefault(e["src_port"], []).append(outlet)
         cls = resolve_node_type(spec["type"])
@@ -142,7 +146,8 @@ class Worker:
                 inbox.join()
             for outlets in self.outlets.values():
                 for outlet in outlets:
-                    outlet.close()  # LINGER lets queued messages reach the consumer
+                    outlet.close()
+            self.data_ctx.term()  # blocks (up to LINGER) until queued messages reached the consumers
             self.control.send({"type": "done"})
             self.control.close()
             self.ctx.term()
@@ -156,17 +161,16 @@ class Worker:
                 break
 
     def _run_consumer(self) -> None:
-        closed_edges = set(self.spec.get("closed_edges", ()))
+        self.control.upstream_done.update(self.spec.get("closed_edges", ()))
         last_activity = time.monotonic()
         while not self.mailbox.all_closed():
             item = self.mailbox.get(timeout=0.1)
             if item is None:
                 if self.control.stop_requested.is_set() and not self.mailbox.pending():
                     return
-                if closed_edges and time.monotonic() - last_activity > CLOSED_EDGE_IDLE_S:
-                    for edge in closed_edges:
+                if time.monotonic() - last_activity > CLOSED_EDGE_IDLE_S:
+                    for edge in list(self.control.upstream_done):
                         self.mailbox.close_edge(edge)
-                    closed_edges = set()
                 continue
             last_activity = time.monotonic()
             edge, port, msg = item

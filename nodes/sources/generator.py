@@ -52,6 +52,7 @@ class EventGenerator(Node):
     def produce(self) -> Iterator[tuple[str, Message]]:
         p = self.params
         wall0 = time.monotonic()
+        self._produced = {"messages": 0, "events": 0, "checksum": 0}
         for k in range(p.packets):
             cycle, base = divmod(k, len(self._pool))
             packet = self._pool[base]
@@ -61,4 +62,14 @@ class EventGenerator(Node):
                 delay = (packet.t[-1] / 1e6) / p.speed - (time.monotonic() - wall0)
                 if delay > 0:
                     time.sleep(delay)
+            self._count(packet)  # before yielding: the runtime may stop the generator right after sending
             yield "events", Message.from_events(packet, width=p.width, height=p.height)
+
+    def _count(self, packet: Events) -> None:
+        produced = self._produced
+        produced["messages"] += 1
+        produced["events"] += len(packet)
+        produced["checksum"] = (produced["checksum"] + packet.checksum()) % (1 << 64)
+
+    def stop(self) -> None:
+        self.report({"produced": self._produced})

@@ -1,0 +1,40 @@
+"""Shared test helpers: running graphs through the real CLI in subprocesses, locating ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real recordings not available: {SHARED_DATA} is absent (a fresh clone has no ../shared)")
+    return SHARED_DATA
+
+
+def evpipe(*args: str, timeout: float = 120, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the evpipe CLI in a subprocess (the way users run it); test nodes in tests/ are importable."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", "evpipe.runtime.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, **kwargs)
+
+
+def run_graph(tmp_path: Path, yaml_text: str, *extra: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess,
+                                                                                          dict]:
+    config = tmp_path / "graph.yaml"
+    config.write_text(yaml_text)
+    report = tmp_path / "report.json"
+    proc = evpipe("run", str(config), "--report", str(report), *extra, timeout=timeout)
+    assert report.exists(), f"no report written; exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc, json.loads(report.read_text())
