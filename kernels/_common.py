@@ -9,6 +9,7 @@ offending event index and :func:`raise_bad_event` turns it into a ``ValueError``
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,18 @@ def use_cuda(device: str | None, *arrays: Any) -> bool:
     return device == "cuda"
 
 
+def resolve_device(device: str | None, *arrays: Any) -> tuple[ModuleType | None, tuple[Any, ...]]:
+    """Where to run: ``(None, arrays)`` for the CPU, or ``(the CUDA module, arrays as device arrays)``.
+
+    Device inputs are used in place; host inputs with ``device="cuda"`` are copied to the device.
+    """
+    if not use_cuda(device, *arrays):
+        return None, arrays
+    from evpipe.kernels import _cuda
+
+    return _cuda, tuple(_cuda.to_device(a) for a in arrays)
+
+
 def check_sensor(height: int, width: int) -> tuple[int, int]:
     """Validate the sensor size and return it as Python ints."""
     for name, value in (("height", height), ("width", width)):
@@ -66,11 +79,14 @@ def check_event_arrays(**arrays: Any) -> int:
     for name, arr in arrays.items():
         expected = EVENT_FIELD_DTYPES[name]
         shape = getattr(arr, "shape", None)
-        dtype = getattr(arr, "dtype", None)
-        if shape is None or dtype is None:
+        try:
+            dtype = np.dtype(arr.dtype)
+        except (AttributeError, TypeError):
+            raise ValueError(f"{name}: expected a 1-D {expected} array, got {type(arr).__name__}") from None
+        if shape is None or (not isinstance(arr, np.ndarray) and not is_device_array(arr)):
             raise ValueError(f"{name}: expected a 1-D {expected} array, got {type(arr).__name__}")
-        if len(shape) != 1 or np.dtype(dtype) != expected:
-            raise ValueError(f"{name}: expected a 1-D {expected} array, got {np.dtype(dtype)} shape {tuple(shape)}")
+        if len(shape) != 1 or dtype != expected:
+            raise ValueError(f"{name}: expected a 1-D {expected} array, got {dtype} shape {tuple(shape)}")
         if n is None:
             n = shape[0]
         elif shape[0] != n:
@@ -98,6 +114,19 @@ def check_windows(windows: Any, n_events: int) -> np.ndarray:
     return np.ascontiguousarray(windows)
 
 
+def invalid_event_error(
+    index: int, t: int | None, x: int, y: int, p: int, height: int, width: int, t_range: str = ""
+) -> ValueError:
+    """The ValueError for event ``index`` with these values, found invalid by a kernel."""
+    if x >= width or y >= height:
+        problem = f"(x={x}, y={y}) is outside the {width}x{height} sensor"
+    elif p not in (-1, 1):
+        problem = f"p={p}, polarity must be -1 or +1"
+    else:
+        problem = f"t={t} is outside its window's time range{t_range}; events must be sorted by t"
+    return ValueError(f"event {index}: {problem}")
+
+
 def raise_first_invalid(
     t: np.ndarray | None,
     x: np.ndarray,
@@ -123,15 +152,7 @@ def raise_first_invalid(
         flagged = np.flatnonzero(bad)
         if len(flagged):
             i = block.start + int(flagged[0])
-            xi, yi, pi = int(x[i]), int(y[i]), int(p[i])
-            if xi >= width or yi >= height:
-                problem = f"(x={xi}, y={yi}) is outside the {width}x{height} sensor"
-            elif pi not in (-1, 1):
-                problem = f"p={pi}, polarity must be -1 or +1"
-            else:
-                problem = (
-                    f"t={int(t[i])} is outside its window's time range [{t_lo}, {t_hi}]; events must be sorted by t"
-                )
-            raise ValueError(f"event {i}: {problem}")
+            t_i = None if t is None else int(t[i])
+            raise invalid_event_error(i, t_i, int(x[i]), int(y[i]), int(p[i]), height, width, f" [{t_lo}, {t_hi}]")
         start = block.stop
     raise AssertionError("a kernel reported an invalid event that the host check does not find")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numba as nb
 import numpy as np
-from evpipe.kernels._common import check_event_arrays, check_sensor, raise_first_invalid, use_cuda
+from evpipe.kernels._common import check_event_arrays, check_sensor, raise_first_invalid, resolve_device
 
 _MIN_EVENTS_PER_CHUNK = 1 << 15
 
@@ -156,11 +156,8 @@ def edi_integral(
     if not 2 * exposure_start <= tau2 <= 2 * exposure_end:
         raise ValueError(f"t_ref={t_ref} must lie within the exposure [{exposure_start}, {exposure_end}]")
     height, width = check_sensor(height, width)
+    gpu, (t, x, y, p) = resolve_device(device, t, x, y, p)
     check_event_arrays(t=t, x=x, y=y, p=p)
-    if use_cuda(device, t, x, y, p):
-        from evpipe.kernels import _cuda
-
-        return _cuda.edi_integral(
-            t, x, y, p, float(c), exposure_start, exposure_end, int(n_samples), height, width, tau2
-        )
+    if gpu is not None:
+        return gpu.edi_integral(t, x, y, p, float(c), exposure_start, exposure_end, int(n_samples), height, width, tau2)
     return _edi_cpu(t, x, y, p, float(c), exposure_start, exposure_end, int(n_samples), height, width, tau2)

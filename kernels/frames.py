@@ -21,7 +21,7 @@ from evpipe.kernels._common import (
     check_sensor,
     check_windows,
     raise_first_invalid,
-    use_cuda,
+    resolve_device,
 )
 
 _BLOCK = 512
@@ -172,12 +172,11 @@ def event_frame(
     ``[start, stop)`` index ranges give (n, 2, height, width). ``device``: None follows the inputs
     (CUDA device arrays in, device array out), or "cpu"/"cuda".
     """
+    gpu, (x, y, p) = resolve_device(device, x, y, p)
     n = check_event_arrays(x=x, y=y, p=p)
     height, width, windows, single = _prepare(height, width, windows, n)
-    if use_cuda(device, x, y, p):
-        from evpipe.kernels import _cuda
-
-        out = _cuda.event_frames(x, y, p, height, width, windows)
+    if gpu is not None:
+        out = gpu.event_frames(x, y, p, height, width, windows)
     else:
         # Counting reads no times: an empty array stands in for them.
         no_times = np.empty(0, np.int64)
@@ -206,6 +205,7 @@ def time_surface(
     """
     if not np.isfinite(tau_us) or tau_us <= 0:
         raise ValueError(f"tau_us: expected a positive decay time in µs, got {tau_us!r}")
+    gpu, (t, x, y, p) = resolve_device(device, t, x, y, p)
     n = check_event_arrays(t=t, x=x, y=y, p=p)
     height, width, windows, single = _prepare(height, width, windows, n)
     t_refs = np.asarray(t_ref)
@@ -217,10 +217,8 @@ def time_surface(
             f"got {t_refs.dtype} shape {t_refs.shape}"
         )
     t_refs = t_refs.astype(np.int64)
-    if use_cuda(device, t, x, y, p):
-        from evpipe.kernels import _cuda
-
-        out = _cuda.time_surfaces(t, x, y, p, height, width, windows, t_refs, float(tau_us))
+    if gpu is not None:
+        out = gpu.time_surfaces(t, x, y, p, height, width, windows, t_refs, float(tau_us))
     else:
         out = _frames_cpu(t, x, y, p, height, width, windows, t_refs, float(tau_us), True)
     return out[0] if single else out

@@ -33,7 +33,7 @@ from evpipe.kernels._common import (
     check_sensor,
     check_windows,
     raise_first_invalid,
-    use_cuda,
+    resolve_device,
 )
 
 _BLOCK = 512
@@ -179,13 +179,12 @@ def voxel_grid(
         raise ValueError(f"bins: expected an integer >= 1, got {bins!r}")
     bins = int(bins)
     height, width = check_sensor(height, width)
+    gpu, (t, x, y, p) = resolve_device(device, t, x, y, p)
     n = check_event_arrays(t=t, x=x, y=y, p=p)
     single = windows is None
     windows = np.array([[0, n]], np.int64) if single else check_windows(windows, n)
-    if use_cuda(device, t, x, y, p):
-        from evpipe.kernels import _cuda
-
-        out = _cuda.voxel_grid(t, x, y, p, bins, height, width, windows)
+    if gpu is not None:
+        out = gpu.voxel_grid(t, x, y, p, bins, height, width, windows)
     else:
         out = _voxel_grid_cpu(t, x, y, p, bins, height, width, windows)
     return out[0] if single else out

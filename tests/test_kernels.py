@@ -7,6 +7,8 @@ The references are plain per-event NumPy, written independently of the kernels; 
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -361,3 +363,15 @@ def test_edi_integral_rejects_bad_input():
     bad_y[2] = 9
     with pytest.raises(ValueError, match=r"event 2: \(x=\d+, y=9\) is outside the 7x5 sensor"):
         edi_integral(t, x, bad_y, p, 0.2, start, end, 4, 5, 7)
+
+
+def test_cpu_use_never_imports_numba_cuda():
+    code = (
+        "import sys, numpy as np\n"
+        "from evpipe.kernels import voxel_grid, event_frame\n"
+        "t = np.arange(5, dtype=np.int64); x = y = np.zeros(5, np.uint16); p = np.ones(5, np.int8)\n"
+        "voxel_grid(t, x, y, p, 2, 1, 1); event_frame(x, y, p, 1, 1)\n"
+        "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
