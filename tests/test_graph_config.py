@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from evpipe.runtime.graph import ConfigError, load_graph
+
 from tests.conftest import evpipe
 
 GOOD = """\
@@ -58,7 +58,7 @@ def test_each_mistake_names_file_line_and_fix(tmp_path, old, new, line, message)
     assert text != GOOD
     path = _write(tmp_path, text)
     if message is None:  # a sink with no input: reported too
-        with pytest.raises(ConfigError, match="'vid' .* has no input connected"):
+        with pytest.raises(ConfigError, match=r"'vid' .* has no input connected"):
             load_graph(path)
         return
     with pytest.raises(ConfigError) as info:

@@ -16,11 +16,11 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.events import Events
 from evpipe.runtime.graph import ConfigError, load_graph
 from evpipe.runtime.wire import Message, encode
+
 from tests.conftest import TESTS, evpipe, run_graph
 
 THREE_NODES = """\
@@ -82,7 +82,7 @@ def _run_and_kill(tmp_path: Path, text: str, victim: str) -> tuple[subprocess.Co
     time.sleep(1.0)  # mid-stream
     (pid,) = _pids_of(victim)
     os.kill(pid, signal.SIGKILL)
-    out, err = run.communicate(timeout=90)
+    _, err = run.communicate(timeout=90)
     assert run.returncode == 0, err
     return run, err, json.loads(report_path.read_text())
 

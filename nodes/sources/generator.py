@@ -33,6 +33,7 @@ class EventGenerator(Node):
         spec.param("speed", float, 1.0, "realtime pacing factor (2.0 = twice real time)", minimum=1e-3)
         spec.param("pool_size", int, 8, "distinct packets drawn up front", minimum=1)
         spec.param("seed", int, 0, "random seed")
+        spec.param("checksum", bool, True, "checksum what is produced (about 5 ns per event; off for raw throughput)")
 
     def start(self) -> None:
         p = self.params
@@ -69,7 +70,8 @@ class EventGenerator(Node):
         produced = self._produced
         produced["messages"] += 1
         produced["events"] += len(packet)
-        produced["checksum"] = (produced["checksum"] + packet.checksum()) % (1 << 64)
+        if self.params.checksum:
+            produced["checksum"] = (produced["checksum"] + packet.checksum()) % (1 << 64)
 
     def stop(self) -> None:
         self.report({"produced": self._produced})
