@@ -12,8 +12,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from evpipe.runtime.graph import ConfigError, Graph, load_graph
 from rich.console import Console
+
+from evpipe.runtime.graph import ConfigError, Graph, load_graph
 
 DEFAULT_GRAPH = "default.yaml"
 
@@ -85,9 +86,10 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
     from evpipe.nodes import BUILTIN_NODES
     from evpipe.runtime.graph import resolve_node_type
-    from rich.table import Table
 
     names = [args.type] if args.type else sorted(BUILTIN_NODES)
     for name in names:

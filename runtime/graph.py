@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from evpipe.runtime.node import ANY_KIND, Node, ParamError
 from evpipe.runtime.wire import Limits
 

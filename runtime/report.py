@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from evpipe.runtime.wire import Trace
 
 PERCENTILES = (50, 90, 99)

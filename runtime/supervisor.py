@@ -25,10 +25,11 @@ from typing import Any
 
 import msgpack
 import zmq
+from rich.console import Console
+
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import Graph, NodeConfig
 from evpipe.runtime.report import edge_accounting
-from rich.console import Console
 
 READY_TIMEOUT_S = 120.0
 DRAIN_GRACE_S = 15.0

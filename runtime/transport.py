@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.wire import Limits, Message, WireError, decode, encode
 

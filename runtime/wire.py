@@ -26,6 +26,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
 from evpipe.runtime.events import EVENT_DTYPES, Events, Frame
 
 VERSION = 1

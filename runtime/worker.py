@@ -21,6 +21,7 @@ from typing import Any
 
 import msgpack
 import zmq
+
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import resolve_node_type
 from evpipe.runtime.node import Node

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from evpipe.runtime.graph import ConfigError, load_graph
 
+from evpipe.runtime.graph import ConfigError, load_graph
 from tests.conftest import evpipe
 
 GOOD = """\

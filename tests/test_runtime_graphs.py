@@ -16,11 +16,11 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.events import Events
 from evpipe.runtime.graph import ConfigError, load_graph
 from evpipe.runtime.wire import Message, encode
-
 from tests.conftest import TESTS, evpipe, run_graph
 
 THREE_NODES = """\

@@ -7,10 +7,11 @@ import contextlib
 import msgpack
 import numpy as np
 import pytest
-from evpipe.runtime.events import Events, Frame, events_checksum
-from evpipe.runtime.wire import Limits, Message, Trace, WireError, decode, encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from evpipe.runtime.events import Events, Frame, events_checksum
+from evpipe.runtime.wire import Limits, Message, Trace, WireError, decode, encode
 
 
 def _events(n: int, seed: int = 0) -> Events:

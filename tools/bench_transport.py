@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from evpipe.runtime.graph import build_graph
-from evpipe.runtime.supervisor import Supervisor
 from rich.console import Console
 from tqdm import tqdm
+
+from evpipe.runtime.graph import build_graph
+from evpipe.runtime.supervisor import Supervisor
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+
 from evpipe.runtime.events import Events
 from evpipe.runtime.node import Node, Spec
 from evpipe.runtime.wire import Message

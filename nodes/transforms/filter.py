@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from evpipe.runtime.events import Events
 from evpipe.runtime.node import Node, Spec
 from evpipe.runtime.wire import Message
