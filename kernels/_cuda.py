@@ -19,8 +19,9 @@ import math
 from typing import Any
 
 import numpy as np
-from evpipe.kernels._common import invalid_event_error
 from numba import cuda
+
+from evpipe.kernels._common import invalid_event_error
 
 _THREADS = 128
 _NO_BAD = np.iinfo(np.int64).max

@@ -13,10 +13,13 @@ at or before ``s``, the inner integral is ``U(s) - U(tau)``, an integer, so
 Event i counts in sample k exactly when ``s_k >= t_i``, i.e. ``k >= j_i = ceil((2K d_i - T) / (2T))``
 with ``d_i = t_i - start``, computed in integers: no float ties between events and samples.
 
-CPU: the exposure's events are split into time-ordered chunks (one boundary at tau); pass 1 sums
-polarities per pixel and chunk, which gives every chunk's starting ``U - U(tau)``; pass 2 walks
-each chunk in time order keeping ``exp(c (U - U(tau)))`` per pixel, adding it once per run of
-samples between a pixel's events. Memory is O(pixels) per thread, whatever K.
+CPU (events sorted by time): the exposure's events are split into time-ordered chunks (one
+boundary at tau); pass 1 sums polarities per pixel and chunk, which gives every chunk's starting
+``U - U(tau)``; pass 2 walks each chunk in time order keeping ``exp(c (U - U(tau)))`` per pixel,
+adding it once per run of samples between a pixel's events. Memory is O(pixels) per thread,
+whatever K. GPU: one thread per event adds its polarity to an integer histogram over (pixel,
+first sample at or after it), then one thread per pixel sums K exponentials; events need not be
+sorted there.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+
 from evpipe.kernels._common import check_event_arrays, check_sensor, raise_first_invalid, resolve_device
 
 _MIN_EVENTS_PER_CHUNK = 1 << 15
@@ -63,28 +67,35 @@ def _edi_walk(t, x, y, p, bounds, first_sample, start_u, start, period, n_sample
     """E per pixel into ``out`` (H*W float32).
 
     Chunk ``ch`` owns samples [first_sample[ch], first_sample[ch+1]) and starts with
-    U - U(tau) = ``start_u[ch]`` per pixel. ``exp(c U)`` is kept per pixel and multiplied by
-    exp(±c) at each event instead of recomputed.
+    U - U(tau) = ``start_u[ch]`` per pixel. Per pixel, the state row holds the next sample not yet
+    added, ``exp(c (U - U(tau)))`` (multiplied by exp(±c) at each event instead of recomputed) and
+    the running sum, side by side so that an event touches one cache line. Events are sorted, so
+    the first sample at or after an event only moves forward: no division per event.
     """
     n_chunks = len(bounds) - 1
     npix = len(out)
-    up = np.exp(c)
-    down = np.exp(-c)
+    factor_on = np.exp(c)
+    factor_off = np.exp(-c)
     partial = np.zeros((n_chunks, npix))
     for ch in nb.prange(n_chunks):
-        value = np.exp(c * start_u[ch].astype(np.float64))
-        next_sample = np.full(npix, first_sample[ch], np.int64)
-        acc = partial[ch]
+        state = np.empty((npix, 4))
+        for pix in range(npix):
+            state[pix, 0] = first_sample[ch]
+            state[pix, 1] = np.exp(c * start_u[ch, pix])
+            state[pix, 2] = 0.0
+        sample = first_sample[ch]  # first sample at or after the current event
         for i in range(bounds[ch], bounds[ch + 1]):
+            scaled = 2 * n_samples * (t[i] - start)
+            while sample < n_samples and (2 * sample + 1) * period < scaled:
+                sample += 1
             pix = np.int64(y[i]) * width + np.int64(x[i])
-            j = _first_sample_at_or_after(t[i] - start, n_samples, period)
-            if j > next_sample[pix]:
-                acc[pix] += (j - next_sample[pix]) * value[pix]
-                next_sample[pix] = j
-            value[pix] *= up if p[i] > 0 else down
+            if sample > state[pix, 0]:
+                state[pix, 2] += (sample - state[pix, 0]) * state[pix, 1]
+                state[pix, 0] = sample
+            state[pix, 1] *= factor_on if p[i] > 0 else factor_off
         end_sample = first_sample[ch + 1]
         for pix in range(npix):
-            acc[pix] += (end_sample - next_sample[pix]) * value[pix]
+            partial[ch, pix] = state[pix, 2] + (end_sample - state[pix, 0]) * state[pix, 1]
     for pix in nb.prange(npix):
         total = 0.0
         for ch in range(n_chunks):

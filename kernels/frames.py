@@ -16,6 +16,7 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+
 from evpipe.kernels._common import (
     check_event_arrays,
     check_sensor,
@@ -111,9 +112,10 @@ def _frames_privatized(t, x, y, p, lo, hi, t_ref, tau_us, height, width, surface
             c_lo = lo + (n * c) // n_chunks
             c_hi = lo + (n * (c + 1)) // n_chunks
             bad[c] = _latest(t, x, y, p, c_lo, c_hi, t_ref, width, height, private_latest[c])
-        latest = np.empty(cells, np.int64)
+        latest = private_latest[0].copy()
         for j in nb.prange(cells):
-            latest[j] = private_latest[:, j].max()
+            for c in range(1, n_chunks):
+                latest[j] = max(latest[j], private_latest[c, j])
         _decay(latest, t_ref, tau_us, out.reshape(cells))
     else:
         private_counts = np.zeros((n_chunks, cells), np.float32)
@@ -123,7 +125,10 @@ def _frames_privatized(t, x, y, p, lo, hi, t_ref, tau_us, height, width, surface
             bad[c] = _count(x, y, p, c_lo, c_hi, width, height, private_counts[c])
         flat = out.reshape(cells)
         for j in nb.prange(cells):
-            flat[j] = private_counts[:, j].sum()
+            total = np.float32(0.0)
+            for c in range(n_chunks):
+                total += private_counts[c, j]
+            flat[j] = total
 
 
 def _frames_cpu(t, x, y, p, height, width, windows, t_refs, tau_us, surface: bool) -> np.ndarray:

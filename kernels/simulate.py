@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numba as nb
 import numpy as np
+
 from evpipe.runtime.events import Events
 
 # "No previous event" for the refractory check: far enough in the past to never suppress anything.

@@ -28,6 +28,7 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+
 from evpipe.kernels._common import (
     check_event_arrays,
     check_sensor,

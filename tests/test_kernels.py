@@ -12,9 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from evpipe.kernels import edi_integral, event_frame, simulate_events, time_surface, voxel_grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from evpipe.kernels import edi_integral, event_frame, simulate_events, time_surface, voxel_grid
 
 
 def voxel_reference(t, x, y, p, bins: int, height: int, width: int) -> np.ndarray:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from evpipe.kernels import EventSimulator, simulate_events
-from evpipe.runtime.events import Events
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from evpipe.kernels import EventSimulator, simulate_events
+from evpipe.runtime.events import Events
 
 LOG_EPS = 1e-3
 
