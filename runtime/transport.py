@@ -205,6 +205,11 @@ class Outlet:
         return self._send_blocking(encode(Message.control(EOS)), abort)
 
     def _send_blocking(self, frames: list[Any], abort: threading.Event) -> bool:
+        try:  # the common case: room in the pipe, no poll needed
+            self.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
         # Poll so a shutdown can interrupt a sender blocked by a consumer that is gone.
         while not abort.is_set():
             if self.sock.poll(100, zmq.POLLOUT):

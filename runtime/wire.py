@@ -64,9 +64,6 @@ class Trace:
     emit_ns: int = 0
     hops: list[tuple[str, int, int]] = field(default_factory=list)
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"sensor_t": self.sensor_t, "emit_ns": self.emit_ns, "hops": [list(h) for h in self.hops]}
-
     def extended(self, node: str, in_ns: int, out_ns: int) -> Trace:
         return Trace(self.sensor_t, self.emit_ns, [*self.hops, (node, in_ns, out_ns)])
 
@@ -112,13 +109,21 @@ class Message:
         return sum(a.nbytes for a in self.arrays.values())
 
 
+# dtype objects by name, built once: np.dtype(name) per array per message is measurable overhead.
+_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_EVENT_DTYPES_BY_NAME = {name: dt.name for name, dt in EVENT_DTYPES.items()}
+
+
 def encode(msg: Message) -> list[Any]:
     """Message -> multipart frames: header bytes, then each array's buffer (no copy when contiguous)."""
     buffers = []
     specs = []
     for name, arr in msg.arrays.items():
-        arr = np.ascontiguousarray(arr)
-        specs.append([name, arr.dtype.name, list(arr.shape)])
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        # dtype.name is slow (it formats a string each call); the allowed names are cached.
+        specs.append([name, _DTYPE_NAMES.get(arr.dtype) or arr.dtype.name, list(arr.shape)])
         buffers.append(arr.data if arr.size else b"")
     header = {
         "v": VERSION,
@@ -129,7 +134,7 @@ def encode(msg: Message) -> list[Any]:
         "t1": int(msg.t_range[1]),
         "meta": msg.meta,
         "arrays": specs,
-        "trace": msg.trace.to_wire(),
+        "trace": {"sensor_t": msg.trace.sensor_t, "emit_ns": msg.trace.emit_ns, "hops": msg.trace.hops},
     }
     return [msgpack.packb(header, use_bin_type=True), *buffers]
 
@@ -138,9 +143,6 @@ def _is_int(v: Any) -> bool:
     return type(v) is int
 
 
-# dtype objects by name, built once: np.dtype(name) per array per message is measurable overhead.
-_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
-_EVENT_DTYPES_BY_NAME = {name: dt.name for name, dt in EVENT_DTYPES.items()}
 
 
 def decode(frames: Sequence[Any], limits: Limits = Limits()) -> Message:
