@@ -6,10 +6,11 @@ import time
 
 import numpy as np
 import pytest
-from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error, time_call
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
+
+from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error, time_call
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray, channel_axis: int | None = None) -> float:
