@@ -27,6 +27,7 @@ from evpipe.kernels._common import (
 
 _BLOCK = 512
 _PRIVATIZE_MIN_EVENTS = 1 << 16
+_PRIVATE_BUDGET_BYTES = 256 << 20
 _NO_EVENT = np.iinfo(np.int64).min
 
 
@@ -134,9 +135,11 @@ def _frames_privatized(t, x, y, p, lo, hi, t_ref, tau_us, height, width, surface
 def _frames_cpu(t, x, y, p, height, width, windows, t_refs, tau_us, surface: bool) -> np.ndarray:
     out = np.zeros((len(windows), 2, height, width), np.float32)
     sizes = windows[:, 1] - windows[:, 0]
+    # One private grid per thread, within a memory budget (many-core machines, large sensors).
     n_threads = nb.get_num_threads()
+    n_chunks = min(n_threads, max(1, _PRIVATE_BUDGET_BYTES // (height * width * 2 * (8 if surface else 4))))
     big_enough = sizes >= max(_PRIVATIZE_MIN_EVENTS, height * width // 2)
-    privatize = big_enough & (n_threads > 1) & (len(windows) < n_threads)
+    privatize = big_enough & (n_chunks > 1) & (len(windows) < n_threads)
     direct = np.flatnonzero(~privatize)
     if len(direct):
         bad = np.full(len(direct), -1, np.int64)
@@ -147,9 +150,9 @@ def _frames_cpu(t, x, y, p, height, width, windows, t_refs, tau_us, surface: boo
         for start in bad[bad >= 0]:
             raise_first_invalid(None, x, y, p, int(start), height, width)
     for w in np.flatnonzero(privatize):
-        bad = np.full(n_threads, -1, np.int64)
+        bad = np.full(n_chunks, -1, np.int64)
         lo, hi = windows[w]
-        _frames_privatized(t, x, y, p, lo, hi, t_refs[w], tau_us, height, width, surface, n_threads, out[w], bad)
+        _frames_privatized(t, x, y, p, lo, hi, t_refs[w], tau_us, height, width, surface, n_chunks, out[w], bad)
         if (bad >= 0).any():
             raise_first_invalid(None, x, y, p, int(bad[bad >= 0].min()), height, width)
     return out

@@ -41,6 +41,7 @@ _BLOCK = 512
 # A private grid per thread pays for itself (zeroing + reduction) only when a window has this
 # many events, and at least as many as a quarter of the grid's cells.
 _PRIVATIZE_MIN_EVENTS = 1 << 16
+_PRIVATE_BUDGET_BYTES = 256 << 20
 
 
 @nb.njit(cache=True, fastmath=True)
@@ -127,10 +128,12 @@ def _voxel_privatized(t, x, y, p, lo, hi, bins, height, width, n_chunks, out, ba
 def _voxel_grid_cpu(t, x, y, p, bins: int, height: int, width: int, windows: np.ndarray) -> np.ndarray:
     out = np.zeros((len(windows), bins, height, width), np.float32)
     sizes = windows[:, 1] - windows[:, 0]
+    # One private grid per thread, within a memory budget (many-core machines, large sensors).
     n_threads = nb.get_num_threads()
+    n_chunks = min(n_threads, max(1, _PRIVATE_BUDGET_BYTES // (height * width * ((bins + 3) // 4 * 4) * 4)))
     big_enough = sizes >= max(_PRIVATIZE_MIN_EVENTS, height * width * bins // 4)
     # With at least as many windows as threads, one window per thread already uses every core.
-    privatize = big_enough & (n_threads > 1) & (len(windows) < n_threads)
+    privatize = big_enough & (n_chunks > 1) & (len(windows) < n_threads)
     direct = np.flatnonzero(~privatize)
     if len(direct):
         bad = np.full(len(direct), -1, np.int64)
@@ -142,9 +145,9 @@ def _voxel_grid_cpu(t, x, y, p, bins: int, height: int, width: int, windows: np.
             if start >= 0:
                 _raise_invalid(t, x, y, p, start, windows[w], height, width)
     for w in np.flatnonzero(privatize):
-        bad = np.full(n_threads, -1, np.int64)
+        bad = np.full(n_chunks, -1, np.int64)
         lo, hi = windows[w]
-        _voxel_privatized(t, x, y, p, lo, hi, bins, height, width, n_threads, out[w], bad)
+        _voxel_privatized(t, x, y, p, lo, hi, bins, height, width, n_chunks, out[w], bad)
         if (bad >= 0).any():
             _raise_invalid(t, x, y, p, int(bad[bad >= 0].min()), windows[w], height, width)
     return out
