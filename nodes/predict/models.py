@@ -1,0 +1,344 @@
+"""DESSERT's networks: KL image autoencoder, ER-VAE event encoder, conditional U-Net, and the composite.
+
+Tensors are NCHW float32. Images are gray, (B, 1, H, W) in [0, 1]; voxel grids (B, bins, H, W)
+(E2VID voxel grids, raw event counts); latents (B, 4, H/4, W/4). H and W must be multiples of
+``Dessert.multiple`` (16 for the presets); :mod:`evpipe.nodes.predict.sampler` pads to that.
+
+Latent units. The autoencoder's posterior mean is multiplied by ``latent_scale`` (1 / its standard
+deviation over the training frames) so latents have unit variance; the residual
+``z_res = z_target - z_anchor`` is further multiplied by ``residual_scale`` (1 / its standard
+deviation over the DLT training pairs) so the diffusion model's clean data has unit variance. The
+ER-VAE's ``z_event`` lives in those normalised residual units, which is what makes the alignment
+loss ``||z_event - z_res||²`` and the U-Net's conditioning commensurate.
+
+Conditioning by channel concatenation (not cross-attention): ``z_event`` and ``z_anchor`` lie on the
+same 1/4-resolution grid as the residual being denoised, so the information for each latent pixel
+sits at that pixel; concatenation hands it over at zero cost in parameters and FLOPs, keeps the
+U-Net fully convolutional (any sensor size at run time) and exports to ONNX as a plain Concat.
+Cross-attention pays for a learned correspondence search (O(N²) in latent pixels) that this aligned
+conditioning does not need; it suits unaligned tokens such as text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from torch import Tensor, nn
+
+from evpipe.nodes import diffusion
+
+
+def _groups(channels: int) -> int:
+    for groups in (8, 4, 2, 1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual path; adds a projected time embedding when given."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int = 0) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout) if emb_dim else None
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb is not None and emb is not None:
+            h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head spatial self-attention (used at the coarsest U-Net level of the larger preset)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        attn = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(c), dim=-1)  # (B, HW, HW)
+        return x + self.out((v @ attn.transpose(1, 2)).reshape(b, c, h, w))
+
+
+class Encoder(nn.Module):
+    """Convolutional encoder: (B, cin, H, W) -> (B, 2·zc, H/2^L, W/2^L), the posterior mean and
+    log-variance of a diagonal Gaussian. Each level halves the resolution with a strided conv and
+    doubles the width, then one residual block: no residual block runs at full resolution, which is
+    where a CPU spends its time."""
+
+    def __init__(self, cin: int, channels: int, latent_channels: int, levels: int = 2) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(cin, channels, 3, padding=1)
+        blocks: list[nn.Module] = []
+        c = channels
+        for _ in range(levels):
+            blocks += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), ResBlock(2 * c, 2 * c)]
+            c *= 2
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.GroupNorm(_groups(c), c)
+        self.conv_out = nn.Conv2d(c, 2 * latent_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.conv_out(F.silu(self.norm(self.blocks(self.conv_in(x)))))
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+
+class Decoder(nn.Module):
+    """Mirror of :class:`Encoder`: (B, zc, h, w) -> (B, cout, h·2^L, w·2^L); each level is a residual
+    block, nearest-neighbour ×2 upsampling and a conv that halves the width."""
+
+    def __init__(self, latent_channels: int, channels: int, cout: int, levels: int = 2) -> None:
+        super().__init__()
+        c = channels * 2**levels
+        self.conv_in = nn.Conv2d(latent_channels, c, 3, padding=1)
+        self.blocks = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        for _ in range(levels):
+            self.blocks.append(ResBlock(c, c))
+            self.ups.append(nn.Conv2d(c, c // 2, 3, padding=1))
+            c //= 2
+        self.norm = nn.GroupNorm(_groups(c), c)
+        self.conv_out = nn.Conv2d(c, cout, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.conv_in(z)
+        for block, up in zip(self.blocks, self.ups, strict=True):
+            h = up(F.interpolate(block(h), scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm(h)))
+
+
+class AutoEncoder(nn.Module):
+    """KL autoencoder for gray frames: (B, 1, H, W) in [0, 1] <-> raw latents (B, zc, H/4, W/4)."""
+
+    def __init__(self, channels: int, latent_channels: int = 4) -> None:
+        super().__init__()
+        self.encoder = Encoder(1, channels, latent_channels)
+        self.decoder = Decoder(latent_channels, channels, 1)
+
+    def encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior (mean, logvar), each (B, zc, H/4, W/4), of ``image`` in [0, 1]."""
+        return self.encoder(image * 2.0 - 1.0)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Image (B, 1, H, W), nominally [0, 1] (not clamped: training sees the raw output)."""
+        return self.decoder(z) * 0.5 + 0.5
+
+
+def sample_posterior(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    return mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+
+
+def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) summed over channels and pixels, averaged over the batch."""
+    return 0.5 * torch.sum(mean * mean + logvar.exp() - 1.0 - logvar) / mean.shape[0]
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding (B, dim) of diffusion times ``t`` (B,) in [0, 1] (scaled by 1000 like DDPM)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class UNet(nn.Module):
+    """Conditional U-Net on latents: (x (B, out, h, w), t (B,), cond (B, cc, h, w)) -> (B, out, h, w).
+
+    ``mult`` gives the width of each level relative to ``channels``; one residual block per level
+    and direction; h and w must be multiples of 2^(len(mult) - 1).
+    """
+
+    def __init__(self, out_channels: int, cond_channels: int, channels: int, mult: tuple[int, ...] = (1, 2, 2),
+                 attention: bool = False) -> None:
+        super().__init__()
+        self.emb_dim = 4 * channels
+        self.time_mlp = nn.Sequential(nn.Linear(channels, self.emb_dim), nn.SiLU(),
+                                      nn.Linear(self.emb_dim, self.emb_dim))
+        self.channels = channels
+        self.conv_in = nn.Conv2d(out_channels + cond_channels, channels, 3, padding=1)
+        widths = [channels * m for m in mult]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c = channels
+        for i, w in enumerate(widths):
+            self.down.append(ResBlock(c, w, self.emb_dim))
+            c = w
+            if i < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid1 = ResBlock(c, c, self.emb_dim)
+        self.attn = SelfAttention(c) if attention else nn.Identity()
+        self.mid2 = ResBlock(c, c, self.emb_dim)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths))):
+            self.up.append(ResBlock(c + w, w, self.emb_dim))
+            c = w
+            if i > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.norm = nn.GroupNorm(_groups(c), c)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
+        # Start as the zero function: the first predictions are the data mean, and training is stabler.
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.channels))
+        h = self.conv_in(torch.cat([x, cond], dim=1))
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self.mid2(self.attn(self.mid1(h, emb)), emb)
+        for j, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if j < len(self.upsample):
+                h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm(h)))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and conditioning of one trained DESSERT model (saved inside every checkpoint).
+
+    ``events``: ``ervae`` (the ER-VAE's z_event) or ``raw`` (the voxel grid space-to-depth'd to the
+    latent grid, the no-alignment ablation). ``mode``: ``diffusion`` or ``regression`` (the same U-Net
+    called once with x_t = 0, t = 0, trained to output the residual directly). ``compose``:
+    ``latent`` (the paper: decode(z_anchor + ẑ_res)) or ``pixel`` (anchor + decode(z_anchor + ẑ_res)
+    - decode(z_anchor), which cancels the autoencoder's reconstruction error where nothing moved).
+    """
+
+    bins: int
+    ae_channels: int
+    latent_channels: int
+    unet_channels: int
+    unet_mult: tuple[int, ...]
+    unet_attention: bool
+    events: str = "ervae"
+    mode: str = "diffusion"
+    prediction: str = "v"
+    compose: str = "pixel"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unet_mult", tuple(self.unet_mult))
+        for name, allowed in (("events", ("ervae", "raw")), ("mode", ("diffusion", "regression")),
+                              ("compose", ("latent", "pixel"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}: {getattr(self, name)!r} is not one of {allowed}")
+        diffusion.check_prediction(self.prediction)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Dessert(nn.Module):
+    """The whole predictor: image autoencoder, event encoder, U-Net, and the latent statistics.
+
+    ``predict(anchor, voxel, noise, steps)`` maps an anchor frame (B, 1, H, W) in [0, 1], the voxel
+    grid of the events from the anchor to the target time (B, bins, H, W) and the sampler's initial
+    noise (B, zc, H/4, W/4) to the predicted target frame (B, 1, H, W) in [0, 1].
+    """
+
+    latent_downsample = 4
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        zc = config.latent_channels
+        self.ae = AutoEncoder(config.ae_channels, zc)
+        self.event_encoder = Encoder(config.bins, config.ae_channels, zc) if config.events == "ervae" else None
+        event_channels = zc if config.events == "ervae" else config.bins * self.latent_downsample**2
+        self.unet = UNet(zc, event_channels + zc, config.unet_channels, config.unet_mult, config.unet_attention)
+        self.schedule = diffusion.CosineSchedule()
+        for name in ("latent_scale", "residual_scale", "voxel_scale"):
+            self.register_buffer(name, torch.ones(()))
+
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this."""
+        return self.latent_downsample * 2 ** (len(self.config.unet_mult) - 1)
+
+    def set_stats(self, latent_scale: float, residual_scale: float, voxel_scale: float) -> None:
+        self.latent_scale.fill_(latent_scale)
+        self.residual_scale.fill_(residual_scale)
+        self.voxel_scale.fill_(voxel_scale)
+
+    # -- the pieces -------------------------------------------------------------------------------
+    def encode_image(self, image: Tensor) -> Tensor:
+        """Normalised latent (posterior mean) of ``image`` (B, 1, H, W) in [0, 1]: (B, zc, H/4, W/4)."""
+        return self.ae.encode(image)[0] * self.latent_scale
+
+    def decode_latent(self, z: Tensor) -> Tensor:
+        """Image (B, 1, H, W) from a normalised latent (not clamped)."""
+        return self.ae.decode(z / self.latent_scale)
+
+    def event_posterior(self, voxel: Tensor) -> tuple[Tensor, Tensor]:
+        """ER-VAE posterior (mean, logvar) of z_event, (B, zc, H/4, W/4), in normalised residual units."""
+        if self.event_encoder is None:
+            raise RuntimeError("this model feeds raw events to the U-Net; it has no ER-VAE")
+        return self.event_encoder(voxel * self.voxel_scale)
+
+    def event_condition(self, voxel: Tensor) -> Tensor:
+        """The U-Net's event conditioning: z_event (posterior mean), or the raw voxel grid on the latent grid."""
+        if self.event_encoder is None:
+            return F.pixel_unshuffle(voxel * self.voxel_scale, self.latent_downsample)
+        return self.event_posterior(voxel)[0]
+
+    def denoiser(self, x: Tensor, t: Tensor, z_anchor: Tensor, z_event: Tensor) -> Tensor:
+        """The diffusion model in the shared module's calling convention (``model(x_t, t, **cond)``)."""
+        return self.unet(x, t, torch.cat([z_event, z_anchor], dim=1))
+
+    # -- inference --------------------------------------------------------------------------------
+    def residual(self, z_anchor: Tensor, z_event: Tensor, noise: Tensor, steps: int) -> Tensor:
+        """Normalised residual latent ẑ_res (B, zc, h, w): ``steps`` DDIM steps from ``noise``, or one
+        regression pass (``mode == "regression"``; ``noise`` and ``steps`` unused)."""
+        if self.config.mode == "regression":
+            zeros = torch.zeros_like(z_anchor)
+            return self.denoiser(zeros, torch.zeros(z_anchor.shape[0]), z_anchor, z_event)
+        return diffusion.ddim_sample(self.denoiser, noise, self.schedule, steps, prediction=self.config.prediction,
+                                     cond={"z_anchor": z_anchor, "z_event": z_event})
+
+    def compose(self, anchor: Tensor, z_anchor: Tensor, residual: Tensor) -> Tensor:
+        """Predicted frame (B, 1, H, W) in [0, 1] from the anchor, its latent and a normalised residual."""
+        z_target = z_anchor + residual / self.residual_scale
+        if self.config.compose == "latent":
+            image = self.decode_latent(z_target)
+        else:
+            both = self.decode_latent(torch.cat([z_target, z_anchor], dim=0))
+            target, anchor_rec = both.chunk(2, dim=0)
+            image = anchor + target - anchor_rec
+        return image.clamp(0.0, 1.0)
+
+    def predict(self, anchor: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> Tensor:
+        z_anchor = self.encode_image(anchor)
+        residual = self.residual(z_anchor, self.event_condition(voxel), noise, steps)
+        return self.compose(anchor, z_anchor, residual)
+
+
+class FusedPredictor(nn.Module):
+    """``Dessert.predict`` with the step count fixed: one graph (encoders, unrolled sampler, decoder)
+    for ONNX export. forward(anchor (B,1,H,W), voxel (B,bins,H,W), noise (B,zc,H/4,W/4)) -> (B,1,H,W)."""
+
+    def __init__(self, model: Dessert, steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.steps = steps
+
+    def forward(self, anchor: Tensor, voxel: Tensor, noise: Tensor) -> Tensor:
+        return self.model.predict(anchor, voxel, noise, self.steps)

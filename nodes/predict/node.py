@@ -1,0 +1,84 @@
+"""The predictor node: DESSERT next-frame prediction inside a graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evpipe.nodes.predict.checkpoint import VARIANTS
+from evpipe.runtime.events import Frame
+from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.wire import Message
+
+# Luma weights of linear RGB (Rec. 709), as evpipe.tools.dataset uses for its gray frames.
+_LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
+
+
+def gray_unit(image: np.ndarray) -> np.ndarray:
+    """A frame image as float32 (H, W) in [0, 1]: uint8 is scaled by 1/255, colour becomes luma."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    image = image.astype(np.float32, copy=False)
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = image @ _LUMA
+    if image.ndim != 2:
+        raise ValueError(f"frame image must be (H, W) gray or (H, W, 3) colour, got shape {image.shape}")
+    return image
+
+
+class Predictor(Node):
+    """Residual diffusion next-frame predictor (DESSERT): predicts the frame at each voxel window's end.
+
+    Every real frame on ``frames`` becomes the anchor (and drops earlier predictions). A voxel window on
+    ``voxels`` (meta ``t_anchor``, ``t_target`` in µs) is answered with the predicted frame at
+    ``t_target`` (float32 (H, W) in [0, 1], meta ``predicted: true``, ``t_anchor``), if its ``t_anchor``
+    is the time of the current real frame or of an earlier prediction since that frame: windows that
+    start at the previous prediction roll out several frames ahead autoregressively. Windows whose
+    anchor is unknown (e.g. they arrived before their frame) are counted as ``unanchored`` and skipped.
+    """
+
+    @classmethod
+    def setup(cls, spec: Spec) -> None:
+        spec.input("frames", "frame", "anchor (APS) frames, gray or colour, uint8 or float in [0, 1]")
+        spec.input("voxels", "voxel", "voxel grids (bins, H, W) of the events from t_anchor to t_target")
+        spec.output("predictions", "frame", "predicted frames at t_target, float32 (H, W) in [0, 1]")
+        spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a checkpoint directory")
+        spec.param("variant", str, default="4step", doc="model variant: the distilled students run in real time",
+                   choices=list(VARIANTS))
+        spec.param("backend", str, default="onnxruntime", choices=["onnxruntime", "torch"],
+                   doc="inference backend (onnxruntime runs the cached fused ONNX export)")
+        spec.param("threads", int, default=0, minimum=0, doc="onnxruntime intra-op threads; 0 = all usable cores")
+        spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence")
+
+    def start(self) -> None:
+        from evpipe.nodes.predict.sampler import FramePredictor  # torch loads only when a graph runs this node
+
+        p = self.params
+        self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, threads=p.threads or None, seed=p.seed)
+        self.anchors: dict[int, np.ndarray] = {}
+        self.counts = {"frames": 0, "predictions": 0, "unanchored": 0}
+
+    def process(self, port: str, msg: Message) -> None:
+        if port == "frames":
+            frame = msg.frame()
+            self.anchors = {frame.t: gray_unit(frame.image)}
+            self.counts["frames"] += 1
+            return
+        t_anchor, t_target = int(msg.meta["t_anchor"]), int(msg.meta["t_target"])
+        anchor = self.anchors.get(t_anchor)
+        if anchor is None:
+            if self.counts["unanchored"] == 0:
+                self.log.warning("voxel window from t=%d has no anchor frame (known: %s); skipping such windows",
+                                 t_anchor, sorted(self.anchors))
+            self.counts["unanchored"] += 1
+            return
+        prediction = self.predictor.predict(anchor, np.asarray(msg.arrays["voxel"], np.float32))
+        self.anchors[t_target] = prediction
+        self.counts["predictions"] += 1
+        self.emit("predictions", Message.from_frame(Frame(prediction, t_target, 0, {"predicted": True,
+                                                                                    "t_anchor": t_anchor})))
+
+    def stop(self) -> None:
+        if hasattr(self, "predictor"):
+            self.predictor.close()
+        self.report(dict(self.counts))

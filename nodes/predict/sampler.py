@@ -1,0 +1,113 @@
+"""Running a trained predictor on numpy frames: padding, noise, backends, rollout.
+
+:class:`FramePredictor` wraps one model variant behind an inference engine
+(:func:`evpipe.runtime.engines.open_engine`): ``torch`` runs the fused module eagerly, ``onnxruntime``
+runs its cached ONNX export. Frames of any size are padded (edge values for the frame, zeros for the
+voxel grid) to a multiple of the model's stride and cropped back; one engine is opened per padded
+size, so GPU backends see fixed shapes.
+
+    predictor = FramePredictor("4step", checkpoint="tiny", backend="onnxruntime")
+    target = predictor.predict(anchor, voxel)                    # (H, W) float32 in [0, 1]
+    target = predictor.predict_events(anchor, events, t0, t1)    # the evaluation protocol
+    frames = predictor.rollout(anchor, events, t0, [t1, t2, ...])  # each prediction is the next anchor
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from evpipe.kernels import voxel_grid
+from evpipe.nodes.predict.checkpoint import load_model
+from evpipe.nodes.predict.export import INPUT_NAMES, OUTPUT_NAME, cached_fused_onnx
+from evpipe.nodes.predict.models import FusedPredictor
+from evpipe.runtime.engines import Engine, ModelSource, TensorSpec, open_engine
+from evpipe.runtime.events import Events
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def events_voxel(events: Events, t_anchor: int, t_target: int, bins: int, height: int, width: int) -> np.ndarray:
+    """Voxel grid float32 (bins, H, W) of the events with t_anchor <= t < t_target (zeros if none)."""
+    window = events.time_slice(t_anchor, t_target)
+    if len(window) == 0:
+        return np.zeros((bins, height, width), np.float32)
+    return voxel_grid(window.t, window.x, window.y, window.p, bins, height, width)
+
+
+class FramePredictor:
+    """One predictor variant on one backend. ``seed`` fixes the sampler noise sequence."""
+
+    def __init__(self, variant: str = "4step", checkpoint: str | Path = "tiny", backend: str = "onnxruntime",
+                 *, compose: str | None = None, device: str = "cpu", threads: int | None = None,
+                 seed: int = 0) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.model, self.steps = load_model(variant, checkpoint, compose)
+        self.variant, self.backend, self.device, self.threads = variant, backend, device, threads
+        self.bins = self.model.config.bins
+        self.multiple = self.model.multiple
+        self._onnx = cached_fused_onnx(variant, checkpoint, compose) if backend == "onnxruntime" else None
+        self._engines: dict[tuple[int, int], Engine] = {}
+        self._rng = np.random.default_rng(seed)
+
+    def _engine(self, height: int, width: int) -> Engine:
+        if (height, width) not in self._engines:
+            down, zc = self.model.latent_downsample, self.model.config.latent_channels
+            if self._onnx is not None:
+                source = ModelSource(onnx=self._onnx)
+            else:
+                source = ModelSource(
+                    torch=FusedPredictor(self.model, self.steps).eval(),
+                    inputs=[TensorSpec("anchor", (1, 1, height, width), np.dtype(np.float32)),
+                            TensorSpec("voxel", (1, self.bins, height, width), np.dtype(np.float32)),
+                            TensorSpec("noise", (1, zc, height // down, width // down), np.dtype(np.float32))],
+                    output_names=[OUTPUT_NAME])
+            options = {"threads": self.threads} if self.threads else None
+            self._engines[(height, width)] = open_engine(source, backend=self.backend, device=self.device,
+                                                         onnxruntime=options)
+        return self._engines[(height, width)]
+
+    def predict(self, anchor: np.ndarray, voxel: np.ndarray) -> np.ndarray:
+        """Predicted frame float32 (H, W) in [0, 1] from an anchor (H, W) in [0, 1] (uint8 is scaled by
+        1/255) and the voxel grid float32 (bins, H, W) of the events from the anchor to the target time."""
+        anchor = np.asarray(anchor)
+        if anchor.dtype == np.uint8:
+            anchor = anchor.astype(np.float32) / 255.0
+        if anchor.ndim != 2:
+            raise ValueError(f"anchor must be a gray (H, W) frame, got shape {anchor.shape}")
+        h, w = anchor.shape
+        if voxel.shape != (self.bins, h, w):
+            raise ValueError(f"voxel grid shape {voxel.shape} does not match the model's {self.bins} bins and the "
+                             f"anchor's {h}x{w} (expected {(self.bins, h, w)})")
+        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
+        anchor_p = np.pad(anchor.astype(np.float32, copy=False), ((0, hp - h), (0, wp - w)), mode="edge")
+        voxel_p = np.pad(voxel.astype(np.float32, copy=False), ((0, 0), (0, hp - h), (0, wp - w)))
+        down = self.model.latent_downsample
+        noise = self._rng.standard_normal((1, self.model.config.latent_channels, hp // down, wp // down),
+                                          dtype=np.float32)
+        feeds = dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))
+        return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
+
+    def predict_events(self, anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:
+        """The evaluation protocol: the frame at ``t_target`` from the anchor at ``t_anchor`` and the events."""
+        h, w = np.asarray(anchor).shape
+        return self.predict(anchor, events_voxel(events, t_anchor, t_target, self.bins, h, w))
+
+    def rollout(self, anchor: np.ndarray, events: Events, t_anchor: int, targets: Sequence[int]) -> list[np.ndarray]:
+        """Autoregressive prediction at each time in ``targets`` (increasing): every prediction is the
+        anchor of the next step, with the events since the previous target."""
+        frames = []
+        t_prev = t_anchor
+        for t_next in targets:
+            anchor = self.predict_events(anchor, events, t_prev, t_next)
+            frames.append(anchor)
+            t_prev = t_next
+        return frames
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()

@@ -1,0 +1,218 @@
+"""DESSERT predictor: model shapes, determinism, every training stage on a small real-image sequence,
+checkpoints, the numpy predictor on both backends, ONNX parity, and the shipped checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+from skimage.transform import resize
+
+from evpipe.kernels import EventSimulator, voxel_grid
+from evpipe.nodes.predict.checkpoint import CHECKPOINTS, CheckpointError, load_model
+from evpipe.nodes.predict.models import Dessert, FusedPredictor, ModelConfig
+from evpipe.nodes.predict.presets import StageSchedule, get_preset
+from evpipe.runtime.events import Events
+from evpipe.tools.train_predictor import PairData, Trainer
+
+BINS = 3
+SIZE = 32
+
+
+def moving_sequence(seed: int, n_aps: int = 6, substeps: int = 2, size: int = SIZE
+                    ) -> tuple[np.ndarray, np.ndarray, list[Events]]:
+    """APS frames (n_aps, size, size) in [0, 1] of a real photo (skimage camera) panning 1 px per step,
+    their times (µs), and the simulated events between consecutive APS frames."""
+    rng = np.random.default_rng(seed)
+    photo = resize(skdata.camera().astype(np.float64) / 255.0, (128, 128), anti_aliasing=True)
+    y0, x0 = rng.integers(0, 128 - size - n_aps * substeps, 2)
+    dy, dx = rng.choice([-1, 0, 1], 2) if seed % 2 else (1, 1)
+    y0, x0 = y0 + (n_aps * substeps if dy < 0 else 0), x0 + (n_aps * substeps if dx < 0 else 0)
+    steps = [photo[y0 + dy * s: y0 + dy * s + size, x0 + dx * s: x0 + dx * s + size] for s in
+             range(n_aps * substeps - substeps + 1)]
+    sim = EventSimulator(size, size, c_pos=0.2, c_neg=0.2, sigma_c=0.02, seed=seed)
+    sim.reset(steps[0], 0)
+    packets = [sim.step(frame, 10_000 * s) for s, frame in enumerate(steps[1:], 1)]
+    aps = np.stack(steps[::substeps]).astype(np.float32)
+    windows = [Events.concatenate(packets[a * substeps:(a + 1) * substeps]) for a in range(n_aps - 1)]
+    return aps, 10_000 * substeps * np.arange(n_aps), windows
+
+
+def make_pairs(n_seq: int = 3, max_gap: int = 2) -> PairData:
+    frames, anchors, targets, gaps, voxels = [], [], [], [], []
+    offset = 0
+    for seed in range(n_seq):
+        aps, _, windows = moving_sequence(seed)
+        frames.append(torch.from_numpy(aps[:, None]).half())
+        for k in range(1, max_gap + 1):
+            for a in range(len(aps) - k):
+                ev = Events.concatenate(windows[a:a + k])
+                voxels.append(torch.from_numpy(voxel_grid(ev.t, ev.x, ev.y, ev.p, BINS, SIZE, SIZE)).half())
+                anchors.append(offset + a)
+                targets.append(offset + a + k)
+                gaps.append(k)
+        offset += len(aps)
+    return PairData(torch.cat(frames), torch.tensor(anchors), torch.tensor(targets), torch.tensor(gaps),
+                    torch.stack(voxels))
+
+
+def small_preset(iters: int = 30):
+    schedule = StageSchedule(iters=iters, batch=8, lr=2e-3)
+    return dataclasses.replace(
+        get_preset("tiny"), image_size=SIZE, ae_channels=8, unet_channels=16, max_gap=2, teacher_steps=4,
+        ae=schedule, ae_crop=SIZE, ervae=schedule, diffusion=schedule, ablation=dataclasses.replace(schedule, iters=10),
+        distill=dataclasses.replace(schedule, iters=10, lr=3e-4), ema_decay=0.9, student_steps=(2, 1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
+    """Every stage, briefly, on three short sequences: a complete checkpoint directory and the losses."""
+    out = tmp_path_factory.mktemp("checkpoint")
+    trainer = Trainer(small_preset(), out, None, seed=0, bins=BINS, pairs=make_pairs())
+    losses = {stage: getattr(trainer, f"stage_{stage}")() for stage in ("ae", "ervae", "diffusion", "distill",
+                                                                        "ablations")}
+    return out, losses
+
+
+def small_model(**overrides) -> Dessert:
+    torch.manual_seed(0)
+    config = ModelConfig(bins=BINS, ae_channels=8, latent_channels=4, unet_channels=16, unet_mult=(1, 2, 2),
+                         unet_attention=False, **overrides)
+    return Dessert(config).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"events": "raw"}, {"mode": "regression"}, {"compose": "latent"}])
+@pytest.mark.parametrize("size", [(32, 32), (48, 80)])
+def test_model_shapes(overrides, size):
+    model = small_model(**overrides)
+    h, w = size
+    anchor, voxel = torch.rand(2, 1, h, w), torch.randn(2, BINS, h, w)
+    noise = torch.randn(2, 4, h // 4, w // 4)
+    with torch.no_grad():
+        z = model.encode_image(anchor)
+        out = model.predict(anchor, voxel, noise, 2)
+    assert z.shape == (2, 4, h // 4, w // 4)
+    assert out.shape == (2, 1, h, w) and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_prediction_depends_only_on_inputs_and_noise():
+    model = small_model()
+    for p in model.unet.conv_out.parameters():  # the U-Net starts as the zero function; make it matter
+        torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    anchor, voxel = torch.rand(1, 1, 32, 32, generator=g), torch.randn(1, BINS, 32, 32, generator=g)
+    n1, n2 = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        a, b, c = (model.predict(anchor, voxel, n, 4) for n in (n1, n1, n2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_model_config_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="events"):
+        small_model(events="spikes")
+    with pytest.raises(ValueError, match="prediction"):
+        small_model(prediction="score")
+
+
+def test_every_stage_lowers_its_loss(trained):
+    _, losses = trained
+    for stage in ("ae", "ervae", "diffusion"):
+        first, last = np.mean(losses[stage][:8]), np.mean(losses[stage][-8:])
+        assert last < 0.8 * first, f"{stage}: loss {first:.4f} -> {last:.4f}"
+
+
+def test_training_is_reproducible_for_a_seed(tmp_path):
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        Trainer(small_preset(iters=10), out, None, seed=0, bins=BINS, pairs=make_pairs()).stage_ae()
+    first, second = (torch.load(out / "ae.pt", weights_only=True) for out in runs)
+    for name, tensor in first["state"].items():
+        assert torch.equal(tensor, second["state"][name]), name
+    assert first["stats"] == second["stats"]
+
+
+def test_every_variant_loads(trained):
+    out, _ = trained
+    expected_steps = {"teacher": 4, "2step": 2, "1step": 1, "regression": 1, "no-ervae": 16, "no-dlt": 16,
+                      "short": 16}
+    for variant, steps in expected_steps.items():
+        model, got = load_model(variant, out)
+        assert got == steps
+        assert (model.event_encoder is None) == (variant == "no-ervae")
+    with pytest.raises(CheckpointError, match="4step"):
+        load_model("4step", out)  # this test preset distils only to 2 and 1 steps
+    with pytest.raises(CheckpointError, match="neither"):
+        load_model("teacher", out / "missing")
+
+
+def test_frame_predictor_pads_and_is_deterministic(trained):
+    from evpipe.nodes.predict.sampler import FramePredictor
+
+    out, _ = trained
+    aps, times, windows = moving_sequence(5, size=SIZE)
+    events = Events.concatenate(windows)
+    runs = []
+    for _ in range(2):
+        predictor = FramePredictor("2step", out, backend="torch", seed=3)
+        runs.append(predictor.rollout(aps[0], events, int(times[0]), [int(t) for t in times[1:4]]))
+    for a, b in zip(*runs, strict=True):
+        assert a.shape == (SIZE, SIZE) and a.dtype == np.float32
+        assert np.array_equal(a, b)
+    # A frame whose size is not a multiple of the model's stride is padded and cropped back.
+    odd = FramePredictor("1step", out, backend="torch").predict(aps[0][:27, :30], np.zeros((BINS, 27, 30), np.float32))
+    assert odd.shape == (27, 30)
+    with pytest.raises(ValueError, match="bins"):
+        predictor.predict(aps[0], np.zeros((BINS + 1, SIZE, SIZE), np.float32))
+
+
+def test_onnx_fused_graph_matches_torch(trained, tmp_path, monkeypatch):
+    """Export a fused 2-step graph, compare with torch on two sizes, and run it through the node's path."""
+    from evpipe.nodes.predict.export import cached_fused_onnx, parity
+    from evpipe.nodes.predict.sampler import FramePredictor
+
+    out, _ = trained
+    monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path))
+    path = cached_fused_onnx("2step", out)
+    model, steps = load_model("2step", out)
+    err = parity(model, steps, path, sizes=((32, 32), (48, 80)))
+    assert err < 1e-4, err
+    aps, times, windows = moving_sequence(4)
+    ort_frame = FramePredictor("2step", out, backend="onnxruntime", seed=1).predict_events(
+        aps[0], windows[0], int(times[0]), int(times[1]))
+    torch_frame = FramePredictor("2step", out, backend="torch", seed=1).predict_events(
+        aps[0], windows[0], int(times[0]), int(times[1]))
+    assert np.abs(ort_frame - torch_frame).max() < 1e-4
+
+
+def test_fused_module_equals_step_by_step_sampling():
+    model = small_model()
+    for p in model.unet.conv_out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(1)
+    anchor, voxel, noise = torch.rand(1, 1, 32, 32, generator=g), torch.randn(1, BINS, 32, 32, generator=g), \
+        torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        fused = FusedPredictor(model, 3)(anchor, voxel, noise)
+        z_anchor = model.encode_image(anchor)
+        residual = model.residual(z_anchor, model.event_condition(voxel), noise, 3)
+        manual = model.compose(anchor, z_anchor, residual)
+    assert torch.equal(fused, manual)
+
+
+SHIPPED = CHECKPOINTS / "tiny"
+
+
+@pytest.mark.skipif(not (SHIPPED / "unet-4step.pt").is_file(), reason="tiny checkpoints not trained yet")
+def test_shipped_checkpoints_load_and_stay_small():
+    total = sum(f.stat().st_size for f in SHIPPED.iterdir())
+    assert total < 16e6, f"shipped checkpoints take {total / 1e6:.1f} MB"
+    for variant in ("teacher", "4step", "2step", "1step"):
+        model, steps = load_model(variant, "tiny")
+        assert steps == {"teacher": get_preset("tiny").teacher_steps, "4step": 4, "2step": 2, "1step": 1}[variant]
+        assert model.config.bins == 5

@@ -1,0 +1,403 @@
+"""Train the DESSERT residual next-frame predictor, stage by stage.
+
+    python tools/train_predictor.py --preset tiny --stage ae          # 1. KL image autoencoder (+ latent stats)
+    python tools/train_predictor.py --preset tiny --stage ervae       # 2. ER-VAE event encoder (alignment + KL)
+    python tools/train_predictor.py --preset tiny --stage diffusion   # 3. residual latent diffusion teacher
+    python tools/train_predictor.py --preset tiny --stage distill     # 4. progressive distillation -> 4/2/1 steps
+    python tools/train_predictor.py --preset tiny --stage ablations   # no-ervae, no-dlt, regression (+ short)
+    python tools/train_predictor.py --preset tiny --stage all         # 1-4 and the ablations, in order
+
+Each stage reads the previous stages' files from ``--out`` (default: the shipped directory
+``nodes/predict/checkpoints/<preset>``) and writes its own there (see
+:mod:`evpipe.nodes.predict.checkpoint` for the files). Data: the DLT view
+(:class:`evpipe.tools.dataset.PredictionView`) of the dataset built by
+``python -m evpipe.tools.make_dataset --preset tiny``; the train split is used, nothing else.
+Everything is seeded (``--seed``, default 0): a rerun on the same machine and thread count
+reproduces a checkpoint.
+
+Stage recipes:
+- ae: random ``ae_crop`` crops of the train split's APS frames with random flips, loss
+  L1 + ``ae_kl_weight`` KL; then the latent statistics (``latent_scale``, ``residual_scale``,
+  ``voxel_scale``: reciprocal standard deviations over the train split) are stored with it.
+- ervae: z_event ~ q(z | voxel); loss mean (z_event - z_res)² + ``ervae_kl_weight`` KL, z_res the
+  normalised residual latent of every DLT pair (gaps 1..max_gap).
+- diffusion: v-prediction denoising loss on z_res conditioned on (z_event, z_anchor), cosine
+  schedule, constant learning rate after a short warm-up, EMA weights saved.
+- distill: progressive distillation (Salimans & Ho, 2022) from the ``teacher_steps``-step DDIM
+  teacher, halving the steps each round; the 4-, 2- and 1-step students are saved. Chosen over
+  consistency distillation because it needs no extra model or metric, its target is exact for the
+  deterministic DDIM teacher, and its intermediate rounds *are* the 4- and 2-step students.
+- ablations: each trained for ``ablation`` iterations, like ``short`` (the full model at that
+  budget, their reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from tqdm import tqdm
+
+from evpipe.nodes import diffusion
+from evpipe.nodes.predict.checkpoint import CHECKPOINTS, load_module, load_part, save_part
+from evpipe.nodes.predict.models import Dessert, ModelConfig, kl_to_standard_normal, sample_posterior
+from evpipe.nodes.predict.presets import PRESETS, Preset, StageSchedule, get_preset
+
+STAGES = ("ae", "ervae", "diffusion", "distill", "ablations")
+ABLATION_STEPS = 16  # DDIM steps the ablations and their reference are evaluated with
+WARMUP_ITERS = 50
+
+
+# -- data ------------------------------------------------------------------------------------------
+@dataclass
+class PairData:
+    """Every DLT pair of a split, held in memory.
+
+    frames float16 (F, 1, H, W) in [0, 1]: the split's APS frames; anchor, target int64 (P,) indices
+    into frames; k int64 (P,) gaps; voxels float16 (P, bins, H, W) of the events between.
+    """
+
+    frames: torch.Tensor
+    anchor: torch.Tensor
+    target: torch.Tensor
+    k: torch.Tensor
+    voxels: torch.Tensor
+
+    def subset(self, mask: torch.Tensor) -> PairData:
+        return PairData(self.frames, self.anchor[mask], self.target[mask], self.k[mask], self.voxels[mask])
+
+
+def load_pairs(dataset: str | None, split: str, max_gap: int, bins: int, size: int) -> PairData:
+    """DLT pairs (gaps 1..max_gap) of ``split``; frames must be ``size`` x ``size`` (gray or RGB -> gray)."""
+    from evpipe.tools.dataset import PredictionView, luminance
+
+    view = PredictionView(dataset, split=split, k_max=max_gap, bins=bins)
+    ds = view.dataset
+    if (ds.height, ds.width) != (size, size):
+        raise SystemExit(f"dataset {ds.root}: frames are {ds.height}x{ds.width}, the preset needs {size}x{size}")
+    frames, anchors, targets, gaps, voxels = [], [], [], [], []
+    offset = 0
+    for seq in tqdm(ds.sequences, desc=f"loading {split} pairs", unit="seq"):
+        aps = seq.aps_frames(np.arange(seq.n_aps))  # (M, C, H, W)
+        gray = aps[:, 0] if seq.channels == 1 else luminance(np.moveaxis(aps, 1, -1))
+        frames.append(torch.from_numpy(gray[:, None]).half())
+        for k in range(1, max_gap + 1):
+            for a in range(seq.n_aps - k):
+                events = seq.events_between(int(seq.aps_index[a]), int(seq.aps_index[a + k]))
+                voxels.append(torch.from_numpy(seq.voxel(events, bins)).half())
+                anchors.append(offset + a)
+                targets.append(offset + a + k)
+                gaps.append(k)
+        offset += seq.n_aps
+    if not voxels:
+        raise SystemExit(f"dataset {ds.root}: split {split!r} has no frame pairs")
+    return PairData(torch.cat(frames), torch.tensor(anchors), torch.tensor(targets), torch.tensor(gaps),
+                    torch.stack(voxels))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def model_config(preset: Preset, bins: int, **overrides: object) -> ModelConfig:
+    return ModelConfig(bins=bins, ae_channels=preset.ae_channels, latent_channels=preset.latent_channels,
+                       unet_channels=preset.unet_channels, unet_mult=preset.unet_mult,
+                       unet_attention=preset.unet_attention, **overrides)
+
+
+def batches(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless random index batches over range(n), reshuffled every epoch."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch + 1 if n >= batch else 1, batch):
+            yield order[start:start + batch]
+
+
+def warmup_lr(schedule: StageSchedule, step: int) -> float:
+    return schedule.lr * min(1.0, (step + 1) / WARMUP_ITERS)
+
+
+def cosine_lr(schedule: StageSchedule, step: int) -> float:
+    return warmup_lr(schedule, step) * 0.5 * (1 + math.cos(math.pi * step / schedule.iters))
+
+
+def optimise(params: list[torch.nn.Parameter], schedule: StageSchedule, loss_fn: Callable[[int], torch.Tensor],
+             desc: str, lr_at: Callable[[StageSchedule, int], float] = cosine_lr,
+             on_step: Callable[[int], None] | None = None) -> list[float]:
+    """Adam over ``schedule.iters`` steps of ``loss_fn(step)``; returns the loss per step."""
+    opt = torch.optim.Adam(params, lr=schedule.lr)
+    losses = []
+    bar = tqdm(range(schedule.iters), desc=desc, unit="it")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(schedule, step)
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    return losses
+
+
+class Ema:
+    """Exponential moving average of a module's parameters (the copy is what gets saved)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(module).requires_grad_(False)
+        self.source, self.decay = module, decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, p in zip(self.module.parameters(), self.source.parameters(), strict=True):
+            avg.lerp_(p, 1.0 - self.decay)
+
+
+@torch.no_grad()
+def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + chunk].float()) for i in range(0, len(x), chunk)])
+
+
+# -- stages ----------------------------------------------------------------------------------------
+class Trainer:
+    """Runs the stages; ``pairs`` given skips loading the dataset (tests pass their own)."""
+
+    def __init__(self, preset: Preset, out: Path, dataset: str | None, seed: int, bins: int,
+                 pairs: PairData | None = None) -> None:
+        self.preset, self.out, self.dataset, self.seed, self.bins = preset, out, dataset, seed, bins
+        self._pairs = pairs
+
+    def generator(self, salt: int) -> torch.Generator:
+        torch.manual_seed(self.seed + salt)
+        return torch.Generator().manual_seed(self.seed + salt)
+
+    @property
+    def pairs(self) -> PairData:
+        if self._pairs is None:
+            self._pairs = load_pairs(self.dataset, "train", self.preset.max_gap, self.bins, self.preset.image_size)
+            print(f"train split: {len(self._pairs.frames)} frames, {len(self._pairs.k)} DLT pairs "
+                  f"(gaps 1..{self.preset.max_gap})", file=sys.stderr)
+        return self._pairs
+
+    def new_model(self, **overrides: object) -> Dessert:
+        """A freshly initialised model, seeded (initialisation draws from torch's global generator)."""
+        torch.manual_seed(self.seed)
+        return Dessert(model_config(self.preset, self.bins, **overrides))
+
+    def base_model(self, load_ervae: bool = True, **overrides: object) -> Dessert:
+        """A new model with the trained autoencoder (and, if ``load_ervae`` and used, the ER-VAE) loaded."""
+        model = self.new_model(**overrides)
+        ae = load_module(model.ae, self.out / "ae.pt")
+        if int(ae["bins"]) != self.bins:
+            raise SystemExit(f"{self.out / 'ae.pt'} was trained with {ae['bins']} bins, not {self.bins}")
+        model.set_stats(**ae["stats"])
+        if model.event_encoder is not None and load_ervae:
+            load_module(model.event_encoder, self.out / "ervae.pt")
+        return model.requires_grad_(False)
+
+    # 1 ---------------------------------------------------------------------------------------------
+    def stage_ae(self) -> list[float]:
+        p, data = self.preset, self.pairs
+        ae = self.new_model().ae
+        g = self.generator(1)
+        frames = data.frames
+        crop = p.ae_crop
+
+        def loss_fn(step: int) -> torch.Tensor:
+            idx = torch.randint(len(frames), (p.ae.batch,), generator=g)
+            y, x = (int(v) for v in torch.randint(0, p.image_size - crop + 1, (2,), generator=g))
+            img = frames[idx, :, y:y + crop, x:x + crop].float()
+            if torch.rand((), generator=g) < 0.5:
+                img = img.flip(-1)
+            mean, logvar = ae.encode(img)
+            rec = ae.decode(sample_posterior(mean, logvar, g))
+            kl = kl_to_standard_normal(mean, logvar) / img[0].numel()
+            return (rec - img).abs().mean() + p.ae_kl_weight * kl
+
+        losses = optimise(list(ae.parameters()), p.ae, loss_fn, "ae")
+        ae.eval()
+        latents = in_chunks(lambda x: ae.encode(x)[0], frames)
+        latent_scale = 1.0 / float(latents.std())
+        z = latents * latent_scale
+        residual_scale = 1.0 / float((z[data.target] - z[data.anchor]).std())
+        voxel_scale = 1.0 / float(data.voxels.float().std())
+        rec = in_chunks(lambda x: ae.decode(ae.encode(x)[0]).clamp(0, 1), frames)
+        mse = float(((rec - frames.float()) ** 2).mean())
+        print(f"ae: train reconstruction PSNR {10 * math.log10(1 / mse):.2f} dB; latent_scale {latent_scale:.4f}, "
+              f"residual_scale {residual_scale:.4f}, voxel_scale {voxel_scale:.4f}", file=sys.stderr)
+        save_part(self.out / "ae.pt", ae, preset=p.name, bins=self.bins,
+                  stats={"latent_scale": latent_scale, "residual_scale": residual_scale, "voxel_scale": voxel_scale})
+        return losses
+
+    def latents(self, model: Dessert) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_anchor, normalised z_res) of every pair, each (P, zc, h, w)."""
+        z = in_chunks(model.encode_image, self.pairs.frames)
+        d = self.pairs
+        return z[d.anchor], (z[d.target] - z[d.anchor]) * model.residual_scale
+
+    # 2 ---------------------------------------------------------------------------------------------
+    def stage_ervae(self) -> list[float]:
+        p = self.preset
+        model = self.base_model(load_ervae=False)
+        z_res = self.latents(model)[1]
+        encoder = model.event_encoder
+        encoder.requires_grad_(True)
+        g = self.generator(2)
+        voxels = self.pairs.voxels
+        it = batches(len(voxels), p.ervae.batch, g)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            idx = next(it)
+            mean, logvar = model.event_posterior(voxels[idx].float())
+            z_event = sample_posterior(mean, logvar, g)
+            kl = kl_to_standard_normal(mean, logvar) / mean[0].numel()
+            return F.mse_loss(z_event, z_res[idx]) + p.ervae_kl_weight * kl
+
+        losses = optimise(list(encoder.parameters()), p.ervae, loss_fn, "er-vae")
+        baseline = float((z_res**2).mean())
+        print(f"er-vae: alignment+KL loss {np.mean(losses[-50:]):.4f} (predicting zero residual: {baseline:.4f})",
+              file=sys.stderr)
+        save_part(self.out / "ervae.pt", encoder)
+        return losses
+
+    # 3 ---------------------------------------------------------------------------------------------
+    def unet_data(self, model: Dessert) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(z_anchor, z_res, event conditioning of an index batch) for training ``model``'s U-Net."""
+        z_anchor, z_res = self.latents(model)
+        voxels = self.pairs.voxels
+        if model.event_encoder is None:
+            return z_anchor, z_res, lambda idx: model.event_condition(voxels[idx].float())
+        z_event = in_chunks(model.event_condition, voxels)
+        return z_anchor, z_res, lambda idx: z_event[idx]
+
+    def train_unet(self, model: Dessert, schedule: StageSchedule, desc: str, mask: torch.Tensor | None = None,
+                   snapshots: dict[int, Callable[[Dessert], None]] | None = None) -> tuple[Dessert, list[float]]:
+        """Train ``model.unet`` (diffusion or regression per its config) on the pairs selected by ``mask``;
+        returns (a copy of the model with the EMA weights, the loss per step). ``snapshots[step]`` is
+        called with the EMA model after that many steps."""
+        z_anchor, z_res, event_cond = self.unet_data(model)
+        index = torch.arange(len(z_res)) if mask is None else torch.nonzero(mask).squeeze(1)
+        g = self.generator(3)
+        it = batches(len(index), schedule.batch, g)
+        unet = model.unet.requires_grad_(True).train()
+        ema = Ema(unet, self.preset.ema_decay)
+        regression = model.config.mode == "regression"
+
+        def loss_fn(step: int) -> torch.Tensor:
+            idx = index[next(it)]
+            cond = {"z_anchor": z_anchor[idx], "z_event": event_cond(idx)}
+            if regression:
+                pred = model.denoiser(torch.zeros_like(z_res[idx]), torch.zeros(len(idx)), **cond)
+                return F.mse_loss(pred, z_res[idx])
+            return diffusion.diffusion_loss(model.denoiser, z_res[idx], model.schedule,
+                                            prediction=model.config.prediction, cond=cond, generator=g)
+
+        def on_step(step: int) -> None:
+            ema.update()
+            if snapshots and step + 1 in snapshots:
+                snapshots[step + 1](self.with_unet(model, ema.module))
+
+        losses = optimise(list(unet.parameters()), schedule, loss_fn, desc, lr_at=warmup_lr, on_step=on_step)
+        return self.with_unet(model, ema.module), losses
+
+    @staticmethod
+    def with_unet(model: Dessert, unet: torch.nn.Module) -> Dessert:
+        clone = copy.deepcopy(model)
+        clone.unet.load_state_dict(unet.state_dict())
+        return clone.eval().requires_grad_(False)
+
+    def save_unet(self, model: Dessert, variant: str, steps: int) -> None:
+        save_part(self.out / f"unet-{variant}.pt", model.unet, config=model.config.to_dict(), steps=steps,
+                  preset=self.preset.name)
+
+    def stage_diffusion(self) -> list[float]:
+        model = self.base_model()
+        snapshot = {self.preset.ablation.iters: lambda m: self.save_unet(m, "short", ABLATION_STEPS)}
+        teacher, losses = self.train_unet(model, self.preset.diffusion, "diffusion", snapshots=snapshot)
+        self.save_unet(teacher, "teacher", self.preset.teacher_steps)
+        return losses
+
+    # 4 ---------------------------------------------------------------------------------------------
+    def stage_distill(self) -> list[float]:
+        p = self.preset
+        teacher = self.base_model()
+        teacher.unet.load_state_dict(load_part(self.out / "unet-teacher.pt")["state"])
+        teacher.eval()
+        z_anchor, z_res, event_cond = self.unet_data(teacher)
+        g = self.generator(4)
+        steps = p.teacher_steps // 2
+        losses: list[float] = []
+        while steps >= 1:
+            student = copy.deepcopy(teacher)
+            unet = student.unet.requires_grad_(True).train()
+            ema = Ema(unet, 0.95)
+            it = batches(len(z_res), p.distill.batch, g)
+            n = steps
+
+            def loss_fn(step: int, student: Dessert = student, teacher: Dessert = teacher, it=it, n=n) -> torch.Tensor:
+                idx = next(it)
+                cond = {"z_anchor": z_anchor[idx], "z_event": event_cond(idx)}
+                return diffusion.progressive_distillation_loss(
+                    student.denoiser, teacher.denoiser, z_res[idx], student.schedule, n,
+                    prediction=student.config.prediction, cond=cond, generator=g)
+
+            losses += optimise(list(unet.parameters()), p.distill, loss_fn, f"distill {2 * steps}->{steps}",
+                               on_step=lambda step, ema=ema: ema.update())
+            teacher = self.with_unet(student, ema.module)
+            if steps in p.student_steps:
+                self.save_unet(teacher, f"{steps}step", steps)
+            steps //= 2
+        return losses
+
+    # ablations -------------------------------------------------------------------------------------
+    def stage_ablations(self) -> list[float]:
+        schedule = self.preset.ablation
+        raw, losses = self.train_unet(self.base_model(events="raw"), schedule, "ablation no-ervae")
+        self.save_unet(raw, "no-ervae", ABLATION_STEPS)
+        no_dlt, more = self.train_unet(self.base_model(), schedule, "ablation no-dlt", mask=self.pairs.k == 1)
+        self.save_unet(no_dlt, "no-dlt", ABLATION_STEPS)
+        losses += more
+        regression, more = self.train_unet(self.base_model(mode="regression"), schedule, "ablation regression")
+        self.save_unet(regression, "regression", 1)
+        return losses + more
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--stage", required=True, choices=[*STAGES, "all"])
+    parser.add_argument("--dataset", default=None, help="dataset directory (default: the tiny dataset's location)")
+    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
+    parser.add_argument("--bins", type=int, default=5, help="voxel grid bins (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=int, default=None,
+                        help="override every stage's iteration count (quick runs and tests)")
+    args = parser.parse_args(argv)
+    preset = get_preset(args.preset)
+    if args.iters is not None:
+        if args.iters < 1:
+            parser.error(f"--iters must be >= 1, got {args.iters}")
+        preset = replace(preset, **{name: replace(getattr(preset, name), iters=args.iters)
+                                    for name in ("ae", "ervae", "diffusion", "distill", "ablation")})
+    out = args.out or CHECKPOINTS / preset.name
+    trainer = Trainer(preset, out, args.dataset, args.seed, args.bins)
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        start = time.perf_counter()
+        getattr(trainer, f"stage_{stage}")()
+        print(f"stage {stage}: {time.perf_counter() - start:.0f} s -> {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
