@@ -62,6 +62,18 @@ class LatencyRecorder:
             prev = out_ns
         self.queue[sink].append(recv_ns - prev)
 
+    def recent(self, window_s: float, now_ns: int) -> dict[str, Any]:
+        """Sliding-window latency over the last ``window_s`` seconds, per path, plus throughput."""
+        paths = {}
+        for path, samples in self.e2e.items():
+            arrivals = np.asarray(self.arrival_ns[path][-5000:], dtype=np.int64)
+            recent = arrivals >= now_ns - int(window_s * 1e9)
+            values = np.asarray(samples[-5000:], dtype=np.int64)[recent]
+            paths[path] = {**describe_ms(values), "msgs_s": float(recent.sum() / window_s)}
+        nodes = {n: {"queue": describe_ms(self.queue[n][-500:]), "compute": describe_ms(self.compute.get(n, [])[-500:])}
+                 for n in self.queue}
+        return {"window_s": window_s, "paths": paths, "nodes": nodes}
+
     def summary(self, max_samples: int = 20_000) -> dict[str, Any]:
         paths = {}
         for path, samples in self.e2e.items():

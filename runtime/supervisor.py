@@ -30,10 +30,12 @@ from rich.console import Console
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import Graph, NodeConfig
 from evpipe.runtime.report import edge_accounting
+from evpipe.runtime.status import RUN_DIR_ENV, write_status
 
 READY_TIMEOUT_S = 120.0
 DRAIN_GRACE_S = 15.0
-STATUS_INTERVAL_S = 5.0
+STATUS_INTERVAL_S = 5.0  # console status line
+SNAPSHOT_INTERVAL_S = 0.5  # status.json for dashboards
 
 
 @dataclass
@@ -122,7 +124,7 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "evpipe.runtime.worker", "--node", np_.config.name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", RUN_DIR_ENV: self.run_dir},
         )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(self._spec(np_)).encode())
@@ -155,7 +157,10 @@ class Supervisor:
         if kind == "ready":
             np_.state = "ready"
         elif kind == "report":
-            np_.reports.append(msg["data"])
+            if "live_latency" in msg["data"] and np_.reports and "live_latency" in np_.reports[-1]:
+                np_.reports[-1] = msg["data"]  # keep only the newest live snapshot
+            else:
+                np_.reports.append(msg["data"])
         elif kind == "done":
             np_.state = "done"
             for e in self.graph.edges_out_of(name):
@@ -221,6 +226,7 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         report = self._report(time.monotonic() - t0, completed=not failed)
+        write_status(self.run_dir, {**self._snapshot(time.monotonic() - t0, "done" if not failed else "failed")})
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return RunResult(1 if failed else 0, report)
 
@@ -240,7 +246,7 @@ class Supervisor:
 
     def _supervise(self, t0: float) -> bool:
         stop_sent_at: float | None = None
-        last_status = time.monotonic()
+        last_status = last_snapshot = time.monotonic()
         while not all(p.state == "done" and p.proc is None for p in self.nodes.values()):
             self._poll(100)
             if not self._check_processes():
@@ -264,6 +270,10 @@ class Supervisor:
             if time.monotonic() - last_status > STATUS_INTERVAL_S:
                 last_status = time.monotonic()
                 self._status(time.monotonic() - t0)
+            if time.monotonic() - last_snapshot > SNAPSHOT_INTERVAL_S:
+                last_snapshot = time.monotonic()
+                write_status(self.run_dir, self._snapshot(time.monotonic() - t0, "stopping" if self.interrupts
+                                                          else "running"))
         return True
 
     def _status(self, elapsed: float) -> None:
@@ -297,9 +307,27 @@ class Supervisor:
         self.ctx.term()
 
     # -- report ----------------------------------------------------------------------------------
+    def _snapshot(self, elapsed_s: float, state: str) -> dict[str, Any]:
+        summed = {name: _sum_counters(self._counters(np_)) for name, np_ in self.nodes.items()}
+        live = [r["live_latency"] for np_ in self.nodes.values() for r in np_.reports[-3:] if "live_latency" in r]
+        return {
+            "state": state,
+            "elapsed_s": round(elapsed_s, 3),
+            "graph": {"name": self.graph.name,
+                      "nodes": {n: c.type for n, c in self.graph.nodes.items()},
+                      "edges": [{"id": e.id, "src": e.src, "dst": e.dst, "policy": e.policy, "kind": e.kind}
+                                for e in self.graph.edges]},
+            "nodes": {name: {"state": np_.state, "restarts": np_.restarts, "processed": summed[name]["processed"]}
+                      for name, np_ in self.nodes.items()},
+            "edges": edge_accounting([{"id": e.id, "src": e.src, "dst": e.dst, "policy": e.policy}
+                                      for e in self.graph.edges], summed),
+            "latency": live[-1] if live else None,
+        }
+
     def _report(self, duration_s: float, completed: bool) -> dict[str, Any]:
         summed = {name: _sum_counters(self._counters(np_)) for name, np_ in self.nodes.items()}
         latency_reports = [r["latency"] for np_ in self.nodes.values() for r in np_.reports if "latency" in r]
+        final_reports = {name: [r for r in np_.reports if "live_latency" not in r] for name, np_ in self.nodes.items()}
         latency = None
         if latency_reports:
             latency = max(latency_reports, key=lambda r: r.get("messages", 0))
@@ -316,7 +344,7 @@ class Supervisor:
             "edges": edge_accounting([{"id": e.id, "src": e.src, "dst": e.dst, "policy": e.policy}
                                       for e in self.graph.edges], summed),
             "latency": latency,
-            "reports": {name: np_.reports for name, np_ in self.nodes.items() if np_.reports},
+            "reports": {name: reports for name, reports in final_reports.items() if reports},
         }
 
 

@@ -162,6 +162,8 @@ def test_malformed_and_oversized_messages_are_rejected_and_the_node_keeps_runnin
         push.send_multipart(good)
         push.send_multipart(encode(Message.control("eos")))
         report = _recv(router)
+        while "live_latency" in report.get("data", {}):  # periodic live summaries come first
+            report = _recv(router)
         assert report["type"] == "report"
         assert report["data"]["streams"][""]["events"] == 200
         assert _recv(router)["type"] == "done"
@@ -235,3 +237,28 @@ def test_default_graph_runs_to_completion():
     proc = evpipe("run", timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "End-to-end latency" in proc.stdout and "graph completed" in proc.stdout
+
+
+def test_live_status_snapshot_is_written_while_running(tmp_path):
+    """The supervisor's status.json (what dashboards read) shows the graph, counters and live latency."""
+    from evpipe.runtime.status import read_status
+
+    config = tmp_path / "graph.yaml"
+    config.write_text(_graph(packets=600, events=1000, pace="realtime", rate=2e5))
+    run = subprocess.Popen([sys.executable, "-m", "evpipe.runtime.cli", "run", str(config)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and run.poll() is None:
+        run_dirs = [p for p in Path(tempfile.gettempdir()).glob("evp-*") if (p / "status.json").exists()]
+        snaps = [s for s in (read_status(d) for d in run_dirs) if s and s["graph"]["name"] == "three"]
+        if snaps and snaps[0]["latency"]:
+            status = snaps[0]
+            break
+        time.sleep(0.2)
+    run.communicate(timeout=60)
+    assert status is not None, "no live status with latency seen"
+    assert status["state"] == "running" and set(status["nodes"]) == {"src", "filt", "sink"}
+    assert {e["edge"] for e in status["edges"]} == {"src.events->filt.events", "filt.events->sink.in"}
+    path = status["latency"]["paths"]["src -> filt -> sink"]
+    assert path["count"] > 0 and path["p50"] > 0 and path["msgs_s"] > 0

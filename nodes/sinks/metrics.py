@@ -23,13 +23,20 @@ class Metrics(Node):
         spec.input("in", ANY_KIND, "any stream; connect several edges to measure several paths")
         spec.param("warmup", int, 5, "messages skipped per path before latency is recorded", minimum=0)
         spec.param("checksum", bool, True, "checksum every event (about 5 ns per event; off for raw throughput)")
+        spec.param("live_interval_s", float, 1.0, "how often a sliding-window summary goes to the live status",
+                   minimum=0.1)
 
     def start(self) -> None:
         self.latency = LatencyRecorder(self.params.warmup)
+        self.next_live_ns = 0
         self.streams: dict[str, dict[str, int]] = defaultdict(lambda: {"messages": 0, "events": 0, "checksum": 0})
 
     def process(self, port: str, msg: Message) -> None:
-        self.latency.add(msg.trace, now_ns(), self.name)
+        recv_ns = now_ns()
+        self.latency.add(msg.trace, recv_ns, self.name)
+        if recv_ns >= self.next_live_ns:
+            self.next_live_ns = recv_ns + int(self.params.live_interval_s * 1e9)
+            self.report({"live_latency": self.latency.recent(5.0, recv_ns)})
         ledger = self.streams[msg.stream]
         ledger["messages"] += 1
         if msg.kind == "events":
