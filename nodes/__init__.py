@@ -9,4 +9,5 @@ BUILTIN_NODES: dict[str, str] = {
     "event_generator": "evpipe.nodes.sources.generator:EventGenerator",
     "event_filter": "evpipe.nodes.transforms.filter:EventFilter",
     "metrics": "evpipe.nodes.sinks.metrics:Metrics",
+    "predictor": "evpipe.nodes.predict.node:Predictor",
 }

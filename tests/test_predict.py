@@ -16,8 +16,11 @@ from evpipe.kernels import EventSimulator, voxel_grid
 from evpipe.nodes.predict.checkpoint import CHECKPOINTS, CheckpointError, load_model
 from evpipe.nodes.predict.models import Dessert, FusedPredictor, ModelConfig
 from evpipe.nodes.predict.presets import StageSchedule, get_preset
-from evpipe.runtime.events import Events
+from evpipe.runtime.events import Events, Frame
+from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.wire import Message, Trace
 from evpipe.tools.train_predictor import PairData, Trainer
+from tests.conftest import run_graph
 
 BINS = 3
 SIZE = 32
@@ -171,13 +174,19 @@ def test_frame_predictor_pads_and_is_deterministic(trained):
         predictor.predict(aps[0], np.zeros((BINS + 1, SIZE, SIZE), np.float32))
 
 
-def test_onnx_fused_graph_matches_torch(trained, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory) -> Path:
+    """One export cache for the module: the ONNX parity test exports, the graph test reuses it."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+def test_onnx_fused_graph_matches_torch(trained, onnx_cache, monkeypatch):
     """Export a fused 2-step graph, compare with torch on two sizes, and run it through the node's path."""
     from evpipe.nodes.predict.export import cached_fused_onnx, parity
     from evpipe.nodes.predict.sampler import FramePredictor
 
     out, _ = trained
-    monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path))
+    monkeypatch.setenv("EVPIPE_CACHE", str(onnx_cache))
     path = cached_fused_onnx("2step", out)
     model, steps = load_model("2step", out)
     err = parity(model, steps, path, sizes=((32, 32), (48, 80)))
@@ -203,6 +212,55 @@ def test_fused_module_equals_step_by_step_sampling():
         residual = model.residual(z_anchor, model.event_condition(voxel), noise, 3)
         manual = model.compose(anchor, z_anchor, residual)
     assert torch.equal(fused, manual)
+
+
+class SimulatedPan(Node):
+    """Test source: a simulated pan over a real photo. Per APS frame it sends two voxel windows, frame ->
+    midpoint and midpoint -> next frame (a two-step rollout), the first of each pair *before* the frame."""
+
+    @classmethod
+    def setup(cls, spec: Spec) -> None:
+        spec.output("frames", "frame")
+        spec.output("voxels", "voxel")
+        spec.param("seed", int, 0)
+
+    def produce(self):
+        aps, times, windows = moving_sequence(self.params.seed)
+        for a in range(len(aps) - 1):
+            t0, t1 = int(times[a]), int(times[a + 1])
+            mid = (t0 + t1) // 2
+            halves = [(t0, mid), (mid, t1)]
+            messages = []
+            for start, stop in halves:
+                ev = windows[a].time_slice(start, stop)
+                grid = voxel_grid(ev.t, ev.x, ev.y, ev.p, BINS, SIZE, SIZE)
+                messages.append(Message("voxel", {"voxel": grid}, {"t_anchor": start, "t_target": stop},
+                                        (start, stop), Trace(sensor_t=stop)))
+            yield "voxels", messages[0]
+            yield "frames", Message.from_frame(Frame((aps[a] * 255).astype(np.uint8), t0))
+            yield "voxels", messages[1]
+
+
+def test_predictor_node_in_a_real_graph(trained, onnx_cache, monkeypatch, tmp_path):
+    """source -> predictor (onnxruntime) -> metrics, as separate processes: every window is answered."""
+    out, _ = trained
+    monkeypatch.setenv("EVPIPE_CACHE", str(onnx_cache))
+    graph = f"""\
+name: predict
+nodes:
+  src: {{type: "test_predict:SimulatedPan", params: {{seed: 2}}}}
+  pred: {{type: predictor, params: {{checkpoint: "{out}", variant: 2step, backend: onnxruntime, threads: 1}}}}
+  sink: {{type: metrics, params: {{warmup: 0}}}}
+edges:
+  - src.frames -> pred.frames
+  - src.voxels -> pred.voxels
+  - pred.predictions -> sink.in
+"""
+    proc, report = run_graph(tmp_path, graph, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    counts = report["reports"]["pred"][0]
+    assert counts == {"frames": 5, "predictions": 10, "unanchored": 0}
+    assert report["reports"]["sink"][0]["streams"]["pred.predictions"]["messages"] == 10
 
 
 SHIPPED = CHECKPOINTS / "tiny"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from evpipe.nodes.predict.checkpoint import VARIANTS
@@ -11,6 +13,10 @@ from evpipe.runtime.wire import Message
 
 # Luma weights of linear RGB (Rec. 709), as evpipe.tools.dataset uses for its gray frames.
 _LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
+# Windows held while their anchor frame has not arrived; beyond this the oldest is dropped (counted).
+_MAX_PENDING = 16
+# Real frames (with the predictions made from them) kept as anchors for windows that arrive late.
+_HISTORY = 8
 
 
 def gray_unit(image: np.ndarray) -> np.ndarray:
@@ -29,12 +35,15 @@ def gray_unit(image: np.ndarray) -> np.ndarray:
 class Predictor(Node):
     """Residual diffusion next-frame predictor (DESSERT): predicts the frame at each voxel window's end.
 
-    Every real frame on ``frames`` becomes the anchor (and drops earlier predictions). A voxel window on
-    ``voxels`` (meta ``t_anchor``, ``t_target`` in µs) is answered with the predicted frame at
-    ``t_target`` (float32 (H, W) in [0, 1], meta ``predicted: true``, ``t_anchor``), if its ``t_anchor``
-    is the time of the current real frame or of an earlier prediction since that frame: windows that
-    start at the previous prediction roll out several frames ahead autoregressively. Windows whose
-    anchor is unknown (e.g. they arrived before their frame) are counted as ``unanchored`` and skipped.
+    A voxel window on ``voxels`` (meta ``t_anchor``, ``t_target`` in µs) is answered with the predicted
+    frame at ``t_target`` (float32 (H, W) in [0, 1], meta ``predicted: true``, ``t_anchor``). Its anchor
+    is the real frame at ``t_anchor`` (every real frame resets the anchor at its time, replacing any
+    prediction there), or else the node's own prediction for ``t_anchor``: windows that start where the
+    previous one ended roll out several frames ahead autoregressively. The last 8 real frames and their
+    rollouts stay available, because frames and windows travel on separate edges and either may arrive
+    first; a window that starts after the newest frame waits (up to 16 of them) for it, and one whose
+    anchor cannot come any more is counted as ``unanchored`` and skipped. Reports frames, predictions
+    and unanchored.
     """
 
     @classmethod
@@ -55,28 +64,47 @@ class Predictor(Node):
 
         p = self.params
         self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, threads=p.threads or None, seed=p.seed)
-        self.anchors: dict[int, np.ndarray] = {}
+        self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
+        self.frame_times: deque[int] = deque(maxlen=_HISTORY)  # the latest real frames, oldest first
+        self.pending: list[Message] = []
         self.counts = {"frames": 0, "predictions": 0, "unanchored": 0}
 
     def process(self, port: str, msg: Message) -> None:
-        if port == "frames":
-            frame = msg.frame()
-            self.anchors = {frame.t: gray_unit(frame.image)}
-            self.counts["frames"] += 1
+        if port == "voxels":
+            self._window(msg)
             return
+        frame = msg.frame()
+        self.anchors[frame.t] = gray_unit(frame.image)  # a real frame replaces a prediction for its time
+        self.frame_times.append(frame.t)
+        oldest = self.frame_times[0]
+        self.anchors = {t: image for t, image in self.anchors.items() if t >= oldest}
+        self.counts["frames"] += 1
+        # Frames and windows travel on separate edges, so a window can overtake its frame.
+        waiting, self.pending = self.pending, []
+        for window in waiting:
+            self._window(window)
+
+    def _window(self, msg: Message) -> None:
         t_anchor, t_target = int(msg.meta["t_anchor"]), int(msg.meta["t_target"])
         anchor = self.anchors.get(t_anchor)
         if anchor is None:
+            if not self.frame_times or t_anchor > self.frame_times[-1]:
+                self.pending.append(msg)  # its frame (or the window before it) may still come
+                if len(self.pending) <= _MAX_PENDING:
+                    return
+                msg = self.pending.pop(0)
+                t_anchor = int(msg.meta["t_anchor"])
             if self.counts["unanchored"] == 0:
                 self.log.warning("voxel window from t=%d has no anchor frame (known: %s); skipping such windows",
                                  t_anchor, sorted(self.anchors))
             self.counts["unanchored"] += 1
             return
         prediction = self.predictor.predict(anchor, np.asarray(msg.arrays["voxel"], np.float32))
-        self.anchors[t_target] = prediction
+        if t_target not in self.frame_times:
+            self.anchors[t_target] = prediction  # the next window of a rollout starts here
         self.counts["predictions"] += 1
-        self.emit("predictions", Message.from_frame(Frame(prediction, t_target, 0, {"predicted": True,
-                                                                                    "t_anchor": t_anchor})))
+        meta = {"predicted": True, "t_anchor": t_anchor}
+        self.emit("predictions", Message.from_frame(Frame(prediction, t_target, 0, meta)))
 
     def stop(self) -> None:
         if hasattr(self, "predictor"):
