@@ -106,11 +106,12 @@ class SequenceFile:
         self.channels: int = int(meta["channels"])
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._index: dict[str, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # An open HDF5 handle must not cross a fork/pickle: each worker reopens its own.
-        return {**self.__dict__, "_file": None, "_pid": None}
+        return {**self.__dict__, "_file": None, "_pid": None, "_datasets": {}}
 
     def __repr__(self) -> str:
         return f"SequenceFile({self.name!r}, split={self.meta.get('split')!r}, {self.path})"
@@ -123,12 +124,25 @@ class SequenceFile:
             except OSError as error:
                 raise OSError(f"{self.path}: cannot open sequence file ({error})") from error
             self._pid = os.getpid()
+            self._datasets = {}
         return self._file
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """A dataset handle, looked up once per open file (a path lookup costs more than a small read)."""
+        f = self.file
+        handle = self._datasets.get(name)
+        if handle is None:
+            try:
+                handle = self._datasets[name] = f[name]
+            except KeyError as error:
+                raise ValueError(f"{self.path}: missing dataset {name!r} (not a {FORMAT} sequence file?)") from error
+        return handle
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
+        self._datasets = {}
 
     def _indices(self) -> dict[str, np.ndarray]:
         if self._index is None:
@@ -166,7 +180,7 @@ class SequenceFile:
 
     def frames(self, indices: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
         """Ground-truth frame(s) as float32 (C, H, W), or (n, C, H, W) for a slice / index list."""
-        data = self.file["frames"]
+        data = self._dataset("frames")
         if isinstance(indices, (int, np.integer)):
             return self._chw(data[int(indices)])
         if isinstance(indices, slice):
@@ -184,7 +198,7 @@ class SequenceFile:
 
     def blurry(self, aps: int) -> np.ndarray:
         """Blurry frame of APS frame ``aps``: float32 (C, H, W)."""
-        return self._chw(self.file["blur/frames"][int(aps)])
+        return self._chw(self._dataset("blur/frames")[int(aps)])
 
     def exposure(self, aps: int) -> tuple[int, int]:
         """Exposure window [start, end) in µs of the blurry frame of APS frame ``aps``."""
@@ -205,7 +219,7 @@ class SequenceFile:
 
     def events_in(self, t_start: int, t_end: int) -> Events:
         """Events with t_start <= t < t_end (µs)."""
-        t = self.file["events/t"]
+        t = self._dataset("events/t")
         # Narrow the binary search with the frame index so only a chunk or two of t is read.
         frames_t, event_index = self.frames_t, self._indices()["event_index"]
         lo = self._search(t, event_index, frames_t, int(t_start))
@@ -222,8 +236,7 @@ class SequenceFile:
         return lo + int(np.searchsorted(t[lo:hi], time, side="left"))
 
     def _read_events(self, lo: int, hi: int) -> Events:
-        group = self.file["events"]
-        return Events(group["t"][lo:hi], group["x"][lo:hi], group["y"][lo:hi], group["p"][lo:hi])
+        return Events(*(self._dataset(f"events/{name}")[lo:hi] for name in ("t", "x", "y", "p")))
 
     def voxel(self, events: Events, bins: int) -> np.ndarray:
         """E2VID voxel grid float32 (bins, H, W) of ``events`` on this sequence's sensor."""
