@@ -50,7 +50,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 2
     console.print(f"running graph [bold]{graph.name}[/] ({graph.path}): {len(graph.nodes)} nodes, "
                   f"{len(graph.edges)} edges, transport {graph.settings.transport}")
-    result = Supervisor(graph, console=console, log_level=args.log_level).run()
+    if graph.hosts and args.host not in graph.hosts:
+        console.print(f"[bold red]error:[/] {graph.path}: the graph spans hosts {', '.join(graph.hosts)}; "
+                      "run each host's part with --host NAME", soft_wrap=True)
+        return 2
+    if args.host and not graph.hosts:
+        console.print(f"[bold red]error:[/] {graph.path}: --host given but the graph has no 'hosts' section",
+                      soft_wrap=True)
+        return 2
+    try:
+        supervisor = Supervisor(graph, host=args.host, console=console, log_level=args.log_level)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return 2
+    result = supervisor.run()
     out = _stdout_console()
     for table in render_tables(result.report):
         out.print(table)
@@ -61,6 +74,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         json_path, png_path = write_report(result.report, args.report)
         out.print(f"report: {json_path}  plot: {png_path}")
     return result.exit_code
+
+
+def cmd_keys(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.runtime.security import create_keys
+
+    for path in create_keys(args.folder, args.hosts):
+        console.print(f"wrote {path} and {path.with_suffix('.key')}")
+    console.print("give each host its own .key_secret and every host's public .key")
+    return 0
 
 
 def cmd_graph(args: argparse.Namespace, console: Console) -> int:
@@ -136,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="graph YAML (a path, or the name of a shipped config)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON and a PNG plot")
+    p.add_argument("--host", help="run only this host's nodes of a multi-host graph")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("keys", help="make CURVE key pairs for the hosts of a multi-host graph")
+    p.add_argument("folder", help="where to write NAME.key (public) and NAME.key_secret")
+    p.add_argument("hosts", nargs="+", metavar="HOST")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("graph", help="validate a graph and print it as Mermaid (or draw a PNG)")
     p.add_argument("config", nargs="?")

@@ -84,6 +84,14 @@ class Settings:
     max_restarts: int = 3
     restart_backoff_s: float = 0.5
     limits: Limits = field(default_factory=Limits)
+    port_base: int = 5600  # cross-host edge k listens on port_base + k; the clock service on port_base - 1
+    curve_keys: str | None = None  # folder of `evpipe keys` certificates (relative to the graph file)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
 
 
 @dataclass
@@ -93,6 +101,16 @@ class Graph:
     nodes: dict[str, NodeConfig]
     edges: list[EdgeConfig]
     settings: Settings
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    def host_of(self, node: str) -> str | None:
+        return self.nodes[node].host
+
+    def is_cross_host(self, edge: EdgeConfig) -> bool:
+        return self.host_of(edge.src) != self.host_of(edge.dst)
+
+    def cross_host_edges(self) -> list[EdgeConfig]:
+        return [e for e in self.edges if self.is_cross_host(e)]
 
     def edges_into(self, node: str) -> list[EdgeConfig]:
         return [e for e in self.edges if e.dst == node]
@@ -196,11 +214,12 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
 
     if not isinstance(doc, dict):
         raise fail(doc, None, "a graph file must be a mapping with 'nodes' and 'edges'")
-    known_top = {"name", "description", "settings", "nodes", "edges"}
+    known_top = {"name", "description", "settings", "hosts", "nodes", "edges"}
     for key in doc:
         if key not in known_top:
             raise fail(doc, key, f"unknown top-level key {key!r}", f"use one of {', '.join(sorted(known_top))}")
     settings = _build_settings(doc.get("settings") or {}, fail)
+    hosts = _build_hosts(doc.get("hosts") or {}, fail)
 
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, dict) or not raw_nodes:
@@ -240,8 +259,13 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
             raise fail(body, "params" if "params" in body else "type", f"node {name!r} ({type_name}): {exc}",
                        f"`evpipe nodes {type_name}` lists its parameters") from None
         host = body.get("host")
-        if host is not None and not isinstance(host, str):
-            raise fail(body, "host", f"node {name!r}: 'host' must be a string")
+        if hosts and host not in hosts:
+            raise fail(body, "host" if "host" in body else "type",
+                       f"node {name!r}: host {host!r} is not one of the graph's hosts",
+                       f"give every node a host from: {', '.join(hosts)}")
+        if not hosts and host is not None:
+            raise fail(body, "host", f"node {name!r} names host {host!r} but the graph has no 'hosts' section",
+                       "add `hosts: {NAME: {address: IP}}`")
         nodes[name] = NodeConfig(name, str(type_name), cls, params, host, _line_of(raw_nodes, name))
 
     raw_edges = doc.get("edges") or _LineList()
@@ -250,7 +274,28 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
     edges = [_build_edge(raw_edges, i, nodes, fail) for i in range(len(raw_edges))]
     _check_connections(nodes, edges, path, raw_nodes)
     _check_acyclic(nodes, edges, path)
-    return Graph(str(path), str(doc.get("name") or Path(path).stem), nodes, edges, settings)
+    graph = Graph(str(path), str(doc.get("name") or Path(path).stem), nodes, edges, settings, hosts)
+    if graph.cross_host_edges():
+        first = graph.cross_host_edges()[0]
+        if settings.curve_keys is None:
+            raise ConfigError(path, first.line, f"edge {first.id} crosses hosts, and cross-host edges are "
+                              "encrypted and authenticated with CURVE", "set settings.curve_keys to a folder made "
+                              "by `evpipe keys FOLDER " + " ".join(hosts) + "`")
+        settings.curve_keys = str((Path(path).parent / settings.curve_keys).resolve())
+    return graph
+
+
+def _build_hosts(raw: Any, fail: Any) -> dict[str, Host]:
+    if not isinstance(raw, dict):
+        raise fail(raw, None, "'hosts' must be a mapping of name -> {address: IP}")
+    hosts = {}
+    for name, body in raw.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise fail(raw, name, f"bad host name {name!r}", "use letters, digits, '_' or '-'")
+        if not isinstance(body, dict) or not isinstance(body.get("address"), str) or set(body) != {"address"}:
+            raise fail(raw, name, f"host {name!r} needs exactly an 'address'", "e.g. `a: {address: 10.0.0.1}`")
+        hosts[name] = Host(name, body["address"])
+    return hosts
 
 
 def _build_settings(raw: Any, fail: Any) -> Settings:
@@ -275,13 +320,21 @@ def _build_settings(raw: Any, fail: Any) -> Settings:
             if not isinstance(value, str):
                 raise fail(raw, key, "'bind' must be an address string such as 127.0.0.1")
             settings.bind = value
+        elif key == "curve_keys":
+            if not isinstance(value, str):
+                raise fail(raw, key, "'curve_keys' must be a folder path (made by `evpipe keys`)")
+            settings.curve_keys = value
+        elif key == "port_base":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1025 <= value <= 60000:
+                raise fail(raw, key, f"'port_base' must be an integer port in 1025..60000, got {value!r}")
+            settings.port_base = value
         elif key in ("max_restarts", "restart_backoff_s"):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise fail(raw, key, f"'{key}' must be a non-negative number, got {value!r}")
             setattr(settings, key, type(getattr(settings, key))(value))
         else:
             raise fail(raw, key, f"unknown setting {key!r}",
-                       "use transport, bind, max_restarts, restart_backoff_s or limits")
+                       "use transport, bind, max_restarts, restart_backoff_s, limits, port_base or curve_keys")
     return settings
 
 

@@ -160,6 +160,8 @@ class Node:
         self.log = logging.getLogger(f"evpipe.{name}")
         self._emit: Callable[[str, Message], None] | None = None
         self._report: Callable[[dict[str, Any]], None] | None = None
+        # node -> (its host's monotonic clock - ours), for nodes on other hosts; set by the runtime
+        self.clock_offsets_ns: dict[str, int] = {}
 
     @classmethod
     def setup(cls, spec: Spec) -> None:

@@ -46,7 +46,11 @@ class LatencyRecorder:
         self.first_ns: int | None = None
         self.last_ns: int | None = None
 
-    def add(self, trace: Trace, recv_ns: int, sink: str) -> None:
+    def add(self, trace: Trace, recv_ns: int, sink: str, clock_offsets_ns: dict[str, int] | None = None) -> None:
+        """Record one arrival. Stamps made by nodes on other hosts are moved onto the local clock with
+        ``clock_offsets_ns`` (node -> remote clock minus local clock)."""
+        if clock_offsets_ns:
+            trace = _to_local_clock(trace, clock_offsets_ns)
         path = " -> ".join([*(h[0] for h in trace.hops), sink])
         if self.skipped[path] < self.warmup:
             self.skipped[path] += 1
@@ -91,6 +95,12 @@ class LatencyRecorder:
         total = sum(len(s) for s in self.e2e.values())
         return {"paths": paths, "nodes": nodes, "messages": total,
                 "throughput_msgs_s": total / span_s if span_s > 0 else 0.0}
+
+
+def _to_local_clock(trace: Trace, offsets: dict[str, int]) -> Trace:
+    source = trace.hops[0][0] if trace.hops else None
+    hops = [(n, i - offsets.get(n, 0), o - offsets.get(n, 0)) for n, i, o in trace.hops]
+    return Trace(trace.sensor_t, trace.emit_ns - offsets.get(source, 0), hops)
 
 
 def edge_accounting(edges: list[dict[str, Any]], counters: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,7 +151,9 @@ def render_tables(report: dict[str, Any]) -> list[Any]:
     for col in ("edge", "policy", "sent", "processed", "dropped", "rejected", "lost"):
         t.add_column(col, justify="left" if col in ("edge", "policy") else "right")
     for e in report["edges"]:
-        t.add_row(e["edge"], e["policy"], *(str(e[k]) for k in ("sent", "processed", "dropped", "rejected", "lost")))
+        remote = f" (to/from {e['remote']} on another host)" if e.get("remote") else ""
+        t.add_row(e["edge"] + remote, e["policy"],
+                  *("-" if e[k] is None else str(e[k]) for k in ("sent", "processed", "dropped", "rejected", "lost")))
     tables.append(t)
     return tables
 

@@ -27,6 +27,8 @@ import msgpack
 import zmq
 from rich.console import Console
 
+from evpipe.runtime import security
+from evpipe.runtime.clock import ClockServer, estimate_offset
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import Graph, NodeConfig
 from evpipe.runtime.report import edge_accounting
@@ -63,8 +65,13 @@ def _free_tcp_port(host: str) -> int:
 
 
 class Supervisor:
-    def __init__(self, graph: Graph, *, console: Console | None = None, log_level: str = "INFO") -> None:
-        self.graph = graph
+    """Runs a graph, or with ``host`` the fragment of a multi-host graph whose nodes live on that host."""
+
+    def __init__(self, graph: Graph, *, host: str | None = None, console: Console | None = None,
+                 log_level: str = "INFO") -> None:
+        if graph.hosts and host not in graph.hosts:
+            raise ValueError(f"graph {graph.name!r} spans hosts {', '.join(graph.hosts)}: choose one with --host")
+        self.graph, self.host = graph, host
         self.console = console or Console(stderr=True)
         self.log_level = log_level
         self.run_dir = tempfile.mkdtemp(prefix="evp-")
@@ -73,20 +80,67 @@ class Supervisor:
         self.router.setsockopt(zmq.LINGER, 0)
         self.control_endpoint = f"ipc://{self.run_dir}/control"
         self.router.bind(self.control_endpoint)
-        self.endpoints = {e.id: self._endpoint(i) for i, e in enumerate(graph.edges)}
-        self.nodes = {name: NodeProcess(cfg) for name, cfg in graph.nodes.items()}
+        cross = {e.id: k for k, e in enumerate(graph.cross_host_edges())}
+        self.endpoints = {e.id: self._endpoint(i, cross.get(e.id), e.dst) for i, e in enumerate(graph.edges)}
+        self.nodes = {name: NodeProcess(cfg) for name, cfg in graph.nodes.items() if host is None or cfg.host == host}
+        self.local_edges = [e for e in graph.edges if e.src in self.nodes or e.dst in self.nodes]
+        self.clock_offsets: dict[str, dict[str, int]] = {}  # host -> {"offset_ns", "round_trip_ns"}
+        self.clock_server: ClockServer | None = None
         self.interrupts = 0
         self._print_lock = threading.Lock()
 
-    def _endpoint(self, index: int) -> str:
+    def _endpoint(self, index: int, cross_index: int | None, dst: str) -> str:
+        if cross_index is not None:  # consumer's host address, a port every host derives the same way
+            address = self.graph.hosts[self.graph.host_of(dst)].address
+            return f"tcp://{address}:{self.graph.settings.port_base + cross_index}"
         if self.graph.settings.transport == "tcp":
             return f"tcp://{self.graph.settings.bind}:{_free_tcp_port(self.graph.settings.bind)}"
         return f"ipc://{self.run_dir}/{index}"
+
+    def _clock_endpoint(self, host: str) -> str:
+        return f"tcp://{self.graph.hosts[host].address}:{self.graph.settings.port_base - 1}"
+
+    def _sync_clocks(self) -> None:
+        """Serve our clock, and in the background measure every other host's offset (each may start later)."""
+        keys = self.graph.settings.curve_keys
+        self.clock_server = ClockServer(self.ctx, self._clock_endpoint(self.host),
+                                        security.server_options(keys, self.host) if keys else None)
+        self.clock_server.start()
+
+        def measure() -> None:
+            for other in self.graph.hosts:
+                if other == self.host:
+                    continue
+                curve = security.client_options(keys, self.host, other) if keys else None
+                result = estimate_offset(self.ctx, self._clock_endpoint(other), curve, timeout_s=60.0)
+                if result is None:
+                    self.console.print(f"[yellow]host {other!r} did not answer clock requests; its latency "
+                                       "stamps are taken as they are[/]")
+                else:
+                    self.clock_offsets[other] = {"offset_ns": result[0], "round_trip_ns": result[1]}
+
+        threading.Thread(target=measure, name="clock-sync", daemon=True).start()
+
+    def _node_offsets(self) -> dict[str, int]:
+        """node -> its host's clock minus ours, for nodes on hosts measured so far."""
+        return {n: self.clock_offsets[cfg.host]["offset_ns"] for n, cfg in self.graph.nodes.items()
+                if cfg.host in self.clock_offsets}
 
     # -- processes -------------------------------------------------------------------------------
     def _spec(self, np_: NodeProcess) -> dict[str, Any]:
         name = np_.config.name
         done_nodes = {n for n, p in self.nodes.items() if p.state == "done"}
+        keys = self.graph.settings.curve_keys
+        inputs = [{"id": e.id, "dst_port": e.dst_port, "policy": e.policy, "capacity": e.capacity,
+                   "endpoint": self.endpoints[e.id]} for e in self.graph.edges_into(name)]
+        outputs = [{"id": e.id, "src_port": e.src_port, "policy": e.policy, "capacity": e.capacity,
+                    "endpoint": self.endpoints[e.id]} for e in self.graph.edges_out_of(name)]
+        for spec, edge in zip(inputs, self.graph.edges_into(name), strict=True):
+            if self.graph.is_cross_host(edge):
+                spec["curve_server"] = security.server_options(keys, self.host)
+        for spec, edge in zip(outputs, self.graph.edges_out_of(name), strict=True):
+            if self.graph.is_cross_host(edge):
+                spec["curve_client"] = security.client_options(keys, self.host, self.graph.host_of(edge.dst))
         return {
             "name": name,
             "type": np_.config.type,
@@ -95,10 +149,9 @@ class Supervisor:
             "control": self.control_endpoint,
             "limits": self.graph.settings.limits.__dict__,
             "log_level": self.log_level,
-            "inputs": [{"id": e.id, "dst_port": e.dst_port, "policy": e.policy, "capacity": e.capacity,
-                        "endpoint": self.endpoints[e.id]} for e in self.graph.edges_into(name)],
-            "outputs": [{"id": e.id, "src_port": e.src_port, "policy": e.policy, "capacity": e.capacity,
-                         "endpoint": self.endpoints[e.id]} for e in self.graph.edges_out_of(name)],
+            "inputs": inputs,
+            "outputs": outputs,
+            "clock_offsets_ns": self._node_offsets(),
             "closed_edges": [e.id for e in self.graph.edges_into(name) if e.src in done_nodes],
             "counters": self._counters_path(name, np_.incarnation),
         }
@@ -164,7 +217,7 @@ class Supervisor:
         elif kind == "done":
             np_.state = "done"
             for e in self.graph.edges_out_of(name):
-                if self.nodes[e.dst].state == "running":
+                if e.dst in self.nodes and self.nodes[e.dst].state == "running":
                     self._send(e.dst, "upstream_done", edges=[e.id])
 
     def _poll(self, timeout_ms: int) -> None:
@@ -213,6 +266,8 @@ class Supervisor:
         t0 = time.monotonic()
         failed = False
         try:
+            if self.graph.hosts:
+                self._sync_clocks()
             for np_ in self.nodes.values():
                 self._spawn(np_)
             failed = not self._wait_ready()
@@ -247,6 +302,7 @@ class Supervisor:
     def _supervise(self, t0: float) -> bool:
         stop_sent_at: float | None = None
         last_status = last_snapshot = time.monotonic()
+        offsets_sent = 0
         while not all(p.state == "done" and p.proc is None for p in self.nodes.values()):
             self._poll(100)
             if not self._check_processes():
@@ -255,6 +311,11 @@ class Supervisor:
                 if np_.state == "ready":
                     self._send(np_.config.name, "start")
                     np_.state = "running"
+            if len(self.clock_offsets) != offsets_sent:  # a host's clock was measured: tell the nodes
+                offsets_sent = len(self.clock_offsets)
+                for name, np_ in self.nodes.items():
+                    if np_.state == "running":
+                        self._send(name, "clock", offsets=self._node_offsets())
             if self.interrupts and stop_sent_at is None:
                 stop_sent_at = time.monotonic()
                 for name, np_ in self.nodes.items():
@@ -303,6 +364,8 @@ class Supervisor:
                     np_.proc.kill()
                     np_.proc.wait()
         self._poll(50)
+        if self.clock_server is not None:
+            self.clock_server.stop()
         self.router.close()
         self.ctx.term()
 
@@ -319,10 +382,19 @@ class Supervisor:
                                 for e in self.graph.edges]},
             "nodes": {name: {"state": np_.state, "restarts": np_.restarts, "processed": summed[name]["processed"]}
                       for name, np_ in self.nodes.items()},
-            "edges": edge_accounting([{"id": e.id, "src": e.src, "dst": e.dst, "policy": e.policy}
-                                      for e in self.graph.edges], summed),
+            "edges": self._edges(summed),
             "latency": live[-1] if live else None,
         }
+
+    def _edges(self, summed: dict[str, Any]) -> list[dict[str, Any]]:
+        """Edge accounting for this host's edges; an edge to another host shows only this side's counts."""
+        rows = edge_accounting([{"id": e.id, "src": e.src, "dst": e.dst, "policy": e.policy}
+                                for e in self.local_edges], summed)
+        for row, e in zip(rows, self.local_edges, strict=True):
+            if self.graph.is_cross_host(e):
+                row["lost"] = None
+                row["remote"] = e.dst if e.src in self.nodes else e.src
+        return rows
 
     def _report(self, duration_s: float, completed: bool) -> dict[str, Any]:
         summed = {name: _sum_counters(self._counters(np_)) for name, np_ in self.nodes.items()}
@@ -341,9 +413,11 @@ class Supervisor:
             "nodes": {name: {"type": np_.config.type, "restarts": np_.restarts, "exit_codes": np_.exit_codes,
                              "processed": summed[name].get("processed", 0)}
                       for name, np_ in self.nodes.items()},
-            "edges": edge_accounting([{"id": e.id, "src": e.src, "dst": e.dst, "policy": e.policy}
-                                      for e in self.graph.edges], summed),
+            "edges": self._edges(summed),
             "latency": latency,
+            "host": self.host,
+            "clock_offsets_ms": {h: {"offset_ms": o["offset_ns"] / 1e6, "round_trip_ms": o["round_trip_ns"] / 1e6}
+                                 for h, o in self.clock_offsets.items()},
             "reports": {name: reports for name, reports in final_reports.items() if reports},
         }
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from evpipe.runtime import security
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.wire import Limits, Message, WireError, decode, encode
 
@@ -123,7 +124,7 @@ class Inbox(threading.Thread):
     """Receiver thread of one input edge: bind, receive, validate, hand to the mailbox."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, edge: str, port: str, policy: str, capacity: int,
-                 mailbox: Mailbox, limits: Limits, curve: dict[str, Any] | None = None) -> None:
+                 mailbox: Mailbox, limits: Limits, curve: dict[str, str] | None = None) -> None:
         super().__init__(name=f"inbox:{edge}", daemon=True)
         self.edge, self.mailbox, self.limits = edge, mailbox, limits
         mailbox.add_edge(edge, port, policy, capacity)
@@ -136,9 +137,7 @@ class Inbox(threading.Thread):
         self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
         self.sock.setsockopt(zmq.LINGER, 0)
         if curve:
-            self.sock.curve_server = True
-            self.sock.curve_secretkey = curve["secret"]
-            self.sock.curve_publickey = curve["public"]
+            security.apply_server(self.sock, curve)
         self.sock.bind(endpoint)
         self._stopping = threading.Event()
 
@@ -178,9 +177,7 @@ class Outlet:
         self.sock.setsockopt(zmq.SNDHWM, 2 if policy == "latest" else capacity)
         self.sock.setsockopt(zmq.LINGER, 30_000)
         if curve:
-            self.sock.curve_serverkey = curve["server_public"]
-            self.sock.curve_publickey = curve["public"]
-            self.sock.curve_secretkey = curve["secret"]
+            security.apply_client(self.sock, curve)
         self.sock.connect(endpoint)
 
     def send(self, msg: Message, abort: threading.Event) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from evpipe.runtime import security
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import resolve_node_type
 from evpipe.runtime.node import Node
@@ -46,6 +47,7 @@ class Control(threading.Thread):
         self.started = threading.Event()
         self.stop_requested = threading.Event()
         self.upstream_done: set[str] = set()  # input edges whose producer has finished
+        self.clock_offsets_ns: dict[str, int] = {}  # shared with the node: updated when hosts are measured
 
     def send(self, payload: dict[str, Any]) -> None:
         self.outbox.put(payload)
@@ -60,6 +62,8 @@ class Control(threading.Thread):
                     self.stop_requested.set()
                 elif command.get("cmd") == "upstream_done":
                     self.upstream_done.update(command["edges"])
+                elif command.get("cmd") == "clock":
+                    self.clock_offsets_ns.update(command["offsets"])
             try:
                 while True:
                     payload = self.outbox.get_nowait()
@@ -87,6 +91,9 @@ class Worker:
         self.counters = Counters(spec["counters"], [e["id"] for e in spec["inputs"]],
                                  [e["id"] for e in spec["outputs"]], create=True)
         self.mailbox = Mailbox(self.counters)
+        keys_dirs = {e["curve_server"]["keys_dir"] for e in spec["inputs"] if e.get("curve_server")}
+        # ZAP handler: CURVE clients whose public key is not in the keys folder are refused.
+        self.authenticator = security.start_authenticator(self.data_ctx, keys_dirs.pop()) if keys_dirs else None
         self.inboxes = [
             Inbox(self.data_ctx, e["endpoint"], e["id"], e["dst_port"], e["policy"], e["capacity"], self.mailbox,
                   self.limits, e.get("curve_server"))
@@ -100,6 +107,8 @@ class Worker:
         cls = resolve_node_type(spec["type"])
         self.node: Node = cls(self.name, spec["params"])
         self.node.attach_emitter(self._emit)
+        self.control.clock_offsets_ns.update(spec.get("clock_offsets_ns", {}))
+        self.node.clock_offsets_ns = self.control.clock_offsets_ns
         self.node.attach_reporter(lambda data: self.control.send({"type": "report", "data": data}))
         self._current: tuple[Trace, int] | None = None  # trace and in_ns of the message being processed
 
@@ -148,6 +157,8 @@ class Worker:
             for outlets in self.outlets.values():
                 for outlet in outlets:
                     outlet.close()
+            if self.authenticator is not None:
+                self.authenticator.stop()
             self.data_ctx.term()  # blocks (up to LINGER) until queued messages reached the consumers
             self.control.send({"type": "done"})
             self.control.close()

@@ -33,7 +33,7 @@ class Metrics(Node):
 
     def process(self, port: str, msg: Message) -> None:
         recv_ns = now_ns()
-        self.latency.add(msg.trace, recv_ns, self.name)
+        self.latency.add(msg.trace, recv_ns, self.name, self.clock_offsets_ns)
         if recv_ns >= self.next_live_ns:
             self.next_live_ns = recv_ns + int(self.params.live_interval_s * 1e9)
             self.report({"live_latency": self.latency.recent(5.0, recv_ns)})

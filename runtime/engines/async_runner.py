@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from evpipe.runtime.engines.base import POLICIES, EngineRunError
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ import ctypes
 from typing import Any
 
 import numpy as np
+
 from evpipe.runtime.engines.base import BackendUnavailableError
 
 INSTALL_HINT = "pip install 'evpipe[trt]' (TensorRT 10 and cuda-python)"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from evpipe.runtime.engines.base import BackendUnavailableError, Engine, TensorSpec
 
 # ONNX Runtime reports tensor types as strings such as "tensor(float)".

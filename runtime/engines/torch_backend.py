@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from evpipe.runtime.engines.base import (
     BackendUnavailableError,
     Engine,

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from evpipe.runtime.engines import cuda_rt
 from evpipe.runtime.engines.base import (
     BackendUnavailableError,
