@@ -76,6 +76,29 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return result.exit_code
 
 
+def cmd_build_engines(args: argparse.Namespace, console: Console) -> int:
+    from tqdm import tqdm
+
+    from evpipe.runtime.node import Node
+
+    graph = _load(args.config, args.set, console)
+    if graph is None:
+        return 2
+    todo = [n for n in graph.nodes.values() if n.cls.prepare.__func__ is not Node.prepare.__func__]
+    if not todo:
+        console.print(f"nothing to build: no node of {graph.path} has ahead-of-time work")
+        return 0
+    for node in tqdm(todo, desc="building", unit="node"):
+        try:
+            artefacts = node.cls.prepare(node.params)
+        except Exception as exc:  # a backend or checkpoint problem: name the node, not a traceback
+            console.print(f"[bold red]error:[/] node {node.name!r} ({node.type}): {exc}", soft_wrap=True)
+            return 1
+        for path in artefacts:
+            console.print(f"{node.name}: {path}")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace, console: Console) -> int:
     from evpipe.runtime.security import create_keys
 
@@ -160,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON and a PNG plot")
     p.add_argument("--host", help="run only this host's nodes of a multi-host graph")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("build-engines", help="export models and build inference engines a graph needs, ahead of time")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
+    p.set_defaults(func=cmd_build_engines)
 
     p = sub.add_parser("keys", help="make CURVE key pairs for the hosts of a multi-host graph")
     p.add_argument("folder", help="where to write NAME.key (public) and NAME.key_secret")

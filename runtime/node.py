@@ -180,6 +180,12 @@ class Node:
     def is_source(cls) -> bool:
         return not cls.spec().inputs
 
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> list[str]:
+        """Ahead-of-time work a run would otherwise do in ``start`` (ONNX exports, engine builds), for
+        ``evpipe build-engines``. ``params`` are validated. Returns the artefacts made or found."""
+        return []
+
     def start(self) -> None:
         """Acquire resources (open files, load models). Called once before any message."""
 
