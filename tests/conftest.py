@@ -22,12 +22,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _env(extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            **(extra or {})}
+
+
 def evpipe(*args: str, timeout: float = 120, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run the evpipe CLI in a subprocess (the way users run it); test nodes in tests/ are importable."""
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-                **(env or {})}
     return subprocess.run([sys.executable, "-m", "evpipe.runtime.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, **kwargs)
+                          timeout=timeout, env=_env(env), **kwargs)
+
+
+def start_evpipe(*args: str) -> subprocess.Popen:
+    """Start the evpipe CLI in the background (to signal or kill parts of a running graph)."""
+    return subprocess.Popen([sys.executable, "-m", "evpipe.runtime.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
 
 
 def run_graph(tmp_path: Path, yaml_text: str, *extra: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess,

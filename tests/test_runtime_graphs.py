@@ -21,7 +21,7 @@ from evpipe.runtime.counters import Counters
 from evpipe.runtime.events import Events
 from evpipe.runtime.graph import ConfigError, load_graph
 from evpipe.runtime.wire import Message, encode
-from tests.conftest import TESTS, evpipe, run_graph
+from tests.conftest import TESTS, evpipe, run_graph, start_evpipe
 
 THREE_NODES = """\
 name: three
@@ -73,9 +73,7 @@ def _run_and_kill(tmp_path: Path, text: str, victim: str) -> tuple[subprocess.Co
     config = tmp_path / "graph.yaml"
     config.write_text(text)
     report_path = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    run = subprocess.Popen([sys.executable, "-m", "evpipe.runtime.cli", "run", str(config), "--report",
-                            str(report_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run = start_evpipe("run", str(config), "--report", str(report_path))
     deadline = time.monotonic() + 30
     while not _pids_of(victim) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -179,8 +177,7 @@ def test_ctrl_c_stops_sources_drains_and_exits_zero(tmp_path):
     config = tmp_path / "graph.yaml"
     config.write_text(_graph(packets=100000, events=1000, pace="realtime", rate=1e6))
     report_path = tmp_path / "report.json"
-    run = subprocess.Popen([sys.executable, "-m", "evpipe.runtime.cli", "run", str(config), "--report",
-                            str(report_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = start_evpipe("run", str(config), "--report", str(report_path))
     time.sleep(4)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=60)
@@ -245,8 +242,7 @@ def test_live_status_snapshot_is_written_while_running(tmp_path):
 
     config = tmp_path / "graph.yaml"
     config.write_text(_graph(packets=600, events=1000, pace="realtime", rate=2e5))
-    run = subprocess.Popen([sys.executable, "-m", "evpipe.runtime.cli", "run", str(config)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = start_evpipe("run", str(config))
     status = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and run.poll() is None:
