@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,9 @@ class Inbox(threading.Thread):
         mailbox.add_edge(edge, port, policy, capacity)
         self.counters = mailbox.counters
         self.last_seq = -1
+        # Token bucket for control messages: a flood of them must not cost the node its time.
+        self._control_tokens = float(limits.max_control_per_s)
+        self._control_refill = time.monotonic()
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, 2 if policy == "latest" else capacity)
         # Hard guard inside ZeroMQ: a frame over the limit is refused before it is allocated (the peer is
@@ -155,12 +159,27 @@ class Inbox(threading.Thread):
                 self.counters.add_in(self.edge, "rejected")
                 log.warning("rejected message on %s: %s", self.edge, exc)
                 continue
+            if msg.kind == "control" and not self._take_control_token():
+                self.counters.add_in(self.edge, "rejected")
+                log.warning("rejected control message on %s: over max_control_per_s=%d", self.edge,
+                            self.limits.max_control_per_s)
+                continue
             if msg.kind != "control":
                 if self.last_seq >= 0 and msg.seq > self.last_seq + 1:
                     self.counters.add_in(self.edge, "gaps", msg.seq - self.last_seq - 1)
                 self.last_seq = msg.seq
             self.mailbox.put(self.edge, msg)
         self.sock.close()
+
+    def _take_control_token(self) -> bool:
+        now = time.monotonic()
+        rate = self.limits.max_control_per_s
+        self._control_tokens = min(float(rate), self._control_tokens + (now - self._control_refill) * rate)
+        self._control_refill = now
+        if self._control_tokens < 1.0:
+            return False
+        self._control_tokens -= 1.0
+        return True
 
     def stop(self) -> None:
         self._stopping.set()

@@ -50,6 +50,7 @@ class Limits:
     max_ndim: int = 5
     max_events: int = 50_000_000
     max_hops: int = 64
+    max_control_per_s: int = 100  # control messages per second per edge; more are rejected and counted
 
 
 @dataclass
