@@ -215,6 +215,21 @@ def test_deblur_interpolation_and_clip_views(gray_dataset):
     assert np.all((events.t >= sample["exposure_start"]) & (events.t < sample["exposure_end"]))
     assert sample["n_samples"] == seq.meta["exposure_frames"]
 
+    longer = DeblurView(dataset, exposure_intervals=(0.5, 1.9), seed=3, with_events=True)
+    for index in (0, len(longer) // 3, len(longer) - 1):
+        sample, again = longer[index], longer[index]
+        np.testing.assert_array_equal(sample["blurry"], again["blurry"])  # reproducible per index
+        seq = dataset.sequences[int(sample["sequence"])]
+        i, half = int(seq.aps_index[int(sample["aps"])]), int(sample["n_samples"]) // 2
+        assert 1 <= half <= max(seq.meta["substeps"] - 1, 1)
+        frames = seq.frames(slice(i - half, i + half + 1))
+        np.testing.assert_allclose(sample["blurry"], frames.astype(np.float64).mean(axis=0), atol=1e-6)
+        inside = (seq.frames_t >= sample["exposure_start"]) & (seq.frames_t < sample["exposure_end"])
+        np.testing.assert_array_equal(np.flatnonzero(inside), np.arange(i - half, i + half + 1))
+        assert np.all((sample["events"].t >= sample["exposure_start"]) & (sample["events"].t < sample["exposure_end"]))
+    with pytest.raises(ValueError, match="exposure_intervals"):
+        DeblurView(dataset, exposure_intervals=2.5)
+
     triplets = InterpolationView(dataset, spacing=1, context=True, bins=2)
     assert len(triplets) == sum(seq.n_aps - 6 for seq in dataset.sequences)
     sample = triplets[0]

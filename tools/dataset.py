@@ -46,7 +46,13 @@ ranges. The views return dicts of numpy arrays — images float32 (C, H, W) in [
 float32 (B, H, W) (E2VID definition, ``evpipe.kernels.voxel_grid``, unnormalised), scalars as
 numpy int64 — so ``torch.utils.data.DataLoader(view, batch_size=...)`` batches them directly.
 With ``with_events=True`` a view also returns the raw ``Events`` (not batchable: use
-``batch_size=None`` or a custom ``collate_fn``).
+``batch_size=None`` or a custom ``collate_fn``). Every view takes ``dataset``: an
+:class:`EventDataset` (used as given, with its split), or a path (None: the default ``tiny``
+location) opened with ``split`` (default ``"train"``; None for every split).
+
+    from evpipe.tools.dataset import PredictionView
+    view = PredictionView(split="train", k_max=4, bins=5)     # ~/.cache/evpipe/datasets/tiny
+    loader = torch.utils.data.DataLoader(view, batch_size=16, shuffle=True, num_workers=2)
 """
 
 from __future__ import annotations
@@ -88,6 +94,20 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     if rgb.shape[-1] != 3:
         raise ValueError(f"luminance: expected (..., 3) RGB, got shape {rgb.shape}")
     return rgb @ LUMA_WEIGHTS
+
+
+def exposure_window(frames_t: np.ndarray, center: np.ndarray | int, half: int) -> tuple[Any, Any, Any, Any]:
+    """(first, last, exposure_start, exposure_end) of the blur window of 2 half + 1 frames around ``center``.
+
+    The mean of frames[first : last + 1] stands for an exposure from halfway between frames
+    first - 1 and first to halfway between last and last + 1 (µs, [start, end)); needs
+    1 <= first and last <= N - 2. Works elementwise for an array of centres.
+    """
+    first, last = np.asarray(center) - half, np.asarray(center) + half
+    if half < 0 or np.min(first) < 1 or np.max(last) > len(frames_t) - 2:
+        raise ValueError(f"blur window of {2 * half + 1} frames around {center} leaves the {len(frames_t)} frames"
+                         " (a margin frame is needed on each side)")
+    return first, last, (frames_t[first - 1] + frames_t[first]) // 2, (frames_t[last] + frames_t[last + 1]) // 2
 
 
 class SequenceFile:
@@ -295,11 +315,8 @@ class EventDataset:
 
 
 def _open(dataset: EventDataset | str | Path | None, split: str | None) -> EventDataset:
-    if isinstance(dataset, EventDataset):
-        if split is not None and dataset.split not in (None, split):
-            raise ValueError(f"split={split!r} but the dataset given is already the {dataset.split!r} split")
-        return dataset if split is None or dataset.split == split else EventDataset(dataset.root, split)
-    return EventDataset(dataset, split)
+    """An EventDataset is used as given (it already selects its split); a path is opened with ``split``."""
+    return dataset if isinstance(dataset, EventDataset) else EventDataset(dataset, split)
 
 
 def _scalars(**values: int) -> dict[str, np.ndarray]:
@@ -366,6 +383,13 @@ class DeblurView:
     ``exposure_start``/``exposure_end`` (µs, events with start <= t < end), ``t`` (the sharp
     frame's time), ``n_samples`` (frames averaged), ``sequence``, ``aps``: int64; with
     ``with_events`` also ``events``.
+
+    ``exposure_intervals`` None: the stored blurry frames. A number e (or a (low, high) range,
+    drawn per sample from a generator seeded by (``seed``, index), so reproducible in any
+    worker): the blurry frame is computed here as the mean of the 2h + 1 ground-truth frames
+    around the APS frame, h = round(e * substeps / 2) clipped to [1, substeps - 1] — an exposure
+    of about e APS intervals, e < 2 (the sequences keep one interval of margin on each side).
+    Stronger blur than the stored one, for training and evaluating deblurring.
     """
 
     def __init__(
@@ -374,11 +398,19 @@ class DeblurView:
         split: str | None = "train",
         bins: int = 5,
         with_events: bool = False,
+        exposure_intervals: float | tuple[float, float] | None = None,
+        seed: int = 0,
     ) -> None:
         if bins < 1:
             raise ValueError(f"DeblurView: bins must be >= 1, got {bins}")
+        if exposure_intervals is not None:
+            low, high = np.broadcast_to(np.asarray(exposure_intervals, dtype=np.float64), (2,))
+            if not 0 < low <= high < 2:
+                raise ValueError(f"DeblurView: exposure_intervals must lie in (0, 2), got {exposure_intervals!r}")
+            exposure_intervals = (float(low), float(high))
         self.dataset = _open(dataset, split)
         self.bins, self.with_events = bins, with_events
+        self.exposure_intervals, self.seed = exposure_intervals, seed
         samples = [(s, a) for s, seq in enumerate(self.dataset.sequences) for a in range(seq.n_aps)]
         self._samples = np.array(samples, dtype=np.int64).reshape(-1, 2)
 
@@ -388,12 +420,20 @@ class DeblurView:
     def __getitem__(self, index: int) -> dict[str, Any]:
         s, a = (int(v) for v in self._samples[index])
         seq = self.dataset.sequences[s]
-        start, end = seq.exposure(a)
-        first, last = seq.blur_range(a)
-        events = seq.events_in(start, end)
         i = int(seq.aps_index[a])
+        if self.exposure_intervals is None:
+            start, end = seq.exposure(a)
+            first, last = seq.blur_range(a)
+            blurry = seq.blurry(a)
+        else:
+            exposure = np.random.default_rng([self.seed, index]).uniform(*self.exposure_intervals)
+            substeps = int(seq.meta["substeps"])
+            half = int(np.clip(round(exposure * substeps / 2), 1, max(substeps - 1, 1)))
+            first, last, start, end = (int(v) for v in exposure_window(seq.frames_t, i, half))
+            blurry = seq.frames(slice(first, last + 1)).astype(np.float64).mean(axis=0).astype(np.float32)
+        events = seq.events_in(start, end)
         sample = {
-            "blurry": seq.blurry(a),
+            "blurry": blurry,
             "sharp": seq.frames(i),
             "voxel": seq.voxel(events, self.bins),
             **_scalars(exposure_start=start, exposure_end=end, t=int(seq.frames_t[i]), n_samples=last - first + 1,

@@ -73,7 +73,14 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from evpipe.kernels import simulate_events
-from evpipe.tools.dataset import FORMAT, FORMAT_VERSION, SPLITS, default_dataset_path, luminance
+from evpipe.tools.dataset import (
+    FORMAT,
+    FORMAT_VERSION,
+    SPLITS,
+    default_dataset_path,
+    exposure_window,
+    luminance,
+)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SKIMAGE_PHOTOS = (
@@ -429,18 +436,10 @@ def simulator_input(frames16: np.ndarray) -> np.ndarray:
 def _blur_windows(
     frames16: np.ndarray, frames_t: np.ndarray, aps_index: np.ndarray, exposure_frames: int
 ) -> dict[str, np.ndarray]:
-    half = exposure_frames // 2
-    first, last = aps_index - half, aps_index + half
-    if first.min() < 1 or last.max() > len(frames_t) - 2:
-        raise ValueError("blur window leaves the sequence (needs a margin frame on each side)")
+    first, last, start, end = exposure_window(frames_t, aps_index, exposure_frames // 2)
     blurry = np.stack([frames16[f : l + 1].astype(np.float64).mean(axis=0) for f, l in zip(first, last, strict=True)])
-    return {
-        "frames": blurry.astype(np.float16),
-        "first": first,
-        "last": last,
-        "exposure_start": (frames_t[first - 1] + frames_t[first]) // 2,
-        "exposure_end": (frames_t[last] + frames_t[last + 1]) // 2,
-    }
+    return {"frames": blurry.astype(np.float16), "first": first, "last": last, "exposure_start": start,
+            "exposure_end": end}
 
 
 def synthesize(rendered: Rendered, config: BuildConfig, rng: np.random.Generator) -> tuple[dict, dict[str, Any]]:
