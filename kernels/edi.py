@@ -31,7 +31,8 @@ import numpy as np
 
 from evpipe.kernels._common import check_event_arrays, check_sensor, raise_first_invalid, resolve_device
 
-_MIN_EVENTS_PER_CHUNK = 1 << 15
+# Fewer events than this per thread are not worth a parallel region.
+_MIN_EVENTS_PER_CHUNK = 1 << 18
 
 
 @nb.njit(cache=True, inline="always")

@@ -26,7 +26,7 @@ from evpipe.kernels._common import (
 )
 
 _BLOCK = 512
-_PRIVATIZE_MIN_EVENTS = 1 << 16
+_PRIVATIZE_MIN_EVENTS = 1 << 19
 _PRIVATE_BUDGET_BYTES = 256 << 20
 _NO_EVENT = np.iinfo(np.int64).min
 
@@ -141,7 +141,20 @@ def _frames_cpu(t, x, y, p, height, width, windows, t_refs, tau_us, surface: boo
     big_enough = sizes >= max(_PRIVATIZE_MIN_EVENTS, height * width // 2)
     privatize = big_enough & (n_chunks > 1) & (len(windows) < n_threads)
     direct = np.flatnonzero(~privatize)
-    if len(direct):
+    if len(direct) == 1:
+        # One window: a plain call, no parallel region (its threads would only wait at the barrier).
+        (w,) = direct
+        lo, hi = (int(i) for i in windows[w])
+        flat = out[w].reshape(-1)
+        if surface:
+            latest = np.full(flat.size, _NO_EVENT, np.int64)
+            start = _latest(t, x, y, p, lo, hi, t_refs[w], width, height, latest)
+            _decay(latest, t_refs[w], tau_us, flat)
+        else:
+            start = _count(x, y, p, lo, hi, width, height, flat)
+        if start >= 0:
+            raise_first_invalid(None, x, y, p, int(start), height, width)
+    elif len(direct):
         bad = np.full(len(direct), -1, np.int64)
         target = out if len(direct) == len(windows) else np.zeros((len(direct), 2, height, width), np.float32)
         _frames_per_window(t, x, y, p, windows[direct], t_refs[direct], tau_us, height, width, surface, target, bad)

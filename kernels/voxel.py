@@ -17,7 +17,9 @@ CPU strategy — the loop is bound by scattered read-modify-writes into the grid
   two bins are adjacent (one cache line, never split) instead of H*W floats apart; the ordered
   reduction transposes them into ``(B, H, W)``;
 - small windows, or as many windows as threads, are processed one window per thread straight into
-  the output (planar layout), which is deterministic whatever the thread count.
+  the output (planar layout), which is deterministic whatever the thread count; a single small
+  window runs without a parallel region at all: on a busy machine (every evpipe node is a process)
+  an OpenMP barrier costs far more than the few milliseconds it could save.
 Events outside the sensor, polarities other than ±1 and timestamps outside [t_0, t_{N-1}] (the
 window is not sorted) raise ``ValueError``; the check rides along in the vectorised pass.
 """
@@ -40,7 +42,7 @@ from evpipe.kernels._common import (
 _BLOCK = 512
 # A private grid per thread pays for itself (zeroing + reduction) only when a window has this
 # many events, and at least as many as a quarter of the grid's cells.
-_PRIVATIZE_MIN_EVENTS = 1 << 16
+_PRIVATIZE_MIN_EVENTS = 1 << 19
 _PRIVATE_BUDGET_BYTES = 256 << 20
 
 
@@ -135,7 +137,18 @@ def _voxel_grid_cpu(t, x, y, p, bins: int, height: int, width: int, windows: np.
     # With at least as many windows as threads, one window per thread already uses every core.
     privatize = big_enough & (n_chunks > 1) & (len(windows) < n_threads)
     direct = np.flatnonzero(~privatize)
-    if len(direct):
+    if len(direct) == 1:
+        # One window: a plain call, no parallel region (its threads would only wait at the barrier).
+        (w,) = direct
+        lo, hi = (int(i) for i in windows[w])
+        if hi > lo:
+            grid = out[w].reshape(-1)
+            start = _accumulate(
+                t, x, y, p, lo, hi, t[lo], t[hi - 1] - t[lo], bins, width, height, 1, height * width, grid
+            )
+            if start >= 0:
+                _raise_invalid(t, x, y, p, start, windows[w], height, width)
+    elif len(direct):
         bad = np.full(len(direct), -1, np.int64)
         target = out if len(direct) == len(windows) else np.zeros((len(direct), bins, height, width), np.float32)
         _voxel_per_window(t, x, y, p, windows[direct], bins, height, width, target, bad)
