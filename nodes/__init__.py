@@ -9,5 +9,6 @@ BUILTIN_NODES: dict[str, str] = {
     "event_generator": "evpipe.nodes.sources.generator:EventGenerator",
     "event_filter": "evpipe.nodes.transforms.filter:EventFilter",
     "metrics": "evpipe.nodes.sinks.metrics:Metrics",
+    "viewer": "evpipe.nodes.sinks.viewer:Viewer",
     "predictor": "evpipe.nodes.predict.node:Predictor",
 }

@@ -48,6 +48,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     graph = _load(args.config, args.set, console)
     if graph is None:
         return 2
+    if args.view:
+        from evpipe.nodes.sinks.viewer import add_viewer, viewer_urls
+
+        try:
+            graph = add_viewer(graph, port=args.view_port, host=args.host)
+        except ConfigError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            return 2
+        console.print(f"live viewer: {' '.join(viewer_urls(graph, args.host))}", highlight=False, soft_wrap=True)
     console.print(f"running graph [bold]{graph.name}[/] ({graph.path}): {len(graph.nodes)} nodes, "
                   f"{len(graph.edges)} edges, transport {graph.settings.transport}")
     if graph.hosts and args.host not in graph.hosts:
@@ -182,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a parameter")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON and a PNG plot")
     p.add_argument("--host", help="run only this host's nodes of a multi-host graph")
+    p.add_argument("--view", action="store_true", help="add the live viewer (a local web page) and print its URL")
+    p.add_argument("--view-port", type=int, default=8765, metavar="PORT", help="the viewer's port (default 8765)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("build-engines", help="export models and build inference engines a graph needs, ahead of time")
