@@ -275,3 +275,15 @@ def test_cli_help_and_bad_input(tmp_path, gray_dataset):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     exists = subprocess.run([*run, "--out", str(gray_dataset)], capture_output=True, text=True)
     assert exists.returncode == 1 and "--overwrite" in exists.stderr
+
+
+def test_parallel_build_equals_serial(tmp_path):
+    config = dataclasses.replace(SMALL, size=32, aps_per_sequence=3, sequences_per_image=1)
+    sources = _sources(with_clip=False)[:2]
+    serial = md.build_dataset(tmp_path / "serial", config, sources, "x", progress=False)
+    parallel = md.build_dataset(tmp_path / "parallel", config, sources, "x", workers=2, progress=False)
+    assert serial["sequences"] == parallel["sequences"] and serial["splits"] == parallel["splits"]
+    for meta in serial["sequences"]:
+        with h5py.File(tmp_path / "serial" / meta["file"]) as a, h5py.File(tmp_path / "parallel" / meta["file"]) as b:
+            np.testing.assert_array_equal(a["events/t"][()], b["events/t"][()])
+            np.testing.assert_array_equal(a["frames"][()], b["frames"][()])

@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         "clips. Layout and loader: evpipe.tools.dataset.",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                        help="tiny: 128x128 gray, ~10 min on 2 cores; full: 256x256, more sequences")
+                        help="tiny: 128x128 gray, 186 sequences (~3 min, 1 GiB); full: 256x256, more per source")
     parser.add_argument("--name", help="dataset name (default: the preset, plus -SIZE/-rgb when overridden)")
     parser.add_argument("--out", type=Path, help="output folder (default: $EVPIPE_DATASETS/NAME or "
                         "~/.cache/evpipe/datasets/NAME)")
