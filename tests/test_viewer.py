@@ -75,16 +75,18 @@ def test_frames_of_any_dtype_become_rgb_uint8():
 
 
 def test_voxel_grid_is_a_strip_of_bins_on_one_symmetric_scale():
-    voxel = np.zeros((3, 2, 4), np.float32)
-    voxel[0, 0, 0] = 2.0  # the largest magnitude: full red
+    voxel = np.zeros((3, 10, 20), np.float32)
+    voxel[0] = 2.0  # 200 of the 202 nonzero values: the 99th percentile of the magnitudes, full red
     voxel[1, 0, 0] = -1.0  # half of it, negative: half blue
+    voxel[2, 0, 0] = -50.0  # a hot pixel saturates instead of washing out the rest
     strip = render_voxel(voxel)
-    assert strip.shape == (2, 3 * 4 + 2 * BIN_GAP_PX, 3)
-    assert tuple(strip[0, 0]) == (255, 0, 0)
-    second = 4 + BIN_GAP_PX
+    assert strip.shape == (10, 3 * 20 + 2 * BIN_GAP_PX, 3)
+    second, third = 20 + BIN_GAP_PX, 2 * (20 + BIN_GAP_PX)
+    assert (strip[:, :20] == (255, 0, 0)).all()
     assert tuple(strip[0, second]) == (128, 128, 255)
-    assert tuple(strip[1, 1]) == (255, 255, 255)
-    assert (strip[:, 4:4 + BIN_GAP_PX] != 255).all()  # gutter between bins
+    assert tuple(strip[0, third]) == (0, 0, 255)
+    assert tuple(strip[5, second + 5]) == (255, 255, 255)
+    assert (strip[:, 20:20 + BIN_GAP_PX] != 255).all()  # gutter between bins
 
 
 def test_jpeg_is_scaled_down_to_max_width():

@@ -79,13 +79,15 @@ def render_frame(image: np.ndarray) -> np.ndarray:
 def render_voxel(voxel: np.ndarray) -> np.ndarray:
     """A voxel grid float (bins, H, W) -> RGB uint8 (H, bins * W + (bins - 1) * BIN_GAP_PX, 3), bins left to right.
 
-    All bins share one symmetric scale (the largest absolute value), so bins can be compared.
+    All bins share one symmetric scale, so bins can be compared: the 99th percentile of the nonzero
+    magnitudes (a few hot pixels would otherwise leave everything else white); larger values saturate.
     """
     if voxel.ndim != 3:
         raise ValueError(f"cannot show a voxel grid of shape {voxel.shape}: expected (bins, H, W)")
     bins, height, width = voxel.shape
     v = np.nan_to_num(voxel.astype(np.float32, copy=False))
-    scale = float(np.abs(v).max()) or 1.0
+    magnitudes = np.abs(v[v != 0])
+    scale = float(np.percentile(magnitudes, 99)) if magnitudes.size else 1.0
     pos = np.clip(v / scale, 0.0, 1.0)
     neg = np.clip(-v / scale, 0.0, 1.0)
     strip = np.full((height, bins * width + (bins - 1) * BIN_GAP_PX, 3), GUTTER_GREY, np.uint8)

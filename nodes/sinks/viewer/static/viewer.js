@@ -249,7 +249,7 @@ function renderEdges(edges, rates) {
 
 // Columns by longest path from the sources; rows ordered by the mean row of each node's inputs. Each edge
 // has its own anchor on both boxes, so edges sharing a node stay apart and their labels do not overlap.
-const BOX_W = 128, MIN_H = 40, ANCHOR_GAP = 20, GAP_X = 150, GAP_Y = 26, PAD = 10;
+const BOX_W = 128, MIN_H = 40, ANCHOR_GAP = 24, GAP_X = 150, GAP_Y = 26, PAD = 10;
 
 function layoutGraph(graph) {
   const names = Object.keys(graph.nodes);
