@@ -248,6 +248,16 @@ def test_websocket_from_another_site_is_refused(viewer):
     assert asyncio.run(connect()) == 403
 
 
+def test_requests_for_another_host_name_are_refused_on_loopback(viewer):
+    async def fetch(host: str) -> int:
+        async with aiohttp.ClientSession() as http, http.get(viewer.server.url, headers={"Host": host}) as page:
+            return page.status
+
+    port = viewer.server.url.rsplit(":", 1)[1].strip("/")
+    assert asyncio.run(fetch(f"rebound.example:{port}")) == 403  # DNS rebinding: a foreign name for 127.0.0.1
+    assert asyncio.run(fetch(f"localhost:{port}")) == 200
+
+
 def test_port_in_use_is_a_clear_error():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

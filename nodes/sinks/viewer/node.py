@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 
 from evpipe.nodes.sinks.viewer.panels import DRAWN_KINDS, PanelStore
-from evpipe.nodes.sinks.viewer.server import ViewerServer
+from evpipe.nodes.sinks.viewer.server import ViewerServer, is_loopback
 from evpipe.runtime.graph import ConfigError, EdgeConfig, Graph, NodeConfig, resolve_node_type
 from evpipe.runtime.node import ANY_KIND, Node, Spec
 from evpipe.runtime.status import read_status
@@ -52,7 +51,7 @@ class Viewer(Node):
                                    status=read_status)
         url = self.server.start()
         self.log.info("live viewer at %s", url)
-        if not _is_loopback(p.bind):
+        if not is_loopback(p.bind):
             self.log.warning("the viewer listens on %s: anyone who can reach this address sees the streams", p.bind)
 
     def process(self, port: str, msg: Message) -> None:
@@ -64,13 +63,6 @@ class Viewer(Node):
 
     def stop(self) -> None:
         self.server.stop("every input stream of the viewer has ended (the graph finished or was stopped)")
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
 
 
 def _unique_name(graph: Graph, base: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import struct
@@ -76,6 +77,19 @@ class _Rates:
         if t1 <= t0:
             return {}
         return {k: max(0.0, (v - old.get(k, 0)) / (t1 - t0)) for k, v in new.items()}
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(address: str) -> bool:
+    """Whether an address (IP literal or "localhost") is reachable from this host only."""
+    return address == "localhost" or (_is_ip(address) and ipaddress.ip_address(address).is_loopback)
 
 
 def _serial_kernels() -> None:
@@ -139,7 +153,7 @@ class ViewerServer:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        app = web.Application()
+        app = web.Application(middlewares=[self._check_host])
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._websocket)
         app.router.add_static("/static", static_dir())
@@ -175,6 +189,15 @@ class ViewerServer:
         self._stopping.set()
 
     # -- HTTP ------------------------------------------------------------------------------------
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """On loopback, answer only requests addressed to an IP or localhost: a web page whose own domain name
+        resolves to 127.0.0.1 (DNS rebinding) must not read the streams through the user's browser."""
+        hostname = urlsplit(f"//{request.host}").hostname or ""
+        if is_loopback(self.bind) and hostname != "localhost" and not _is_ip(hostname):
+            raise web.HTTPForbidden(text=f"this viewer answers to 127.0.0.1 or localhost, not {hostname}")
+        return await handler(request)
+
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-store"})
 
