@@ -7,6 +7,9 @@ A graph can also name any Node subclass by dotted path (``mypackage.nodes:MyNode
 
 BUILTIN_NODES: dict[str, str] = {
     "event_generator": "evpipe.nodes.sources.generator:EventGenerator",
+    "camera": "evpipe.nodes.sources.camera:Camera",
+    "dv_network_source": "evpipe.nodes.sources.dv_network:DvNetworkSource",
+    "dv_network_sink": "evpipe.nodes.sinks.dv_network:DvNetworkSink",
     "event_filter": "evpipe.nodes.transforms.filter:EventFilter",
     "metrics": "evpipe.nodes.sinks.metrics:Metrics",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",

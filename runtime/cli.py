@@ -168,6 +168,39 @@ def cmd_nodes(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_devices(args: argparse.Namespace, console: Console) -> int:
+    import yaml
+    from rich.table import Table
+
+    from evpipe.nodes.dv_io import DvIoError
+    from evpipe.nodes.sources.camera import list_devices, open_camera, read_biases
+
+    if args.save_preset:
+        try:
+            camera = open_camera(args.serial)
+            preset = read_biases(camera)
+        except DvIoError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            return 2
+        Path(args.save_preset).write_text(yaml.safe_dump(preset, sort_keys=False))
+        console.print(f"wrote the {preset['family']} biases of {camera.getCameraName()} to {args.save_preset}")
+        return 0
+    devices = list_devices()
+    if not devices:
+        console.print("no camera found: dv-processing discovered no iniVation camera on USB (check the cable and "
+                      "that this user may access USB devices)", soft_wrap=True)
+        return 0
+    table = Table(title="Cameras")
+    for col in ("model", "serial", "usb", "firmware", "events", "frames", "imu", "status"):
+        table.add_column(col)
+    for d in devices:
+        size = [f"{r[0]}x{r[1]}" if r else "-" for r in (d["event_resolution"], d["frame_resolution"])]
+        table.add_row(d["model"], d["serial"], d["usb"], str(d["firmware"]), *size,
+                      "-" if d["imu"] is None else str(d["imu"]).lower(), d["error"] or "ok")
+    _stdout_console().print(table)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace, console: Console) -> int:
     from evpipe.nodes.sources.readers import RecordingError, describe, format_description
 
@@ -221,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensor-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
                    help="for formats whose header has no geometry")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("devices", help="list connected cameras: model, serial, resolution")
+    p.add_argument("--save-preset", metavar="FILE.yaml", help="write a camera's current biases as a bias preset")
+    p.add_argument("--serial", default="", help="with --save-preset: the camera (default: the first found)")
+    p.set_defaults(func=cmd_devices)
     return parser
 
 
