@@ -12,6 +12,12 @@ BUILTIN_NODES: dict[str, str] = {
     "dv_network_sink": "evpipe.nodes.sinks.dv_network:DvNetworkSink",
     "event_filter": "evpipe.nodes.transforms.filter:EventFilter",
     "metrics": "evpipe.nodes.sinks.metrics:Metrics",
+    "replay": "evpipe.nodes.sources.replay:Replay",
+    "simulator": "evpipe.nodes.sources.simulator:Simulator",
+    "voxelizer": "evpipe.nodes.transforms.voxelizer:Voxelizer",
+    "video": "evpipe.nodes.sinks.video:VideoWriter",
+    "aedat4": "evpipe.nodes.sinks.aedat4:Aedat4Recorder",
+    "images": "evpipe.nodes.sinks.images:ImageWriter",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",
     "predictor": "evpipe.nodes.predict.node:Predictor",
 }
