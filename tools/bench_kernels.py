@@ -278,8 +278,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"'% of bandwidth' = events/s x {BYTES_PER_EVENT} B / {limit / 1e9:.1f} GB/s.",
         "",
         "Events are uniform over the sensor (worst case for caches), 1 µs apart; best of "
-        f"{report['repeats']} runs after a warm-up. The machine is shared with other jobs, so figures "
-        "vary between runs; ratios are within one run. " + report["notes"],
+        f"{report['repeats']} runs after a warm-up. The machine is shared with other jobs (1-minute load "
+        f"average {report['load_average_at_start'][0]:.1f} at the start, {report['load_average_at_end'][0]:.1f} "
+        f"at the end, on {report['machine']['logical_cpus']} CPUs), so figures vary between runs; ratios "
+        "are within one run. " + report["notes"],
         "",
         "| events | sensor | kernel | implementation | time (ms) | M events/s | % of bandwidth | vs E2VID numpy |",
         "|---:|---|---|---|---:|---:|---:|---:|",
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "bytes_per_event": BYTES_PER_EVENT,
         "results": [],
+        "load_average_at_start": os.getloadavg(),
     }
     notes = []
     try:
@@ -388,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     report["simulator"] = bench_simulator(args.repeats)
     report["notes"] = " ".join(notes)
     report["total_seconds"] = time.perf_counter() - started
+    report["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, args.out / "kernels.md")
