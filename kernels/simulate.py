@@ -260,7 +260,9 @@ def simulate_events(
         raise ValueError(f"simulate_events: {len(frames)} frames but {len(timestamps)} timestamps")
     if len(frames) == 0:
         raise ValueError("simulate_events: need at least one frame")
-    height, width = np.shape(frames[0])[:2] if np.ndim(frames[0]) >= 2 else (0, 0)
+    if np.ndim(frames[0]) != 2:
+        raise ValueError(f"simulate_events: frames must be gray (H, W) images, got shape {np.shape(frames[0])}")
+    height, width = np.shape(frames[0])
     simulator = EventSimulator(height, width, c_pos, c_neg, sigma_c, refractory_us, noise_rate_hz, seed=seed)
     simulator.reset(frames[0], timestamps[0])
     packets = [simulator.step(frame, t) for frame, t in zip(frames[1:], timestamps[1:], strict=True)]

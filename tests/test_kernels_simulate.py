@@ -173,3 +173,5 @@ def test_simulator_rejects_bad_parameters():
         EventSimulator(4, 5, refractory_us=-1)
     with pytest.raises(ValueError, match="2 frames but 3 timestamps"):
         simulate_events(np.zeros((2, 4, 5)), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"frames must be gray \(H, W\) images, got shape \(4, 5, 3\)"):
+        simulate_events(np.zeros((2, 4, 5, 3)), [0, 1])
