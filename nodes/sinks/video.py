@@ -38,7 +38,7 @@ class _Panel:
             array = msg.arrays["image"] if msg.kind == "frame" else msg.arrays["voxel"]
             shape = array.shape[:2] if msg.kind == "frame" else array.shape[1:]
             self.size = (int(shape[1]), int(shape[0]))
-        self.times: list[int] = []  # frame/voxel items sorted by time
+        self.times: list[int] = []  # frame/voxel items sorted by time; events: each message's newest time
         self.items: list[Message] = []
         self.shown: Message | None = None
         self.watermark: int | None = None
@@ -50,6 +50,7 @@ class _Panel:
             if len(events):
                 self.buffer.append(events)  # in time order: sources emit events sorted
                 self.first_t = int(events.t[0]) if self.first_t is None else self.first_t
+                self.times.append(int(events.t[-1]))
             mark = event_watermark(msg)
         else:
             mark = message_time(msg)
@@ -62,7 +63,8 @@ class _Panel:
 
     @property
     def pending(self) -> int:
-        return len(self.items) if self.kind != "events" else len(self.buffer)
+        """Messages received and not yet drawn."""
+        return len(self.times)
 
     def image(self, t: int, window_us: int) -> np.ndarray:
         """The picture at output time ``t``: the latest frame/voxel at or before it (held), or the events in
@@ -70,6 +72,7 @@ class _Panel:
         width, height = self.size
         if self.kind == "events":
             self.buffer.release_before(t - window_us + 1)
+            del self.times[:bisect.bisect_right(self.times, t)]
             hi = int(np.searchsorted(self.buffer.t, t, side="right"))
             return events_to_rgb(self.buffer.events(0, hi), height, width)
         n = bisect.bisect_right(self.times, t)
@@ -87,8 +90,10 @@ class VideoWriter(Node):
     """Writes an H.264 MP4 (PyAV) of frames, voxel grids and events, several streams side by side.
 
     Connect any number of edges to ``in``; each producing stream (``node.port``) becomes a panel, left
-    to right in the order of ``panels`` (default: the streams seen within ``layout_wait_us`` of sensor
-    time, sorted; name them when a stream may start later). Output frames are taken on a sensor-time
+    to right in the order of ``panels`` (default: every stream, sorted). The layout is fixed once every
+    named panel has sent a message (unnamed: once a stream is ``layout_wait_us`` of sensor time past
+    the first item), or when a panel already holds ``max_pending`` messages — then without the streams
+    still missing (an event-only recording has no frames). Output frames are taken on a sensor-time
     grid every 1/``fps`` s: each panel shows its latest frame or voxel grid at or before that time
     (sample and hold: predictions and ground truth at the same times line up exactly), or its events
     of the last ``events_window_us`` (red ON, blue OFF, on white). A time is drawn once every panel's
@@ -109,10 +114,9 @@ class VideoWriter(Node):
         spec.param("path", str, doc="output .mp4 file (its folder is created)")
         spec.param("fps", float, 25.0, "output frames per second of sensor time", minimum=0.01)
         spec.param("playback_fps", float, 0.0, "frame rate of the file; 0: fps (real time)", minimum=0.0)
-        spec.param("panels", list, None, "stream names (node.port) left to right; null: every stream seen within "
-                   "layout_wait_us of sensor time, sorted")
-        spec.param("layout_wait_us", int, 1_000_000, "panels: null: sensor time to wait for streams before the "
-                   "layout is fixed", minimum=0)
+        spec.param("panels", list, None, "stream names (node.port) left to right; null: every stream, sorted")
+        spec.param("layout_wait_us", int, 1_000_000, "panels: null: sensor time to wait for streams to appear "
+                   "before the layout is fixed", minimum=0)
         spec.param("height", int, 0, "panel height in pixels; 0: the tallest panel's own height", minimum=0)
         spec.param("labels", bool, True, "write each panel's stream name on it")
         spec.param("events_window_us", int, 0, "events drawn per output frame; 0: one frame period", minimum=0)
@@ -150,15 +154,16 @@ class VideoWriter(Node):
         self.panels[name].add(msg)
         self._advance(final=False)
 
-    def _layout_waited(self) -> bool:
-        """True once some stream has reached ``layout_wait_us`` past the earliest item, or a panel holds
-        ``max_pending`` items: every stream of the graph has had the chance to appear."""
+    def _layout_ready(self) -> bool:
+        """Every named panel has appeared; with no names, some stream has gone ``layout_wait_us`` past the
+        earliest item. Or a panel holds ``max_pending`` messages: the layout is fixed without the missing."""
+        if self.panels and max(p.pending for p in self.panels.values()) > self.params.max_pending:
+            return True
+        if self.params.panels is not None:
+            return all(n in self.panels for n in self.params.panels)
         firsts = [p.first_t for p in self.panels.values() if p.first_t is not None]
         marks = [p.watermark for p in self.panels.values() if p.watermark is not None]
-        if not firsts or not marks:
-            return False
-        return (max(marks) - min(firsts) >= self.params.layout_wait_us
-                or max(p.pending for p in self.panels.values()) > self.params.max_pending)
+        return bool(firsts and marks) and max(marks) - min(firsts) >= self.params.layout_wait_us
 
     def _grid(self, index: int) -> int:
         return round(index * self.period_us)
@@ -166,11 +171,8 @@ class VideoWriter(Node):
     def _advance(self, final: bool) -> None:
         if self.order is None:
             wanted = self.params.panels
-            if not final:
-                if wanted is not None and any(n not in self.panels for n in wanted):
-                    return  # wait until every named panel has appeared (and so has a size)
-                if wanted is None and not self._layout_waited():
-                    return
+            if not (final or self._layout_ready()):
+                return  # wait for the streams to appear (a panel needs a first message for its size)
             self.order = [n for n in (wanted or sorted(self.panels)) if n in self.panels]
             if not self.order:
                 return
@@ -185,8 +187,8 @@ class VideoWriter(Node):
             t = self._grid(self.next_index)
             reached = all(p.watermark is not None and p.watermark >= t for p in panels)
             if final:
-                if t > end:
-                    return
+                if self._grid(self.next_index - 1) >= end:
+                    return  # the last drawn time already shows everything (events up to it, the latest frame)
             elif not reached:
                 if max(p.pending for p in panels) <= self.params.max_pending or t > end:
                     return

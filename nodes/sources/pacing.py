@@ -3,8 +3,8 @@
 `Pacer` maps sensor time to wall time: the first item's due time happens at the first `Pacer.wait`,
 and every later item is held back until its sensor time, divided by ``speed``, has passed on the
 wall clock (``time.monotonic_ns``). Lag is how late an item is released after its due instant; it is
-recorded in a fixed histogram (10 µs bins up to 100 ms, exact maximum) so memory stays constant on
-endless streams.
+recorded in a fixed histogram (log-spaced bins about 1.2 % wide from 1 µs to 100 s, exact maximum) so
+memory stays constant on endless streams.
 
 `prefetch` runs the producing iterator (file reading, decoding, simulation) on a thread ahead of the
 pacing loop, so the wait for an item's due time overlaps with preparing the next ones.
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-_BIN_US = 10
-_BINS = 10_000  # 10 µs bins up to 100 ms; later items are counted in the last bin (the maximum is exact)
+# Upper edges of the lag histogram's bins (µs): 1 µs, then log-spaced to 100 s; bin 0 holds lags below 1 µs.
+_EDGES_US = np.geomspace(1.0, 1e8, 1601)
 LATE_US = 5_000
 
 
@@ -37,7 +37,7 @@ class Pacer:
         self.speed = float(speed)
         self.t_begin_us = int(t_begin_us)
         self.origin_ns: int | None = None
-        self.histogram = np.zeros(_BINS, np.int64)
+        self.histogram = np.zeros(len(_EDGES_US) + 1, np.int64)
         self.max_lag_us = 0.0
         self.late = 0
 
@@ -52,12 +52,12 @@ class Pacer:
         if delay_ns > 0:
             time.sleep(delay_ns / 1e9)
         lag_us = max(time.monotonic_ns() - target_ns, 0) / 1000
-        self.histogram[min(int(lag_us // _BIN_US), _BINS - 1)] += 1
+        self.histogram[int(np.searchsorted(_EDGES_US, lag_us, side="left"))] += 1
         self.max_lag_us = max(self.max_lag_us, lag_us)
         self.late += lag_us > LATE_US
 
     def summary(self) -> dict[str, Any]:
-        """Plain-data summary: lag percentiles in ms (10 µs resolution), maximum, items later than 5 ms.
+        """Plain-data summary: lag percentiles in ms (the upper edge of their bin), maximum, items later than 5 ms.
 
         ``origin_ns`` (monotonic) and ``t_begin_us`` let a consumer on the same host compute the due
         instant of any sensor time: ``origin_ns + (t - t_begin_us) * 1000 / speed``.
@@ -71,7 +71,8 @@ class Pacer:
             if not count:
                 return 0.0
             index = int(np.searchsorted(cumulative, q / 100 * count, side="left"))
-            return (index + 1) * _BIN_US / 1000  # upper edge of the bin: never under-reports
+            # The bin's upper edge never under-reports; the last bin's edge is the exact maximum.
+            return min(float(_EDGES_US[min(index, len(_EDGES_US) - 1)]), self.max_lag_us) / 1000
 
         return {
             "mode": "realtime",
