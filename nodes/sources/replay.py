@@ -95,6 +95,7 @@ class Replay(Node):
         self.removed = {"roi": 0, "polarity": 0}
         self.error: str | None = None
         self.pacer: Pacer | None = None
+        self.feed: Iterator[Item] | None = None
         sensor_size = None
         if p.sensor_size is not None:
             if len(p.sensor_size) != 2 or not all(isinstance(v, int) and v > 0 for v in p.sensor_size):
@@ -138,7 +139,8 @@ class Replay(Node):
         p = self.params
         self.pacer = Pacer(p.pace == "realtime", p.speed, p.t_start)
         try:
-            for due, port, msg in prefetch(self._items(), PREFETCH_MESSAGES):
+            self.feed = prefetch(self._items(), PREFETCH_MESSAGES)
+            for due, port, msg in self.feed:
                 self.pacer.wait(due)
                 self._count(port, msg)  # before yielding: the runtime may stop the generator right after sending
                 yield port, msg
@@ -279,6 +281,8 @@ class Replay(Node):
     # ------------------------------------------------------------------------------------- stop
 
     def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.close()  # stopped early: end the reading thread before the file closes under it
         report: dict[str, Any] = {"produced": self.produced, "removed": self.removed}
         recording = getattr(self, "recording", None)
         if recording is not None:

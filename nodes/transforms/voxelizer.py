@@ -157,8 +157,8 @@ class Voxelizer(Node):
                    minimum=1)
         spec.param("max_batch", int, 16, "most windows computed in one voxel_grid call (bounds its memory)",
                    minimum=1)
-        spec.param("threads", int, 1, "Numba threads for voxel_grid (0: all cores); one is fastest for the "
-                   "small grids of a live stream on a shared CPU", minimum=0)
+        spec.param("threads", int, 1, "Numba threads for voxel_grid (0: all cores); on a busy 2-core machine "
+                   "one thread was faster (200k events: 1.4 ms vs 4.6 ms with two)", minimum=0)
 
     def start(self) -> None:
         p = self.params
