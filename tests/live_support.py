@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -71,3 +72,14 @@ def make_certificates(folder: Path) -> dict[str, str]:
         "-subj", "/CN=rogue")
     return {name: str(folder / name) for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key",
                                                    "rogue.pem", "rogue.key")}
+
+
+def record(name: str, outcome: dict) -> None:
+    """Append a measured outcome as a JSON line to $EVPIPE_RELIABILITY_OUT when it is set.
+
+    benchmarks/RELIABILITY.md is written from these lines (`python tests/live_support.py FILE`).
+    """
+    out = os.environ.get("EVPIPE_RELIABILITY_OUT")
+    if out:
+        with open(out, "a") as file:
+            file.write(json.dumps({"test": name, **outcome}) + "\n")

@@ -49,7 +49,8 @@ from evpipe.runtime.wire import Message
 
 _END = object()
 _STAT_SAMPLES = 20_000  # latest samples kept for each statistic: memory stays bounded on endless streams
-_STREAMS = ("events", "frames", "imu", "triggers")
+_EVENT_BYTES = 13  # t, x, y, p as evpipe carries them: what an events packet weighs in the buffer bound
+_IMU_BYTES = 32  # t and six float32
 
 
 def declare_live_params(spec: Spec) -> None:
@@ -69,10 +70,11 @@ def declare_live_params(spec: Spec) -> None:
 
 
 class LiveBuffer:
-    """Bounded FIFO of (port, message, receive time ns) between the acquisition thread and ``produce``.
+    """Bounded FIFO between the acquisition thread and ``produce``: (stream, dv object, receive ns) items.
 
-    Bounded by the bytes of the queued arrays; putting past the bound drops the oldest messages
-    (never the one just put) and counts them.
+    Holds dv-processing's own objects, unconverted, so the acquisition thread does as little as
+    possible per packet. Bounded by the bytes of the queued data; putting past the bound drops the
+    oldest items (never the one just put) and counts them.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -84,16 +86,15 @@ class LiveBuffer:
         self.dropped_messages = 0
         self.dropped_events = 0
 
-    def put(self, port: str, msg: Message, recv_ns: int) -> None:
+    def put(self, stream: str, payload: Any, recv_ns: int, nbytes: int, n_events: int = 0) -> None:
         with self._cond:
-            self._items.append((port, msg, recv_ns))
-            self._bytes += msg.nbytes
+            self._items.append((stream, payload, recv_ns, nbytes, n_events))
+            self._bytes += nbytes
             while self._bytes > self.max_bytes and len(self._items) > 1 and self._items[0] is not _END:
-                _, old, _ = self._items.popleft()
-                self._bytes -= old.nbytes
+                old = self._items.popleft()
+                self._bytes -= old[3]
                 self.dropped_messages += 1
-                if old.kind == "events":
-                    self.dropped_events += len(old.arrays["t"])
+                self.dropped_events += old[4]
             self.peak_bytes = max(self.peak_bytes, self._bytes)
             self._cond.notify()
 
@@ -109,7 +110,7 @@ class LiveBuffer:
                 return None
             item = self._items.popleft()
             if item is not _END:
-                self._bytes -= item[1].nbytes
+                self._bytes -= item[3]
             return item
 
 
@@ -146,8 +147,8 @@ class LiveSource(Node):
         self.size: tuple[int, int] | None = None
         self._noise_filter: Any = None
         self._last_t = {"events": np.iinfo(np.int64).min, "frames": np.iinfo(np.int64).min}
-        self.received: dict[str, Any] = {"event_packets": 0, "events": 0, "events_checksum": 0, "frames": 0,
-                                         "imu_samples": 0, "triggers": {}}
+        self.received: dict[str, Any] = {"event_packets": 0, "events": 0, "frames": 0, "imu_samples": 0,
+                                         "triggers": {}}
         self.emitted = {"messages": 0, "events": 0, "events_checksum": 0, "frames": 0, "imu_messages": 0}
         self.dropped = {"noise_filter": 0, "non_monotonic": 0, "out_of_sensor": 0, "frames_non_monotonic": 0}
         self.link: dict[str, Any] = {"connects": 0, "disconnects": [], "failed_attempts": 0, "gave_up": False,
@@ -169,14 +170,21 @@ class LiveSource(Node):
                     return
                 if item is None:
                     continue
-                port, msg, recv_ns = item
-                self._count_emitted(port, msg, recv_ns)  # before yielding: the runtime may stop right after
-                yield port, msg
+                stream, payload, recv_ns = item[:3]
+                msg = self._convert(stream, payload)
+                if msg is None:
+                    continue
+                self._count_emitted(stream, msg, recv_ns)  # before yielding: the runtime may stop right after
+                yield stream, msg
         finally:
             self._halt.set()
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop acquiring (also while waiting to reconnect); ``produce`` ends after what is buffered."""
         self._halt.set()
+
+    def stop(self) -> None:
+        self.halt()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.report({"live": self.summary()})
@@ -286,23 +294,34 @@ class LiveSource(Node):
         self.report({"link_event": {"disconnected_at_unix_s": record["at_unix_s"]}})
 
     def _poll(self, handle: Any, streams: set[str]) -> bool:
-        """Take whatever each stream has now; True if anything arrived."""
+        """Take whatever each stream has now into the buffer, unconverted; True if anything arrived.
+
+        The less this does, the less can be lost: dv-processing's NetworkReader queues at most 1000
+        packets and silently discards newer ones while its reader is behind (measured; see
+        benchmarks/RELIABILITY.md).
+        """
         got = False
+        recv_ns = time.monotonic_ns()
         if "events" in streams:
             store = handle.getNextEventBatch()
             if store is not None and store.size():
-                self._on_events(store)
+                n = store.size()
+                self.received["event_packets"] += 1
+                self.received["events"] += n
+                self._arrival_lag_us.append(time.time_ns() // 1000 - store.getHighestTime())
+                self.buffer.put("events", store, recv_ns, n * _EVENT_BYTES, n)
                 got = True
         if "frames" in streams:
             frame = handle.getNextFrame()
             if frame is not None:
-                self._on_frame(frame)
+                self.received["frames"] += 1
+                self.buffer.put("frames", frame, recv_ns, frame.image.nbytes)
                 got = True
         if "imu" in streams:
             samples = handle.getNextImuBatch()
             if samples is not None and len(samples):
                 self.received["imu_samples"] += len(samples)
-                self.buffer.put("imu", imu_from_dv(samples), time.monotonic_ns())
+                self.buffer.put("imu", samples, recv_ns, len(samples) * _IMU_BYTES)
                 got = True
         if "triggers" in streams:
             triggers = handle.getNextTriggerBatch()
@@ -313,22 +332,28 @@ class LiveSource(Node):
                 got = True
         return got
 
-    def _on_events(self, store: Any) -> None:
-        recv_ns = time.monotonic_ns()
-        received = events_from_dv(store)
-        self.received["event_packets"] += 1
-        self.received["events"] += len(received)
-        self.received["events_checksum"] = (self.received["events_checksum"] + received.checksum()) % (1 << 64)
-        self._arrival_lag_us.append(time.time_ns() // 1000 - int(received.t[-1]))
-        events = received
+    # -- conversion (on the emitting thread) -------------------------------------------------------
+    def _convert(self, stream: str, payload: Any) -> Message | None:
+        """A dv object from the buffer -> the message to emit, after the checks; None if nothing is left."""
+        if stream == "imu":
+            return imu_from_dv(payload)
+        if stream == "frames":
+            frame = frame_from_dv(payload)
+            if frame.t <= self._last_t["frames"]:
+                self.dropped["frames_non_monotonic"] += 1
+                return None
+            self._last_t["frames"] = frame.t
+            return Message.from_frame(frame)
+        n = payload.size()
         if self._noise_filter is not None:
-            self._noise_filter.accept(store)
-            events = events_from_dv(self._noise_filter.generateEvents())
-            self.dropped["noise_filter"] += len(received) - len(events)
-        events = self._checked(events)
-        if len(events):
-            meta = {"width": self.size[0], "height": self.size[1]} if self.size else {}
-            self.buffer.put("events", Message.from_events(events, **meta), recv_ns)
+            self._noise_filter.accept(payload)
+            payload = self._noise_filter.generateEvents()
+            self.dropped["noise_filter"] += n - payload.size()
+        events = self._checked(events_from_dv(payload))
+        if not len(events):
+            return None
+        meta = {"width": self.size[0], "height": self.size[1]} if self.size else {}
+        return Message.from_events(events, **meta)
 
     def _checked(self, events: Events) -> Events:
         """Drop (and count) events older than one already accepted, or outside the sensor."""
@@ -345,16 +370,6 @@ class LiveSource(Node):
         if len(events):
             self._last_t["events"] = int(events.t[-1])
         return events
-
-    def _on_frame(self, dv_frame: Any) -> None:
-        recv_ns = time.monotonic_ns()
-        self.received["frames"] += 1
-        frame = frame_from_dv(dv_frame)
-        if frame.t <= self._last_t["frames"]:
-            self.dropped["frames_non_monotonic"] += 1
-            return
-        self._last_t["frames"] = frame.t
-        self.buffer.put("frames", Message.from_frame(frame), recv_ns)
 
     def _count_emitted(self, port: str, msg: Message, recv_ns: int) -> None:
         self._buffer_wait_ns.append(time.monotonic_ns() - recv_ns)
