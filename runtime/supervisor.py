@@ -154,6 +154,7 @@ class Supervisor:
             "clock_offsets_ns": self._node_offsets(),
             "closed_edges": [e.id for e in self.graph.edges_into(name) if e.src in done_nodes],
             "counters": self._counters_path(name, np_.incarnation),
+            "supervisor_pid": os.getpid(),
         }
 
     def _counters_path(self, name: str, incarnation: int) -> str:

@@ -233,5 +233,6 @@ class Outlet:
                 return True
         return False
 
-    def close(self) -> None:
-        self.sock.close()
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close; queued messages still go out for up to LINGER (``linger_ms`` overrides it, 0 drops them)."""
+        self.sock.close(linger=linger_ms)

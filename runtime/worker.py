@@ -37,8 +37,11 @@ CLOSED_EDGE_IDLE_S = 1.0
 class Control(threading.Thread):
     """Talks to the supervisor: sends reports from a queue, receives commands into events."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, identity: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, identity: str, abort: threading.Event,
+                 supervisor_pid: int) -> None:
         super().__init__(name="control", daemon=True)
+        self.supervisor_pid = supervisor_pid  # from the spec: the supervisor may die before we get here
+        self.abort = abort
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, identity.encode())
         self.sock.setsockopt(zmq.LINGER, 2000)
@@ -54,6 +57,11 @@ class Control(threading.Thread):
 
     def run(self) -> None:
         while True:
+            if os.getppid() != self.supervisor_pid and not self.abort.is_set():
+                # The supervisor is gone (killed): nobody will collect our output, so stop at once.
+                logging.getLogger("evpipe.worker").error("supervisor exited; stopping")
+                self.abort.set()
+                self.stop_requested.set()
             if self.sock.poll(20, zmq.POLLIN):
                 command = msgpack.unpackb(self.sock.recv(), raw=False)
                 if command.get("cmd") == "start":
@@ -87,7 +95,8 @@ class Worker:
         self.ctx = zmq.Context()  # control only
         self.data_ctx = zmq.Context()  # edges: terminating it waits until sent data has been handed over
         self.abort = threading.Event()
-        self.control = Control(self.ctx, spec["control"], f"{self.name}#{spec['incarnation']}")
+        self.control = Control(self.ctx, spec["control"], f"{self.name}#{spec['incarnation']}", self.abort,
+                               spec.get("supervisor_pid", os.getppid()))
         self.counters = Counters(spec["counters"], [e["id"] for e in spec["inputs"]],
                                  [e["id"] for e in spec["outputs"]], create=True)
         self.mailbox = Mailbox(self.counters)
@@ -156,7 +165,7 @@ class Worker:
                 inbox.join()
             for outlets in self.outlets.values():
                 for outlet in outlets:
-                    outlet.close()
+                    outlet.close(linger_ms=0 if self.abort.is_set() else None)
             if self.authenticator is not None:
                 self.authenticator.stop()
             self.data_ctx.term()  # blocks (up to LINGER) until queued messages reached the consumers
@@ -175,7 +184,7 @@ class Worker:
     def _run_consumer(self) -> None:
         self.control.upstream_done.update(self.spec.get("closed_edges", ()))
         last_activity = time.monotonic()
-        while not self.mailbox.all_closed():
+        while not self.mailbox.all_closed() and not self.abort.is_set():
             item = self.mailbox.get(timeout=0.1)
             if item is None:
                 if self.control.stop_requested.is_set() and not self.mailbox.pending():

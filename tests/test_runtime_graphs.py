@@ -262,3 +262,27 @@ def test_live_status_snapshot_is_written_while_running(tmp_path):
     assert {e["edge"] for e in status["edges"]} == {"src.events->filt.events", "filt.events->sink.in"}
     path = status["latency"]["paths"]["src -> filt -> sink"]
     assert path["count"] > 0 and path["p50"] > 0 and path["msgs_s"] > 0
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
+    config = tmp_path / "graph.yaml"
+    config.write_text(_graph(packets=100000, events=1000, pace="realtime", rate=1e6))
+    run = start_evpipe("run", str(config))
+
+    def children() -> list[int]:
+        pids = _pids_of("src") + _pids_of("filt") + _pids_of("sink")
+        return [p for p in pids if f"PPid:\t{run.pid}\n" in Path(f"/proc/{p}/status").read_text()]
+
+    deadline = time.monotonic() + 30
+    while len(children()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = children()
+    assert len(workers) == 3
+    os.kill(run.pid, signal.SIGKILL)
+    run.communicate(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert alive == [], "workers outlived their supervisor"
