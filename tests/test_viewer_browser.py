@@ -36,22 +36,26 @@ pytestmark = [
 ]
 
 ARTIFACTS = REPO / "out" / "test-artifacts" / "viewer"
-PATH = "src -> filt -> sink"
-RATE = 100.0  # messages per second: 2000-event packets every 10 ms of sensor time, paced in real time
+PATH = "camera -> vox -> sink"
+RATE = 50.0  # voxel grids per second: one per 20 ms window of sensor time, paced in real time
 WARMUP = 5  # the metrics sink's default: its first messages are not in the latency series
 PHASE_S = 5.0
+# A simulated camera (events, APS frames, ground-truth frames) and voxel grids: every kind of panel.
 GRAPH = f"""\
 name: viewer-e2e
 nodes:
-  src: {{type: event_generator, params: {{packets: 9000, packet_events: 2000, event_rate: {RATE * 2000},
-        pace: realtime}}}}
-  filt: {{type: event_filter}}
+  camera: {{type: simulator, params: {{scene: coffee, resolution: [160, 120], duration_s: 90.0, aps_fps: 20.0,
+           truth_fps: 40.0, packet_us: 10000}}}}
+  vox: {{type: voxelizer, params: {{bins: 5, window_us: {int(1e6 / RATE)}}}}}
   sink: {{type: metrics, params: {{warmup: {WARMUP}, live_interval_s: 0.5}}}}
 edges:
-  - src.events -> filt.events
-  - filt.events -> sink.in
+  - camera.events -> vox.events
+  - vox.voxels -> sink.in
 """
+STREAMS = {"camera.events": "events", "camera.frames": "frame", "camera.truth": "frame", "vox.voxels": "voxel"}
 
+# Panels with at least one picture on screen (decoded and drawn: the page counts its image loads).
+SHOWN_PANELS = "[...document.querySelectorAll('.panel .shown')].filter(e => Number(e.dataset.count) > 0).length"
 # What the page shows, read from its DOM.
 READ_PAGE = """(() => {
   const text = (root, sel) => { const e = root.querySelector(sel); return e ? e.textContent : null; };
@@ -64,12 +68,13 @@ READ_PAGE = """(() => {
     nodes: Object.fromEntries([...document.querySelectorAll('#nodes tbody tr')].map(r =>
       [r.dataset.node, {restarts: text(r, '.restarts'), queue_p50: text(r, '.queue-p50')}])),
     panels: [...document.querySelectorAll('.panel')].map(p => ({stream: p.dataset.stream, kind: p.dataset.kind,
-      shown: Number(p.querySelector('.shown').dataset.count), loaded: p.querySelector('img').naturalWidth > 0})),
+      shown: Number(p.querySelector('.shown').dataset.count), loaded: p.querySelector('canvas').width > 0})),
     graph_nodes: [...document.querySelectorAll('#graph g.node')].map(g => g.dataset.node),
     graph_edges: Object.fromEntries([...document.querySelectorAll('#graph g.edge')].map(g =>
       [g.dataset.edge, g.querySelector('text').textContent])),
     messages: [...document.querySelectorAll('#banner .message')].map(m => [m.dataset.kind, m.textContent]),
     state: document.querySelector('#run-state').dataset.state,
+    hidden: document.hidden,
   };
 })()""".replace("PATH", PATH)
 
@@ -118,7 +123,7 @@ class GraphRun:
     def delivered(self) -> tuple[int, float]:
         """Messages the metrics sink has processed (its input edge's counter), and the snapshot's elapsed time."""
         assert self.latest is not None
-        processed = next(e["processed"] for e in self.latest["edges"] if e["edge"] == "filt.events->sink.in")
+        processed = next(e["processed"] for e in self.latest["edges"] if e["edge"] == "vox.voxels->sink.in")
         return processed, self.latest["elapsed_s"]
 
     def output(self) -> str:
@@ -131,8 +136,8 @@ async def _screenshot_array(tab: Tab, selector: str) -> np.ndarray:
 
 
 async def _open_viewer(browser: Chromium, url: str, streams: set[str]) -> Tab:
-    tab = await browser.open(url)
-    await tab.wait_for(f"document.querySelectorAll('.panel img[src]').length >= {len(streams)} && "
+    tab = await browser.open(url, new_window=True)  # visible: a hidden tab would ask for no pictures
+    await tab.wait_for(f"{SHOWN_PANELS} >= {len(streams)} && "
                        f"document.querySelector('#paths tr[data-path=\"{PATH}\"]') !== null", timeout=30)
     return tab
 
@@ -145,14 +150,46 @@ def _phase_latency(report: dict, first: int, last: int) -> dict[str, float]:
             "p99_ms": float(np.percentile(chunk, 99))}
 
 
-async def _measure_phase(run: GraphRun, name: str, phases: dict, seconds: float = PHASE_S) -> None:
-    start = run.delivered()
-    await asyncio.sleep(seconds)
-    _record(phases, name, start, run.delivered())
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (s)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-def _record(phases: dict, name: str, start: tuple[int, float], end: tuple[int, float]) -> None:
-    phases[name] = {"first": start[0], "last": end[0], "seconds": end[1] - start[1]}
+def _descendants(root: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    family, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sorted(family)
+
+
+async def _measure_phase(run: GraphRun, name: str, phases: dict, browser: Chromium | None = None) -> None:
+    """Delivered messages over PHASE_S, and the CPU the viewer process and the browser used meanwhile."""
+    def cpu() -> tuple[float, float]:
+        chromium = _descendants(browser.process.pid) if browser is not None and browser.process else []
+        return _cpu_seconds(_pids_of("viewer")), _cpu_seconds(chromium)
+
+    start, cpu0, t0 = run.delivered(), cpu(), time.monotonic()
+    await asyncio.sleep(PHASE_S)
+    end, cpu1, seconds = run.delivered(), cpu(), time.monotonic() - t0
+    phases[name] = {"first": start[0], "last": end[0], "seconds": end[1] - start[1],
+                    "viewer_cpu": (cpu1[0] - cpu0[0]) / seconds, "browser_cpu": (cpu1[1] - cpu0[1]) / seconds}
 
 
 async def _scenario(tmp_path: Path) -> None:
@@ -161,7 +198,7 @@ async def _scenario(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}/"
     run = GraphRun(tmp_path, port)
     poller = asyncio.create_task(run.poll_status())
-    streams = {"src.events", "filt.events"}
+    streams = set(STREAMS)
     phases: dict[str, dict] = {}
     try:
         await run.wait_status(lambda s: s["state"] == "running" and s["latency"], 60, "the graph to run")
@@ -174,14 +211,14 @@ async def _scenario(tmp_path: Path) -> None:
         async with Chromium(window=(1600, 1000)) as browser:
             tab = await _open_viewer(browser, url, streams)
             page = await tab.evaluate(READ_PAGE)
-            assert {(p["stream"], p["kind"]) for p in page["panels"]} == {(s, "events") for s in streams}
-            assert all(p["loaded"] for p in page["panels"]), page["panels"]
+            assert {p["stream"]: p["kind"] for p in page["panels"]} == STREAMS
+            assert all(p["shown"] > 0 and p["loaded"] for p in page["panels"]), page["panels"]
 
-            selector = '.panel[data-stream="filt.events"] img'
+            selector = '.panel[data-stream="camera.events"] canvas'
             first = await _screenshot_array(tab, selector)
             await asyncio.sleep(1.0)
             second = await _screenshot_array(tab, selector)
-            assert first.shape == second.shape and first.shape[0] > 100, first.shape
+            assert first.shape == second.shape and first.shape[0] > 60, first.shape
             assert (first < 200).any(axis=2).mean() > 0.01, "the event picture is blank"
             changed = np.abs(first - second).mean()
             assert changed > 3.0, f"the event picture did not change in 1 s (mean abs difference {changed:.2f})"
@@ -214,20 +251,22 @@ async def _scenario(tmp_path: Path) -> None:
                 label = page["graph_edges"][edge["id"]]
                 match = re.fullmatch(r"(lossless|latest) · ([\d.]+) msg/s", label)
                 assert match and match[1] == edge["policy"], label
-                if edge["policy"] == "lossless":
+                if edge["id"] == "vox.voxels->sink.in":
                     assert abs(float(match[2]) - RATE) < 0.2 * RATE, label
+                assert float(match[2]) > 0, label
             (ARTIFACTS / "viewer_page.png").write_bytes(await tab.screenshot())
-            await _measure_phase(run, "one_tab", phases)
+            await _measure_phase(run, "one_tab", phases, browser)
 
             # -- C: five tabs -------------------------------------------------------------------------
             tabs = [tab] + [await _open_viewer(browser, url, streams) for _ in range(4)]
             shown_before = [sum(p["shown"] for p in (await t.evaluate(READ_PAGE))["panels"]) for t in tabs]
-            await _measure_phase(run, "five_tabs", phases)
+            await _measure_phase(run, "five_tabs", phases, browser)
             pages = [await t.evaluate(READ_PAGE) for t in tabs]
             shown_after = [sum(p["shown"] for p in page["panels"]) for page in pages]
             live_latency = [page_latency, pages[0]["path"]]  # steady state with one tab and with five
             fps = [(a - b) / PHASE_S / len(streams) for a, b in zip(shown_after, shown_before, strict=True)]
-            assert min(fps) > 2.0, f"pictures per second per panel in each of five tabs: {fps}"
+            assert min(fps) > 1.0, f"pictures per second per panel in each of five tabs: {fps}"
+            assert not any(page["hidden"] for page in pages), "five visible tabs is the case measured"
 
         # -- D: browser closed ---------------------------------------------------------------------------
         await _measure_phase(run, "browser_closed", phases)
@@ -237,12 +276,12 @@ async def _scenario(tmp_path: Path) -> None:
         # -- a node restart, a viewer restart, the end of the graph ----------------------------------------
         async with Chromium() as browser:
             tab = await _open_viewer(browser, url, streams)
-            for pid in _pids_of("filt"):
+            for pid in _pids_of("vox"):
                 os.kill(pid, signal.SIGKILL)
             text = await tab.wait_for("[...document.querySelectorAll('#banner .message[data-kind=restart]')]"
                                       ".map(m => m.textContent).join(' | ')", timeout=20)
-            assert "Node 'filt' crashed and was restarted (restart 1)" in text, text
-            assert await tab.wait_for("document.querySelector('#nodes tr[data-node=filt] .restarts')"
+            assert "Node 'vox' crashed and was restarted (restart 1)" in text, text
+            assert await tab.wait_for("document.querySelector('#nodes tr[data-node=vox] .restarts')"
                                       ".textContent === '1'", timeout=10)
 
             for pid in _pids_of("viewer"):
@@ -251,7 +290,7 @@ async def _scenario(tmp_path: Path) -> None:
                                       "?.textContent", timeout=10)
             assert "Lost the connection to the viewer" in text
             await tab.wait_for("document.querySelector('#banner .message[data-kind=reconnected]') !== null && "
-                               f"document.querySelectorAll('.panel img[src]').length >= {len(streams)}", timeout=40)
+                               f"{SHOWN_PANELS} >= {len(streams)}", timeout=40)
 
             run.proc.send_signal(signal.SIGINT)  # like Ctrl-C: the sources stop, the graph drains
             text = await tab.wait_for("document.querySelector('#banner .message[data-kind=stopped]')?.textContent",
@@ -266,21 +305,48 @@ async def _scenario(tmp_path: Path) -> None:
         poller.cancel()
         run.log.close()
 
-    # Tabs and a closed browser change nothing for delivery or latency.
+    # Tabs and a closed browser change nothing for delivery: every phase delivers at the source's rate, nothing
+    # dropped on the lossless edges (checked above). Latency is recorded per phase; on a small shared machine it
+    # moves with the browser's own CPU use and with everything else running, so the bound here is only what a
+    # graph waiting for the viewer or a browser would break: in real time it would fall behind by whole windows.
     report = json.loads(run.report_path.read_text())
     measured = {name: {**_phase_latency(report, p["first"], p["last"]),
-                       "delivered_per_s": (p["last"] - p["first"]) / p["seconds"]} for name, p in phases.items()}
-    (ARTIFACTS / "tabs_effect.json").write_text(json.dumps(measured, indent=1))
+                       "delivered_per_s": (p["last"] - p["first"]) / p["seconds"],
+                       "viewer_cpu_cores": round(p["viewer_cpu"], 3), "browser_cpu_cores": round(p["browser_cpu"], 3)}
+                for name, p in phases.items()}
+    (ARTIFACTS / "tabs_effect.json").write_text(json.dumps({"phases": measured, "cpus": os.cpu_count(),
+                                                            "load_average_1min": os.getloadavg()[0]}, indent=1))
     print(json.dumps(measured, indent=1))
     baseline = measured["no_browser"]
+    window_ms = 1e3 / RATE
+    # Over all phases the sink gets one grid per window of sensor time; a phase alone may differ by a backlog
+    # caught up at its edges (that is latency, counted below, not loss).
+    total = sum(p["last"] - p["first"] for p in phases.values()) / sum(p["seconds"] for p in phases.values())
+    assert abs(total - RATE) < 0.03 * RATE, measured
     for name, m in measured.items():
-        assert abs(m["delivered_per_s"] - RATE) < 0.05 * RATE, (name, m)
-        assert m["p50_ms"] <= 2.0 * baseline["p50_ms"] + 1.0, (name, m, baseline)
+        assert abs(m["delivered_per_s"] - RATE) < 0.15 * RATE, (name, m)
+        assert m["p50_ms"] <= baseline["p50_ms"] + 5 * window_ms, (name, m, baseline)
 
-    # The page's live p50 (a 5 s window) against the whole run's in the final report: the same within noise.
-    final = report["latency"]["paths"][PATH]
+    # The page's live numbers are the final report's own samples: some 5 s window of the report's latency series
+    # has exactly the page's count, and its percentiles and maximum are the page's (to the page's 0.01 ms).
     for shown in live_latency:
-        assert abs(float(shown["p50"]) - final["p50"]) <= max(1.0, 0.5 * final["p50"]), (shown, final)
+        assert _window_in_series(report["latency"]["paths"][PATH], shown) is not None, shown
+
+
+def _window_in_series(path_report: dict, shown: dict, window_s: float = 5.0) -> int | None:
+    """Index of the last message of a window_s window of the report's series matching the page's numbers."""
+    t, ms = np.asarray(path_report["series_t_s"]), np.asarray(path_report["series_ms"])
+    assert len(t) == path_report["count"], "the series is subsampled: the run was too long for this check"
+    n = int(shown["count"])
+    for k in range(n - 1, len(t)):
+        first = k - n + 1
+        if t[first] < t[k] - window_s - 1e-6 or (first > 0 and t[first - 1] >= t[k] - window_s + 1e-6):
+            continue  # not exactly the messages that arrived within window_s before message k
+        window = ms[first:k + 1]
+        expected = {**{f"p{q}": np.percentile(window, q) for q in (50, 90, 99)}, "max": window.max()}
+        if all(abs(float(shown[key]) - value) <= 0.0051 for key, value in expected.items()):
+            return k
+    return None
 
 
 def test_viewer_in_a_real_browser(tmp_path):

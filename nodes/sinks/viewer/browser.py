@@ -129,9 +129,10 @@ class Chromium:
             raise BrowserError(f"{method}: {reply['error'].get('message')}")
         return reply["result"]
 
-    async def open(self, url: str) -> Tab:
-        """A new tab showing ``url`` (returns once the page has loaded)."""
-        target = (await self.send("Target.createTarget", {"url": "about:blank"}))["targetId"]
+    async def open(self, url: str, new_window: bool = False) -> Tab:
+        """A new tab showing ``url`` (returns once the page has loaded). Only the front tab of a window is visible
+        to the page (``document.hidden`` is true in the others); ``new_window`` gives the page a window of its own."""
+        target = (await self.send("Target.createTarget", {"url": "about:blank", "newWindow": new_window}))["targetId"]
         session = (await self.send("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
         tab = Tab(self, target, session)
         await self.send("Page.enable", session=session)
@@ -188,7 +189,8 @@ class Tab:
 async def _capture(url: str, out: Path, panels: int, settle_s: float, timeout: float) -> None:
     async with Chromium() as browser:
         tab = await browser.open(url)
-        await tab.wait_for(f"document.querySelectorAll('.panel img[src]').length >= {panels} && "
+        await tab.wait_for("[...document.querySelectorAll('.panel .shown')].filter(e => e.dataset.count > 0)"
+                           f".length >= {panels} && "
                            "document.querySelector('#paths tbody tr') !== null", timeout)
         await asyncio.sleep(settle_s)
         out.write_bytes(await tab.screenshot())

@@ -9,8 +9,9 @@ const view = {
   ws: null,
   connectedOnce: false,
   stopped: false,
-  panels: new Map(),      // panel id -> {el, img, url, shownTimes[], shown}
+  panels: new Map(),      // panel id -> {id, el, canvas, shownTimes[], shown}
   restarts: null,         // node -> restarts seen so far (null until the first status)
+  deferredAcks: new Set(), // panels whose acknowledgement waits for a hidden tab to be shown
   graphKey: "",
   viewer: "",
 };
@@ -101,31 +102,16 @@ function onText(msg) {
 function ensurePanel(id, stream, kind) {
   let panel = view.panels.get(id);
   if (panel) return panel;
-  const img = el("img", { alt: `${stream} (${kind})` });
+  const canvas = el("canvas", { width: 0, height: 0, role: "img", "aria-label": `${stream} (${kind})` });
   const figure = el("figure", { class: "panel", "data-panel": id, "data-stream": stream, "data-kind": kind },
     el("figcaption", {}, el("span", { class: "name" }, stream), el("span", { class: "kind" }, kind)),
-    el("div", { class: "frame" }, img, el("div", { class: "placeholder" }, "waiting for the first message…")),
+    el("div", { class: "frame" }, canvas, el("div", { class: "placeholder" }, "waiting for the first message…")),
     el("div", { class: "stats" },
       el("span", { class: "rate" }, "– msg/s in"), el("span", { class: "fps" }, "– fps shown"),
       el("span", { class: "age" }), el("span", { class: "detail" }),
       el("span", { class: "shown", "data-count": "0" }, "0 shown")),
     el("div", { class: "error" }));
-  panel = { el: figure, img, url: null, shownTimes: [], shown: 0 };
-  const ack = () => {
-    if (view.ws && view.ws.readyState === WebSocket.OPEN) view.ws.send(JSON.stringify({ type: "ack", panel: id }));
-  };
-  img.onload = () => {
-    panel.shown += 1;
-    const now = performance.now();
-    panel.shownTimes.push(now);
-    while (panel.shownTimes.length && panel.shownTimes[0] < now - FPS_WINDOW_MS) panel.shownTimes.shift();
-    const shown = figure.querySelector(".shown");
-    shown.dataset.count = String(panel.shown);
-    shown.textContent = `${panel.shown} shown`;
-    figure.querySelector(".fps").textContent = `${fmt(panel.shownTimes.length / (FPS_WINDOW_MS / 1000), 1)} fps shown`;
-    ack();
-  };
-  img.onerror = ack;
+  panel = { id, el: figure, canvas, shownTimes: [], shown: 0 };
   view.panels.set(id, panel);
   const container = $("#panels");
   const after = [...container.children].find((c) => Number(c.dataset.panel) > id);
@@ -133,14 +119,58 @@ function ensurePanel(id, stream, kind) {
   return panel;
 }
 
+// Pictures are decoded off the main thread (createImageBitmap) and drawn on a canvas: a panel never flashes
+// empty, and no image element or URL is made per picture. The server sends this panel's next picture only after
+// the acknowledgement, which is what paces a slow browser.
+async function showPicture(panel, blob) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob);
+  } catch {
+    acknowledge(panel);
+    return;
+  }
+  const canvas = panel.canvas;
+  if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+  }
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  bitmap.close();
+  panel.el.dataset.shown = "yes";
+  panel.shown += 1;
+  const now = performance.now();
+  panel.shownTimes.push(now);
+  while (panel.shownTimes.length && panel.shownTimes[0] < now - FPS_WINDOW_MS) panel.shownTimes.shift();
+  const shown = panel.el.querySelector(".shown");
+  shown.dataset.count = String(panel.shown);
+  shown.textContent = `${panel.shown} shown`;
+  panel.el.querySelector(".fps").textContent =
+    `${fmt(panel.shownTimes.length / (FPS_WINDOW_MS / 1000), 1)} fps shown`;
+  acknowledge(panel);
+}
+
+// A hidden tab (another tab in front, a minimised window) asks for nothing until it is shown again.
+function acknowledge(panel) {
+  if (document.hidden) {
+    view.deferredAcks.add(panel);
+  } else if (view.ws && view.ws.readyState === WebSocket.OPEN) {
+    view.ws.send(JSON.stringify({ type: "ack", panel: panel.id }));
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return;
+  const waiting = [...view.deferredAcks];
+  view.deferredAcks.clear();
+  waiting.forEach(acknowledge);
+});
+
 function onPicture(buffer) {
   const headerLength = new DataView(buffer).getUint32(0);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, headerLength)));
   const panel = ensurePanel(header.panel, header.stream, header.kind);
-  const url = URL.createObjectURL(new Blob([new Uint8Array(buffer, 4 + headerLength)], { type: "image/jpeg" }));
-  if (panel.url) URL.revokeObjectURL(panel.url);
-  panel.url = url;
-  panel.img.src = url;
+  showPicture(panel, new Blob([new Uint8Array(buffer, 4 + headerLength)], { type: "image/jpeg" }));
   const figure = panel.el;
   figure.querySelector(".age").textContent = `data age ${fmt(header.age_ms, 1)} ms`;
   let detail = `${header.width}×${header.height}`;
@@ -286,17 +316,18 @@ function layoutGraph(graph) {
       y += height(n) + GAP_Y;
     }
   });
-  const anchors = {};
+  // Inputs ordered by where their sources sit, outputs by where they arrive: as few crossings as possible.
+  const anchors = Object.fromEntries(graph.edges.map((e) => [e.id, {}]));
+  const centre = (n) => box[n].y + box[n].h / 2;
   for (const n of names) {
-    outs[n].forEach((e, i) => { (anchors[e.id] = anchors[e.id] || {}).y1 = box[n].y + (box[n].h * (i + 1)) / (outs[n].length + 1); });
-    ins[n].forEach((e, i) => { (anchors[e.id] = anchors[e.id] || {}).y2 = box[n].y + (box[n].h * (i + 1)) / (ins[n].length + 1); });
+    ins[n].sort((a, b) => centre(a.src) - centre(b.src));
+    ins[n].forEach((e, i) => { anchors[e.id].y2 = box[n].y + (box[n].h * (i + 1)) / (ins[n].length + 1); });
+  }
+  for (const n of names) {
+    outs[n].sort((a, b) => anchors[a.id].y2 - anchors[b.id].y2);
+    outs[n].forEach((e, i) => { anchors[e.id].y1 = box[n].y + (box[n].h * (i + 1)) / (outs[n].length + 1); });
   }
   return { box, anchors, width: 2 * PAD + columns.length * BOX_W + (columns.length - 1) * GAP_X, height: 2 * PAD + tallest };
-}
-
-function bezier(p0, p1, p2, p3, t) {
-  const u = 1 - t;
-  return u * u * u * p0 + 3 * u * u * t * p1 + 3 * u * t * t * p2 + t * t * t * p3;
 }
 
 function renderGraph(graph, nodes, rates) {
@@ -313,13 +344,8 @@ function renderGraph(graph, nodes, rates) {
       const title = svg("title");
       title.textContent = `${e.id} (${e.kind}, ${e.policy})`;
       group.append(title, svg("path", { d: `M${x1},${y1} C${x1 + dx},${y1} ${x2 - dx},${y2} ${x2},${y2}` }));
-      // The label sits in the gap right after the source, where this edge is still near its own anchor.
-      let lo = 0, hi = 1;
-      for (let i = 0; i < 30; i++) {
-        const mid = (lo + hi) / 2;
-        if (bezier(x1, x1 + dx, x2 - dx, x2, mid) < x1 + GAP_X / 2) lo = mid; else hi = mid;
-      }
-      group.append(svg("text", { x: x1 + GAP_X / 2, y: bezier(y1, y1, y2, y2, lo) - 3, "text-anchor": "middle" }));
+      // The label sits just after the source, on the edge's own anchor, where edges are still a row apart.
+      group.append(svg("text", { x: x1 + 6, y: y1 - 3, "text-anchor": "start" }));
       root.append(group);
     }
     for (const [name, type] of Object.entries(graph.nodes)) {
