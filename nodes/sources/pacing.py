@@ -7,12 +7,17 @@ recorded in a fixed histogram (log-spaced bins about 1.2 % wide from 1 µs to 10
 memory stays constant on endless streams.
 
 `prefetch` runs the producing iterator (file reading, decoding, simulation) on a thread ahead of the
-pacing loop, so the wait for an item's due time overlaps with preparing the next ones.
+pacing loop, so the wait for an item's due time overlaps with preparing the next ones. A realtime
+`Pacer` lowers the interpreter's GIL switch interval (5 ms by default) to 0.5 ms in its process (every
+node is its own process): a pacing thread waking from its sleep must not wait for the producing thread
+to give up the GIL. Measured on the ECD replay at 1 ms slices, three pairs of runs on a busy 2-core
+machine: lag p99 6.8 / 3.9 / 22.9 ms with 5 ms, 4.5 / 3.3 / 11.4 ms with 0.5 ms.
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +28,7 @@ import numpy as np
 # Upper edges of the lag histogram's bins (µs): 1 µs, then log-spaced to 100 s; bin 0 holds lags below 1 µs.
 _EDGES_US = np.geomspace(1.0, 1e8, 1601)
 LATE_US = 5_000
+GIL_SWITCH_S = 0.0005
 
 
 class Pacer:
@@ -34,6 +40,8 @@ class Pacer:
 
     def __init__(self, realtime: bool, speed: float, t_begin_us: int) -> None:
         self.realtime = realtime
+        if realtime:
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self.speed = float(speed)
         self.t_begin_us = int(t_begin_us)
         self.origin_ns: int | None = None
