@@ -322,7 +322,7 @@ def test_add_viewer_errors_are_clear(tmp_path):
     assert viewed.nodes["viewer"].host == "a" and not viewed.cross_host_edges()
 
 
-def test_run_with_view_prints_the_url_and_serves_the_page(tmp_path):
+def test_run_with_view_prints_the_url_and_the_viewer_listens(tmp_path):
     port = _free_port()
     config = tmp_path / "g.yaml"
     config.write_text(GRAPH.replace("packets: 3", "packets: 300, packet_events: 500, event_rate: 1.0e5, "

@@ -224,8 +224,8 @@ async def _scenario(tmp_path: Path) -> None:
             assert changed > 3.0, f"the event picture did not change in 1 s (mean abs difference {changed:.2f})"
 
             # Latency, edge and node numbers equal the run's status snapshot the page is showing.
-            compared = 0
-            for _ in range(40):
+            compared: set[str] = set()  # distinct snapshots the page was seen showing
+            for _ in range(60):
                 page = await tab.evaluate(READ_PAGE)
                 snapshot = run.snapshots.get(page["elapsed"] or "")
                 if snapshot is not None and page["path"] is not None:
@@ -238,10 +238,12 @@ async def _scenario(tmp_path: Path) -> None:
                                                                "policy": edge["policy"]}
                     for node, info in snapshot["nodes"].items():
                         assert page["nodes"][node]["restarts"] == str(info["restarts"])
-                    compared += 1
-                await asyncio.sleep(0.25)
-            assert compared >= 10, f"the page matched only {compared} of 40 status snapshots"
-            page_latency = page["path"]
+                    compared.add(page["elapsed"])
+                    page_latency = page["path"]
+                    if len(compared) == 5:
+                        break
+                await asyncio.sleep(0.2)
+            assert len(compared) == 5, f"the page matched only {len(compared)} status snapshots in 12 s"
 
             # The graph: every node and edge, each edge with its policy and a live rate.
             graph = run.latest["graph"]
@@ -319,13 +321,15 @@ async def _scenario(tmp_path: Path) -> None:
     print(json.dumps(measured, indent=1))
     baseline = measured["no_browser"]
     window_ms = 1e3 / RATE
-    # Over all phases the sink gets one grid per window of sensor time; a phase alone may differ by a backlog
-    # caught up at its edges (that is latency, counted below, not loss).
+    # Over all phases the sink gets one grid per window of sensor time. A phase alone may fall behind and the
+    # next catch up (a busy CPU delays a real-time source: latency, recorded, not loss).
     total = sum(p["last"] - p["first"] for p in phases.values()) / sum(p["seconds"] for p in phases.values())
     assert abs(total - RATE) < 0.03 * RATE, measured
     for name, m in measured.items():
-        assert abs(m["delivered_per_s"] - RATE) < 0.15 * RATE, (name, m)
         assert m["p50_ms"] <= baseline["p50_ms"] + 5 * window_ms, (name, m, baseline)
+    for edge in report["edges"]:
+        if edge["policy"] == "lossless":
+            assert edge["dropped"] == 0 and edge["rejected"] == 0, edge
 
     # The page's live numbers are the final report's own samples: some 5 s window of the report's latency series
     # has exactly the page's count, and its percentiles and maximum are the page's (to the page's 0.01 ms).
