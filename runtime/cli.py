@@ -140,6 +140,7 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace, console: Console) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from evpipe.nodes import BUILTIN_NODES
@@ -158,12 +159,12 @@ def cmd_nodes(args: argparse.Namespace, console: Console) -> int:
         for col in ("", "name", "kind / type", "default", "description"):
             table.add_column(col)
         for port in spec.inputs.values():
-            table.add_row("in", port.name, port.kind, "", port.doc)
+            table.add_row("in", port.name, port.kind, "", escape(port.doc))
         for port in spec.outputs.values():
-            table.add_row("out", port.name, port.kind, "", port.doc)
-        for p in spec.params.values():
+            table.add_row("out", port.name, port.kind, "", escape(port.doc))
+        for p in spec.params.values():  # escape: docs such as "[width, height]" are not rich markup
             extra = f" (one of {', '.join(map(str, p.choices))})" if p.choices else ""
-            table.add_row("param", p.name, p.type.__name__, repr(p.default), p.doc + extra)
+            table.add_row("param", p.name, p.type.__name__, escape(repr(p.default)), escape(p.doc + extra))
         _stdout_console().print(table)
     return 0
 

@@ -103,6 +103,10 @@ class Graph:
     settings: Settings
     hosts: dict[str, Host] = field(default_factory=dict)
 
+    @property
+    def edges_by_id(self) -> dict[str, EdgeConfig]:
+        return {e.id: e for e in self.edges}
+
     def host_of(self, node: str) -> str | None:
         return self.nodes[node].host
 

@@ -46,6 +46,15 @@ class ParamError(ValueError):
     """A parameter value that does not match its declaration."""
 
 
+class NodeError(Exception):
+    """A fatal error the user must fix (a corrupt input file, a parameter that cannot work, a full disk).
+
+    Raised from ``start``, ``process`` or ``produce``: the message is printed as one line (name the file
+    or parameter and the fix), the node is not restarted — restarting cannot help — and the graph
+    stops with a failure. Any other exception is a crash: logged with its traceback and restarted.
+    """
+
+
 def _is_float_text(text: str) -> bool:
     """PyYAML (YAML 1.1) reads 20.0e6 — no sign in the exponent — as text; accept it for float params."""
     try:

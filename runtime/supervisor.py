@@ -139,6 +139,7 @@ class Supervisor:
             if self.graph.is_cross_host(edge):
                 spec["curve_server"] = security.server_options(keys, self.host)
         for spec, edge in zip(outputs, self.graph.edges_out_of(name), strict=True):
+            spec["ack"] = not self.graph.is_cross_host(edge)  # a same-host consumer confirms end-of-stream
             if self.graph.is_cross_host(edge):
                 spec["curve_client"] = security.client_options(keys, self.host, self.graph.host_of(edge.dst))
         return {
@@ -215,6 +216,12 @@ class Supervisor:
                 np_.reports[-1] = msg["data"]  # keep only the newest live snapshot
             else:
                 np_.reports.append(msg["data"])
+        elif kind == "eos":  # a consumer got an end-of-stream: the producer may close its sockets
+            src = self.graph.edges_by_id[msg["edge"]].src
+            if src in self.nodes:
+                self._send(src, "eos_ack", edge=msg["edge"])
+        elif kind == "fatal":  # the node printed the message itself
+            np_.state = "fatal"
         elif kind == "done":
             np_.state = "done"
             for e in self.graph.edges_out_of(name):
@@ -244,6 +251,11 @@ class Supervisor:
             np_.proc = None
             if np_.state == "done":
                 continue
+            if np_.state == "fatal":
+                np_.state = "failed"
+                self.console.print(f"[bold red]node {np_.config.name!r} stopped on an error that a restart cannot "
+                                   "fix; the graph stops[/]")
+                return False
             if np_.restarts >= self.graph.settings.max_restarts:
                 np_.state = "failed"
                 self.console.print(f"[bold red]node {np_.config.name!r} exited with code {code}; "

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +54,9 @@ class Mailbox:
     several inputs sees them in arrival order.
     """
 
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, counters: Counters, on_eos: Callable[[str], None] | None = None) -> None:
         self._cond = threading.Condition()
+        self._on_eos = on_eos  # told when an edge's end-of-stream arrives (the producer waits for it)
         self._slots: dict[str, _Slot] = {}
         self._arrivals = 0
         self.counters = counters
@@ -68,6 +70,8 @@ class Mailbox:
         with self._cond:
             if msg.kind == "control" and msg.meta.get("command") == EOS:
                 slot.eos = True
+                if self._on_eos is not None:
+                    self._on_eos(edge)
             elif slot.policy == "latest":
                 if slot.queue:
                     slot.queue.clear()
@@ -213,7 +217,8 @@ class Outlet:
         elif not self._send_blocking(frames, abort):
             return False
         self.counters.add_out(self.edge, "sent")
-        self.counters.add_out(self.edge, "bytes", sum(len(f) for f in frames))
+        nbytes = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)  # len() is the first dim
+        self.counters.add_out(self.edge, "bytes", nbytes)
         return True
 
     def send_eos(self, abort: threading.Event) -> bool:

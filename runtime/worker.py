@@ -25,10 +25,12 @@ import zmq
 from evpipe.runtime import security
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import resolve_node_type
-from evpipe.runtime.node import Node
+from evpipe.runtime.node import Node, NodeError
 from evpipe.runtime.transport import Inbox, Mailbox, Outlet
 from evpipe.runtime.wire import Limits, Message, Trace, now_ns
 
+EXIT_FATAL = 3
+EOS_ACK_TIMEOUT_S = 30.0
 # An end-of-stream can die with a crashed consumer. When the supervisor says an edge's producer has
 # finished (and flushed), the edge counts as ended once it has also been quiet this long.
 CLOSED_EDGE_IDLE_S = 1.0
@@ -50,6 +52,7 @@ class Control(threading.Thread):
         self.started = threading.Event()
         self.stop_requested = threading.Event()
         self.upstream_done: set[str] = set()  # input edges whose producer has finished
+        self.eos_acked: set[str] = set()  # output edges whose consumer confirmed our end-of-stream
         self.clock_offsets_ns: dict[str, int] = {}  # shared with the node: updated when hosts are measured
 
     def send(self, payload: dict[str, Any]) -> None:
@@ -70,6 +73,8 @@ class Control(threading.Thread):
                     self.stop_requested.set()
                 elif command.get("cmd") == "upstream_done":
                     self.upstream_done.update(command["edges"])
+                elif command.get("cmd") == "eos_ack":
+                    self.eos_acked.add(command["edge"])
                 elif command.get("cmd") == "clock":
                     self.clock_offsets_ns.update(command["offsets"])
             try:
@@ -99,7 +104,7 @@ class Worker:
                                spec.get("supervisor_pid", os.getppid()))
         self.counters = Counters(spec["counters"], [e["id"] for e in spec["inputs"]],
                                  [e["id"] for e in spec["outputs"]], create=True)
-        self.mailbox = Mailbox(self.counters)
+        self.mailbox = Mailbox(self.counters, on_eos=lambda edge: self.control.send({"type": "eos", "edge": edge}))
         keys_dirs = {e["curve_server"]["keys_dir"] for e in spec["inputs"] if e.get("curve_server")}
         # ZAP handler: CURVE clients whose public key is not in the keys folder are refused.
         self.authenticator = security.start_authenticator(self.data_ctx, keys_dirs.pop()) if keys_dirs else None
@@ -133,19 +138,54 @@ class Worker:
         for outlet in self.outlets.get(port, ()):
             outlet.send(msg, self.abort)
 
-    def _send_eos(self) -> None:
+    def _finish_outputs(self) -> None:
+        """End of stream on every output, then wait until each same-host consumer confirms it received it.
+
+        libzmq drops what an ipc pipe still holds when its sender closes while the receiver is at its
+        high-water mark (LINGER does not cover that), so a lossless producer keeps its sockets open
+        until the end-of-stream — the last message of the edge, hence everything before it — arrived.
+        Edges to other hosts (TCP, where LINGER does deliver) and a consumer that never confirms (it
+        crashed with the end-of-stream) are bounded by EOS_ACK_TIMEOUT_S.
+        """
         for outlets in self.outlets.values():
             for outlet in outlets:
                 outlet.send_eos(self.abort)
+        waiting = {e["id"] for e in self.spec["outputs"] if e.get("ack", False)}
+        deadline = time.monotonic() + EOS_ACK_TIMEOUT_S
+        while waiting - self.control.eos_acked and not self.abort.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _close(self) -> None:
+        for inbox in self.inboxes:
+            inbox.stop()
+        self.mailbox.shutdown()
+        for inbox in self.inboxes:
+            inbox.join()
+        for outlets in self.outlets.values():
+            for outlet in outlets:
+                outlet.close(linger_ms=0 if self.abort.is_set() else None)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.data_ctx.term()
+
+    def _end(self, payload: dict[str, Any]) -> None:
+        self.control.send(payload)
+        self.control.close()
+        self.ctx.term()
 
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> int:
+        """0 when the stream ended (or a stop drained it); 3 on a NodeError; any other exception is a
+        crash (traceback, exit 1) that the supervisor answers with a restart."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates Ctrl-C
         signal.signal(signal.SIGTERM, lambda *_: self.control.stop_requested.set())
         self.control.start()
         for inbox in self.inboxes:
             inbox.start()
-        self.node.start()
+        try:
+            self.node.start()
+        except NodeError as exc:
+            return self._fatal(str(exc), started=False)
         self.control.send({"type": "ready", "pid": os.getpid()})
         while not self.control.started.wait(0.05):
             if self.control.stop_requested.is_set():
@@ -155,24 +195,26 @@ class Worker:
                 self._run_source()
             else:
                 self._run_consumer()
-        finally:
-            self.node.stop()
-            self._send_eos()
-            for inbox in self.inboxes:
-                inbox.stop()
-            self.mailbox.shutdown()
-            for inbox in self.inboxes:
-                inbox.join()
-            for outlets in self.outlets.values():
-                for outlet in outlets:
-                    outlet.close(linger_ms=0 if self.abort.is_set() else None)
-            if self.authenticator is not None:
-                self.authenticator.stop()
-            self.data_ctx.term()  # blocks (up to LINGER) until queued messages reached the consumers
-            self.control.send({"type": "done"})
-            self.control.close()
-            self.ctx.term()
+        except NodeError as exc:
+            return self._fatal(str(exc), started=True)
+        except BaseException:
+            self.node.stop()  # keep what was accepted (a recorder's file stays readable), then crash
+            raise
+        self.node.stop()
+        self._finish_outputs()
+        self._close()
+        self._end({"type": "done"})
         return 0
+
+    def _fatal(self, message: str, *, started: bool) -> int:
+        """A NodeError: one line for the user, no restart (the input or the configuration must change)."""
+        print(message, file=sys.stderr, flush=True)  # the one line the user needs, no logging prefix
+        if started:
+            self.node.stop()
+        self.abort.set()
+        self._close()
+        self._end({"type": "fatal", "message": message})
+        return EXIT_FATAL
 
     def _run_source(self) -> None:
         for port, msg in self.node.produce():
@@ -193,15 +235,14 @@ class Worker:
                     for edge in list(self.control.upstream_done):
                         self.mailbox.close_edge(edge)
                 continue
-            last_activity = time.monotonic()
             edge, port, msg = item
-            if msg.kind == "control":
-                continue
-            self._current = (msg.trace, now_ns())
-            self.node.process(port, msg)
-            self._current = None
-            self.counters.add_in(edge, "processed")
-            self.counters.add_processed()
+            if msg.kind != "control":
+                self._current = (msg.trace, now_ns())
+                self.node.process(port, msg)
+                self._current = None
+                self.counters.add_in(edge, "processed")
+                self.counters.add_processed()
+            last_activity = time.monotonic()  # after process(): a long computation is not idleness
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from evpipe.nodes.sources.camera import Camera, check_biases, list_devices, load_preset
+from evpipe.runtime.node import NodeError
 from tests.conftest import evpipe
 
 CAMERAS = dv.io.camera.discover()
@@ -71,9 +72,9 @@ def test_bias_presets_are_validated_before_any_camera_is_touched(tmp_path):
             load_preset(str(tmp_path / name))
     with pytest.raises(ValueError, match="expected an integer or"):
         check_biases({"On": "high"}, "parameter 'biases'")
-    with pytest.raises(SystemExit, match=r"cam: bias preset .*no such file"):
+    with pytest.raises(NodeError, match=r"cam: bias preset .*no such file"):
         Camera("cam", {"bias_preset": str(tmp_path / "missing.yaml")}).start()
-    with pytest.raises(SystemExit, match="parameter 'crop' must be"):
+    with pytest.raises(NodeError, match="parameter 'crop' must be"):
         Camera("cam", {"crop": [0, 0, 0, 10]}).start()
 
 

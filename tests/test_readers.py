@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
 from evpipe.nodes.sources.readers import (
     RecordingWarning,
     describe,
@@ -17,7 +18,6 @@ from evpipe.nodes.sources.readers import (
     open_recording,
 )
 from evpipe.runtime.events import Events, events_checksum
-
 from tests.conftest import SHARED_DATA
 
 

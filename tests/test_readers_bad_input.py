@@ -8,6 +8,8 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
+
 from evpipe.nodes.sources.readers import (
     RecordingError,
     RecordingWarning,
@@ -16,8 +18,6 @@ from evpipe.nodes.sources.readers import (
     summarize,
 )
 from evpipe.runtime.events import Events
-from PIL import Image
-
 from tests.data_fixtures.recordings import (
     encode_evt2,
     encode_evt3,

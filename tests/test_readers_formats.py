@@ -6,9 +6,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from evpipe.nodes.sources.readers import RecordingError, detect_format, open_recording
 from evpipe.runtime.events import Events
-
 from tests.data_fixtures.recordings import (
     encode_evt3,
     event_arrays,

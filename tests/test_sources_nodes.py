@@ -18,7 +18,7 @@ from evpipe.nodes.sources.replay import Replay
 from evpipe.nodes.sources.scenes import PhotoScene, load_photo
 from evpipe.nodes.sources.simulator import Simulator
 from evpipe.runtime.events import Events
-from evpipe.runtime.node import Node
+from evpipe.runtime.node import Node, NodeError
 from evpipe.runtime.wire import Message
 from tests.conftest import run_graph
 from tests.data_fixtures.recordings import (
@@ -204,7 +204,7 @@ def test_realtime_pacing_follows_the_wall_clock(shared_data):
 
 def replay_error(params: dict) -> str:
     node = Replay("replay", {"pace": "fast", **params})
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(NodeError) as exit_info:
         node.start()
         for _ in node.produce():
             pass
@@ -399,7 +399,7 @@ def test_simulator_reproduces_the_kernel_on_a_real_clip(shared_data):
 
 def test_simulator_bad_parameters_are_one_line_errors(tmp_path):
     def error(params: dict) -> str:
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(NodeError) as info:
             Simulator("sim", params).start()
         return str(info.value)
 

@@ -9,7 +9,7 @@ import dv_processing as dv
 import numpy as np
 
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 
@@ -57,7 +57,7 @@ class Aedat4Recorder(Node):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SystemExit(f"{self.name}: cannot create the folder of {self.path} ({exc.strerror})") from None
+            raise NodeError(f"{self.name}: cannot create the folder of {self.path} ({exc.strerror})") from None
         self.writer: dv.io.MonoCameraWriter | None = None
         self.last_t = {"events": None, "frames": None, "imu": None}
         self.written = {"events": 0, "event_messages": 0, "checksum": 0, "frames": 0, "imu_samples": 0,
@@ -70,7 +70,7 @@ class Aedat4Recorder(Node):
         if size is None and msg.kind == "frame":
             size = [int(msg.arrays["image"].shape[1]), int(msg.arrays["image"].shape[0])]
         if size is None or len(size) != 2:
-            raise SystemExit(f"{self.name}: the sensor size is unknown (the first message, {msg.kind}, carries no "
+            raise NodeError(f"{self.name}: the sensor size is unknown (the first message, {msg.kind}, carries no "
                              "width/height); set parameter 'sensor_size' to [width, height]")
         compression = {"none": dv.CompressionType.NONE, "lz4": dv.CompressionType.LZ4,
                        "zstd": dv.CompressionType.ZSTD}[self.params.compression]
@@ -78,7 +78,7 @@ class Aedat4Recorder(Node):
         try:
             return dv.io.MonoCameraWriter(str(self.path), config)
         except RuntimeError as exc:
-            raise SystemExit(f"{self.name}: cannot write {self.path} ({exc})") from None
+            raise NodeError(f"{self.name}: cannot write {self.path} ({exc})") from None
 
     def process(self, port: str, msg: Message) -> None:
         if self.writer is None:

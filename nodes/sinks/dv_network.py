@@ -18,7 +18,7 @@ from evpipe.nodes.dv_io import (
     retire_writer,
     tls_files,
 )
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 _FRAME_SOURCES = {"sensor": dv.FrameSource.SENSOR, "reconstruction": dv.FrameSource.RECONSTRUCTION,
@@ -141,7 +141,7 @@ arrays, so events are appended one by one: this bounds the event rate the sink c
     def _fail(self, message: str) -> None:
         for writer in getattr(self, "writers", {}).values():
             retire_writer(writer)
-        raise SystemExit(f"{self.name}: {message}")
+        raise NodeError(f"{self.name}: {message}")
 
     def process(self, port: str, msg: Message) -> None:
         writer = self.writers.get(port)

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from evpipe.nodes.sinks.render import events_to_rgb, image_to_rgb, voxel_to_rgb
-from evpipe.runtime.node import ANY_KIND, Node, Spec
+from evpipe.runtime.node import ANY_KIND, Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 
@@ -38,7 +38,7 @@ class ImageWriter(Node):
             self.dir.mkdir(parents=True, exist_ok=True)
             self.index_file = open(self.dir / "index.csv", "w", newline="")  # noqa: SIM115 - open until stop()
         except OSError as exc:
-            raise SystemExit(f"{self.name}: cannot write to {self.dir} ({exc.strerror})") from None
+            raise NodeError(f"{self.name}: cannot write to {self.dir} ({exc.strerror})") from None
         self.index = csv.writer(self.index_file)
         self.index.writerow(["file", "stream", "kind", "t_us", "seq"])
         self.seen: dict[str, int] = {}

@@ -12,7 +12,7 @@ import numpy as np
 
 from evpipe.nodes.sinks.render import events_to_rgb, image_to_rgb, label, resize_to_height, side_by_side, voxel_to_rgb
 from evpipe.nodes.transforms.voxelizer import EventBuffer, event_watermark
-from evpipe.runtime.node import ANY_KIND, Node, Spec
+from evpipe.runtime.node import ANY_KIND, Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 DRAWN_KINDS = ("frame", "voxel", "events")
@@ -130,7 +130,7 @@ class VideoWriter(Node):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SystemExit(f"{self.name}: cannot create the folder of {self.path} ({exc.strerror})") from None
+            raise NodeError(f"{self.name}: cannot create the folder of {self.path} ({exc.strerror})") from None
         self.period_us = 1e6 / p.fps
         self.window_us = p.events_window_us or max(round(self.period_us), 1)
         self.panels: dict[str, _Panel] = {}
@@ -215,7 +215,7 @@ class VideoWriter(Node):
         try:
             self.container = av.open(str(self.path), "w")
         except (av.error.FFmpegError, OSError) as exc:
-            raise SystemExit(f"{self.name}: cannot write {self.path} ({exc})") from None
+            raise NodeError(f"{self.name}: cannot write {self.path} ({exc})") from None
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"

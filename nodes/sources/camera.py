@@ -30,7 +30,7 @@ import yaml
 
 from evpipe.nodes.dv_io import DvIoError, DvSettingsError
 from evpipe.nodes.sources.live import LiveSource
-from evpipe.runtime.node import Spec
+from evpipe.runtime.node import NodeError, Spec
 
 _US = datetime.timedelta(microseconds=1)
 _FILTER_STEP_US = 250  # the DAVIS hardware filters count in 250 µs steps
@@ -219,10 +219,10 @@ class Camera(LiveSource):
             if p.biases is not None:
                 check_biases(p.biases, "parameter 'biases'")
         except ValueError as exc:
-            raise SystemExit(f"{self.name}: {exc}") from None
+            raise NodeError(f"{self.name}: {exc}") from None
         if p.crop is not None and (len(p.crop) != 4 or not all(isinstance(v, int) and v >= 0 for v in p.crop)
                                    or p.crop[2] == 0 or p.crop[3] == 0):
-            raise SystemExit(f"{self.name}: parameter 'crop' must be [x, y, width, height] (non-negative integers, "
+            raise NodeError(f"{self.name}: parameter 'crop' must be [x, y, width, height] (non-negative integers, "
                              f"positive size), got {p.crop}")
 
     def _open(self) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from evpipe.nodes.dv_io import open_reader, parse_address, stream_kind, tls_files
 from evpipe.nodes.sources.live import LiveSource
-from evpipe.runtime.node import Spec
+from evpipe.runtime.node import NodeError, Spec
 
 _PORT_OF_KIND = {"events": "events", "frame": "frames", "imu": "imu", "trigger": "triggers"}
 
@@ -41,13 +41,13 @@ class DvNetworkSource(LiveSource):
         try:
             self.address = parse_address(p.address)
         except ValueError as exc:
-            raise SystemExit(f"{self.name}: parameter 'address': {exc}") from None
+            raise NodeError(f"{self.name}: parameter 'address': {exc}") from None
         try:
             self.tls = tls_files(p.tls_cert, p.tls_key, server=False)
         except ValueError as exc:
-            raise SystemExit(f"{self.name}: {exc}") from None
+            raise NodeError(f"{self.name}: {exc}") from None
         if self.tls is not None and self.address.scheme != "tcp":
-            raise SystemExit(f"{self.name}: TLS is available on tcp:// addresses only, not {self.address}")
+            raise NodeError(f"{self.name}: TLS is available on tcp:// addresses only, not {self.address}")
 
     def _open(self) -> Any:
         reader = open_reader(self.address, self.tls, self.params.connect_timeout_s)

@@ -43,7 +43,7 @@ import numpy as np
 
 from evpipe.nodes.dv_io import DvIoError, DvSettingsError, events_from_dv, frame_from_dv, imu_from_dv
 from evpipe.runtime.events import Events
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.report import describe_ms
 from evpipe.runtime.wire import Message
 
@@ -164,7 +164,7 @@ class LiveSource(Node):
                 item = self.buffer.get(timeout=0.2)
                 if item is _END:
                     if isinstance(self._failure, DvSettingsError):
-                        raise SystemExit(f"{self.name}: {self._failure}")  # bad settings: the message, no traceback
+                        raise NodeError(f"{self.name}: {self._failure}")  # bad settings: the message, no traceback
                     if self._failure is not None:
                         raise self._failure
                     return

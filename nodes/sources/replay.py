@@ -12,7 +12,7 @@ import numpy as np
 from evpipe.nodes.sources.pacing import Pacer, prefetch
 from evpipe.nodes.sources.readers import Recording, RecordingError, open_recording
 from evpipe.runtime.events import Events, Frame
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message, Trace
 
 # Events per read from the file. Reading runs on a prefetch thread, ahead of the pacing loop.
@@ -125,13 +125,13 @@ class Replay(Node):
         self.size = (width, height)
 
     def _fail(self, message: str) -> None:
-        # SystemExit: the worker prints this one line and exits nonzero, with no traceback — bad input is
+        # NodeError: the worker prints this one line and the graph stops, with no traceback — bad input is
         # the user's to fix, and a stack trace would bury the message.
         self.error = message
         recording = getattr(self, "recording", None)
         if recording is not None:
             recording.close()
-        raise SystemExit(f"{self.name}: {message}")
+        raise NodeError(f"{self.name}: {message}")
 
     # ---------------------------------------------------------------------------------- produce
 

@@ -14,7 +14,7 @@ from evpipe.kernels import EventSimulator
 from evpipe.nodes.sources.pacing import Pacer, prefetch
 from evpipe.nodes.sources.scenes import PHOTOS, LogRampScene, PhotoScene, VideoScene, load_photo
 from evpipe.runtime.events import Events, Frame
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message, Trace
 
 PREFETCH_STEPS = 64
@@ -137,8 +137,8 @@ class Simulator(Node):
         warm.step(np.ones((1, 1), np.float32), 1)
 
     def _fail(self, message: str) -> None:
-        # SystemExit: the worker prints one line and exits nonzero, without a traceback (see Replay._fail).
-        raise SystemExit(f"{self.name}: {message}")
+        # NodeError: the worker prints one line and the graph stops, without a traceback or restarts.
+        raise NodeError(f"{self.name}: {message}")
 
     # ---------------------------------------------------------------------------------- produce
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from evpipe.kernels import voxel_grid
 from evpipe.runtime.events import Events, Frame
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 _INITIAL_CAPACITY = 1 << 16
@@ -167,7 +167,7 @@ class Voxelizer(Node):
         self.size: tuple[int, int] | None = None
         if p.sensor_size is not None:
             if len(p.sensor_size) != 2 or not all(isinstance(v, int) and v > 0 for v in p.sensor_size):
-                raise SystemExit(f"{self.name}: parameter 'sensor_size' must be [width, height] (positive "
+                raise NodeError(f"{self.name}: parameter 'sensor_size' must be [width, height] (positive "
                                  f"integers), got {p.sensor_size}")
             self.size = (p.sensor_size[0], p.sensor_size[1])
         # Load the compiled kernel now, not on the first window: a first call costs about a second.
@@ -325,7 +325,7 @@ class Voxelizer(Node):
         if not windows:
             return
         if self.size is None:
-            raise SystemExit(f"{self.name}: the sensor size is unknown: the events carry no width/height meta; "
+            raise NodeError(f"{self.name}: the sensor size is unknown: the events carry no width/height meta; "
                              "set parameter 'sensor_size' to [width, height]")
         width, height = self.size
         bins = self.params.bins

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from evpipe.runtime.events import Events
 from PIL import Image
+
+from evpipe.runtime.events import Events
 
 
 def random_events(n: int, width: int, height: int, *, t0: int = 0, rate_per_us: float = 0.5, seed: int = 0) -> Events:

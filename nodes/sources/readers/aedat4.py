@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import dv_processing as dv
 import numpy as np
+
 from evpipe.runtime.events import Frame, Imu
 
 from .base import RawEvents, Recording, first_line

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from evpipe.runtime.events import Events, Frame, Imu
 from PIL import Image
+
+from evpipe.runtime.events import Events, Frame, Imu
 
 DEFAULT_CHUNK_EVENTS = 1 << 20
 ON_ERROR_CHOICES = ("raise", "skip")

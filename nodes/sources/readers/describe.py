@@ -6,10 +6,11 @@ import io
 
 import numba
 import numpy as np
-from evpipe.runtime.events import Events
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
+
+from evpipe.runtime.events import Events
 
 from .base import DEFAULT_CHUNK_EVENTS, Recording, RecordingError
 

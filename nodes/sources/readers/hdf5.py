@@ -36,6 +36,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from evpipe.runtime.events import Frame, Imu
 
 from .base import Issue, RawEvents, Recording, check_coordinate_dtypes, first_line, read_image

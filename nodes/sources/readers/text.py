@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import numba
 import numpy as np
+
 from evpipe.runtime.events import Frame, Imu
 
 from .base import ByteStreamRecording, RawEvents, RecordingError, read_image, recording_image_size
