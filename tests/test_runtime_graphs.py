@@ -286,3 +286,24 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
              and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
     assert alive == [], "workers outlived their supervisor"
+
+
+def test_lossless_ipc_edge_keeps_its_tail_when_the_consumer_is_behind_at_the_end(tmp_path):
+    """libzmq drops what an ipc pipe holds when the sender closes while the receiver is at its high-water
+    mark; the end-of-stream acknowledgement keeps the producer's sockets open until it all arrived."""
+    text = """\
+nodes:
+  src: {type: event_generator, params: {packets: 800, packet_events: 500, pace: fast}}
+  slow: {type: "graph_nodes:SlowSink", params: {delay_ms: 2}}
+  sink: {type: metrics, params: {warmup: 0}}
+edges:
+  - src.events -> slow.in
+  - src.events -> sink.in
+"""
+    proc, report = run_graph(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+    produced = report["reports"]["src"][0]["produced"]
+    assert len(report["reports"]["slow"][0]["seqs"]) == 800
+    ledger = report["reports"]["sink"][0]["streams"]["src.events"]
+    assert (ledger["messages"], ledger["checksum"]) == (800, produced["checksum"])
+    assert all(e["lost"] == 0 and e["processed"] == 800 for e in report["edges"])
