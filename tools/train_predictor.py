@@ -24,7 +24,8 @@ Stage recipes:
 - diffusion: v-prediction denoising loss on z_res conditioned on (z_event, z_anchor), cosine
   schedule, constant learning rate after a short warm-up, EMA weights saved.
 - distill: progressive distillation (Salimans & Ho, 2022) from the ``teacher_steps``-step DDIM
-  teacher, halving the steps each round; the 4-, 2- and 1-step students are saved. Chosen over
+  teacher, halving the steps each round (``distill.iters`` per round, half that for the rounds
+  above 4 steps); the 4-, 2- and 1-step students are saved. Chosen over
   consistency distillation because it needs no extra model or metric, its target is exact for the
   deterministic DDIM teacher, and its intermediate rounds *are* the 4- and 2-step students.
 - ablations: each trained for ``ablation`` iterations, like ``short`` (the full model at that
@@ -35,7 +36,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import hashlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +53,7 @@ from tqdm import tqdm
 
 from evpipe.nodes import diffusion
 from evpipe.nodes.predict.checkpoint import CHECKPOINTS, load_module, load_part, save_part
+from evpipe.nodes.predict.export import cache_dir
 from evpipe.nodes.predict.models import Dessert, ModelConfig, kl_to_standard_normal, sample_posterior
 from evpipe.nodes.predict.presets import PRESETS, Preset, StageSchedule, get_preset
 
@@ -77,31 +82,54 @@ class PairData:
 
 
 def load_pairs(dataset: str | None, split: str, max_gap: int, bins: int, size: int) -> PairData:
-    """DLT pairs (gaps 1..max_gap) of ``split``; frames must be ``size`` x ``size`` (gray or RGB -> gray)."""
-    from evpipe.tools.dataset import PredictionView, luminance
+    """DLT pairs (gaps 1..max_gap) of ``split``, the same samples as ``PredictionView`` in the same order;
+    frames must be ``size`` x ``size`` (gray, or RGB made gray). Cached on disk (see :func:`pairs_cache`)."""
+    from evpipe.tools.dataset import EventDataset, luminance
 
-    view = PredictionView(dataset, split=split, k_max=max_gap, bins=bins)
-    ds = view.dataset
+    try:
+        ds = EventDataset(dataset, split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     if (ds.height, ds.width) != (size, size):
         raise SystemExit(f"dataset {ds.root}: frames are {ds.height}x{ds.width}, the preset needs {size}x{size}")
+    cache = pairs_cache(ds.root, split, max_gap, bins)
+    if cache.is_file():
+        return PairData(**torch.load(cache, weights_only=True))
     frames, anchors, targets, gaps, voxels = [], [], [], [], []
     offset = 0
     for seq in tqdm(ds.sequences, desc=f"loading {split} pairs", unit="seq"):
         aps = seq.aps_frames(np.arange(seq.n_aps))  # (M, C, H, W)
         gray = aps[:, 0] if seq.channels == 1 else luminance(np.moveaxis(aps, 1, -1))
         frames.append(torch.from_numpy(gray[:, None]).half())
+        aps_t = seq.aps_t
+        # One read of the sequence's events, sliced per pair: windows of different gaps overlap.
+        events = seq.events_in(int(aps_t[0]) + 1, int(aps_t[-1]) + 1)
         for k in range(1, max_gap + 1):
             for a in range(seq.n_aps - k):
-                events = seq.events_between(int(seq.aps_index[a]), int(seq.aps_index[a + k]))
-                voxels.append(torch.from_numpy(seq.voxel(events, bins)).half())
+                # The view's window: t_anchor < t <= t_target.
+                window = events.time_slice(int(aps_t[a]) + 1, int(aps_t[a + k]) + 1)
+                voxels.append(torch.from_numpy(seq.voxel(window, bins)).half())
                 anchors.append(offset + a)
                 targets.append(offset + a + k)
                 gaps.append(k)
         offset += seq.n_aps
     if not voxels:
         raise SystemExit(f"dataset {ds.root}: split {split!r} has no frame pairs")
-    return PairData(torch.cat(frames), torch.tensor(anchors), torch.tensor(targets), torch.tensor(gaps),
-                    torch.stack(voxels))
+    pairs = PairData(torch.cat(frames), torch.tensor(anchors), torch.tensor(targets), torch.tensor(gaps),
+                     torch.stack(voxels))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(dataclasses.asdict(pairs), partial)
+    partial.replace(cache)
+    return pairs
+
+
+def pairs_cache(root: Path, split: str, max_gap: int, bins: int) -> Path:
+    """Where the pairs of a dataset split are cached: keyed by the dataset's metadata (which changes
+    with every rebuild), the split, gaps and bins, under ``$EVPIPE_CACHE`` (or ~/.cache/evpipe)."""
+    digest = hashlib.sha256((root / "dataset.json").read_bytes())
+    digest.update(f"{root.resolve()}|{split}|{max_gap}|{bins}|v1".encode())
+    return cache_dir() / "pairs" / f"{digest.hexdigest()[:16]}.pt"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -351,7 +379,10 @@ class Trainer:
                     student.denoiser, teacher.denoiser, z_res[idx], student.schedule, n,
                     prediction=student.config.prediction, cond=cond, generator=g)
 
-            losses += optimise(list(unet.parameters()), p.distill, loss_fn, f"distill {2 * steps}->{steps}",
+            # Rounds above the largest student only relay the teacher downwards and change it little:
+            # half the iterations there.
+            schedule = p.distill if steps <= max(p.student_steps) else replace(p.distill, iters=p.distill.iters // 2)
+            losses += optimise(list(unet.parameters()), schedule, loss_fn, f"distill {2 * steps}->{steps}",
                                on_step=lambda step, ema=ema: ema.update())
             teacher = self.with_unet(student, ema.module)
             if steps in p.student_steps:

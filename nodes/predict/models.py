@@ -98,6 +98,19 @@ class Encoder(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0)
 
 
+class EventEncoder(nn.Module):
+    """ER-VAE encoder: voxel grid (B, bins, H, W) -> posterior (mean, logvar) of z_event, each
+    (B, zc, H/4, W/4). Space-to-depth by 2 first (events are sparse: a 2x2 block loses nothing a conv
+    would not mix anyway), then one strided level, so no convolution runs at full resolution."""
+
+    def __init__(self, bins: int, channels: int, latent_channels: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(4 * bins, 2 * channels, latent_channels, levels=1)
+
+    def forward(self, voxel: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(F.pixel_unshuffle(voxel, 2))
+
+
 class Decoder(nn.Module):
     """Mirror of :class:`Encoder`: (B, zc, h, w) -> (B, cout, h·2^L, w·2^L); each level is a residual
     block, nearest-neighbour ×2 upsampling and a conv that halves the width."""
@@ -262,7 +275,7 @@ class Dessert(nn.Module):
         self.config = config
         zc = config.latent_channels
         self.ae = AutoEncoder(config.ae_channels, zc)
-        self.event_encoder = Encoder(config.bins, config.ae_channels, zc) if config.events == "ervae" else None
+        self.event_encoder = EventEncoder(config.bins, config.ae_channels, zc) if config.events == "ervae" else None
         event_channels = zc if config.events == "ervae" else config.bins * self.latent_downsample**2
         self.unet = UNet(zc, event_channels + zc, config.unet_channels, config.unet_mult, config.unet_attention)
         self.schedule = diffusion.CosineSchedule()

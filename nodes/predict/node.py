@@ -57,13 +57,16 @@ class Predictor(Node):
         spec.param("backend", str, default="onnxruntime", choices=["onnxruntime", "torch"],
                    doc="inference backend (onnxruntime runs the cached fused ONNX export)")
         spec.param("threads", int, default=0, minimum=0, doc="onnxruntime intra-op threads; 0 = all usable cores")
-        spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence")
+        spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
+                   doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples")
+        spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence (temperature > 0)")
 
     def start(self) -> None:
         from evpipe.nodes.predict.sampler import FramePredictor  # torch loads only when a graph runs this node
 
         p = self.params
-        self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, threads=p.threads or None, seed=p.seed)
+        self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, temperature=p.temperature,
+                                        threads=p.threads or None, seed=p.seed)
         self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
         self.frame_times: deque[int] = deque(maxlen=_HISTORY)  # the latest real frames, oldest first
         self.pending: list[Message] = []

@@ -30,21 +30,31 @@ BACKENDS = ("torch", "onnxruntime")
 
 
 def events_voxel(events: Events, t_anchor: int, t_target: int, bins: int, height: int, width: int) -> np.ndarray:
-    """Voxel grid float32 (bins, H, W) of the events with t_anchor <= t < t_target (zeros if none)."""
-    window = events.time_slice(t_anchor, t_target)
+    """Voxel grid float32 (bins, H, W) of the events with t_anchor < t <= t_target (zeros if none): the
+    window convention of the training data (``evpipe.tools.dataset.PredictionView``)."""
+    window = events.time_slice(t_anchor + 1, t_target + 1)
     if len(window) == 0:
         return np.zeros((bins, height, width), np.float32)
     return voxel_grid(window.t, window.x, window.y, window.p, bins, height, width)
 
 
 class FramePredictor:
-    """One predictor variant on one backend. ``seed`` fixes the sampler noise sequence."""
+    """One predictor variant on one backend.
+
+    ``temperature`` scales the sampler's initial noise: 1 draws true samples from the model; 0 (the
+    default) starts every DDIM trajectory at the prior's mean, a deterministic prediction close to
+    the conditional mean: less texture, measurably higher PSNR (see benchmarks/predict.md).
+    ``seed`` fixes the noise sequence when the temperature is above 0.
+    """
 
     def __init__(self, variant: str = "4step", checkpoint: str | Path = "tiny", backend: str = "onnxruntime",
-                 *, compose: str | None = None, device: str = "cpu", threads: int | None = None,
-                 seed: int = 0) -> None:
+                 *, compose: str | None = None, temperature: float = 0.0, device: str = "cpu",
+                 threads: int | None = None, seed: int = 0) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not 0.0 <= temperature <= 1.0:
+            raise ValueError(f"temperature must be in [0, 1], got {temperature!r}")
+        self.temperature = float(temperature)
         self.model, self.steps = load_model(variant, checkpoint, compose)
         self.variant, self.backend, self.device, self.threads = variant, backend, device, threads
         self.bins = self.model.config.bins
@@ -87,7 +97,7 @@ class FramePredictor:
         voxel_p = np.pad(voxel.astype(np.float32, copy=False), ((0, 0), (0, hp - h), (0, wp - w)))
         down = self.model.latent_downsample
         noise = self._rng.standard_normal((1, self.model.config.latent_channels, hp // down, wp // down),
-                                          dtype=np.float32)
+                                          dtype=np.float32) * np.float32(self.temperature)
         feeds = dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))
         return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
 

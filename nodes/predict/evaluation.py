@@ -1,0 +1,53 @@
+"""The predictor's models for ``python -m evpipe.tools.evaluate --task predict --model NAME``.
+
+Names: ``dessert-teacher`` (64-step DDIM), ``dessert-4step``/``-2step``/``-1step`` (distilled
+students, what the node runs), and the ablations ``dessert-no-ervae``, ``dessert-no-dlt``,
+``dessert-regression`` with their reference ``dessert-short`` (the full model at the ablations'
+training budget); ``dessert-4step-latent`` is the 4-step student with the paper's composition
+decode(z_anchor + ẑ_res) instead of the default pixel-space residual; ``-t1`` variants sample at
+temperature 1 (true samples) instead of the default 0. ``--checkpoint`` selects a
+checkpoint directory (default: the shipped ``tiny``). Students run on ONNX Runtime (their
+deployment backend); the teacher and the ablations run in torch (their 16- and 64-step unrolled
+graphs are not deployed, so they are not exported). Each factory seeds its sampler with 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from evpipe.runtime.events import Events
+
+BACKEND = {"4step": "onnxruntime", "2step": "onnxruntime", "1step": "onnxruntime"}
+
+
+def factory(variant: str, compose: str | None = None, temperature: float = 0.0
+            ) -> Callable[[Any], Callable[..., np.ndarray]]:
+    """A model factory (see ``evpipe.tools.evaluate``) for one predictor variant."""
+
+    def make(context: Any) -> Callable[..., np.ndarray]:
+        from evpipe.nodes.predict.sampler import FramePredictor
+
+        if context.channels != 1:
+            raise ValueError(f"dessert-{variant}: the predictor is gray-only; the data has {context.channels} "
+                             "channels")
+        predictor = FramePredictor(variant, context.checkpoint or "tiny", BACKEND.get(variant, "torch"),
+                                   compose=compose, temperature=temperature, seed=0)
+
+        def predict(anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:
+            return predictor.predict_events(anchor, events, t_anchor, t_target)
+
+        return predict
+
+    return make
+
+
+MODELS = {
+    **{f"dessert-{v}": factory(v) for v in ("teacher", "4step", "2step", "1step", "no-ervae", "no-dlt",
+                                             "regression", "short")},
+    "dessert-4step-latent": factory("4step", compose="latent"),
+    "dessert-teacher-t1": factory("teacher", temperature=1.0),
+    "dessert-4step-t1": factory("4step", temperature=1.0),
+}
