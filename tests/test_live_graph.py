@@ -39,7 +39,7 @@ def live_graph(events_port: int, frames_port: int, consumer: str, windows_per_fr
         "  vox: {type: voxelizer, params: {mode: frame_sync, bins: 5, predictions_per_frame: "
         f"{windows_per_frame}}}}}",
         f"  {consumer_node}" if consumer_node else "",
-        "  metrics: {type: metrics, params: {warmup: 2}}",
+        "  metrics: {type: metrics, params: {warmup: 0}}",  # a CPU predictor makes few predictions: keep all
         "edges:",
         "  - events.events -> vox.events",
         "  - frames.frames -> vox.frames",
