@@ -77,9 +77,27 @@ def make_certificates(folder: Path) -> dict[str, str]:
 def record(name: str, outcome: dict) -> None:
     """Append a measured outcome as a JSON line to $EVPIPE_RELIABILITY_OUT when it is set.
 
-    benchmarks/RELIABILITY.md is written from these lines (`python tests/live_support.py FILE`).
+    ``python -m tests.live_support LINES.jsonl benchmarks/reliability.json`` collects the lines with the
+    run's context (commit, machine load); benchmarks/RELIABILITY.md quotes that file.
     """
     out = os.environ.get("EVPIPE_RELIABILITY_OUT")
     if out:
         with open(out, "a") as file:
             file.write(json.dumps({"test": name, **outcome}) + "\n")
+
+
+def main() -> int:
+    """Collect recorded outcomes (JSON lines) into one JSON file with the context of the run."""
+    lines, out = sys.argv[1], sys.argv[2]
+    results = [json.loads(line) for line in Path(lines).read_text().splitlines() if line.strip()]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    Path(out).write_text(json.dumps({
+        "command": "EVPIPE_RELIABILITY_OUT=LINES.jsonl pytest tests/test_live_*.py tests/test_fault_injection.py "
+                   "tests/test_fuzz_readers.py -m 'slow or not slow'; python -m tests.live_support LINES.jsonl OUT",
+        "commit": commit.strip(), "load_average_1_5_15": list(os.getloadavg()), "cpus": os.cpu_count(),
+        "results": {r.pop("test"): r for r in results}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

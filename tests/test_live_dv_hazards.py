@@ -50,14 +50,17 @@ def _writer(port: int, packets: int, mode: str, tls: list[str] | None = None) ->
     return proc
 
 
-def test_network_reader_keeps_the_first_1000_packets_and_drops_newer_ones_silently():
-    """Why the live source's acquisition thread does nothing but move packets into its own counted buffer."""
+def test_network_reader_holds_at_most_1000_packets_for_a_reader_that_falls_behind():
+    """Why the live source's acquisition thread does nothing but move packets into its own counted buffer.
+
+    Seen here: the reader keeps the oldest 1000 packets and silently drops the rest (the writer drains),
+    or the link stalls (the writer's queue stops draining); never are the 3000 packets delivered.
+    """
     port = free_port()
     writer = _writer(port, 3000, "keep")
     try:
         reader = dv.io.NetworkReader("127.0.0.1", port)
-        assert writer.stdout.readline().strip() == "written"
-        time.sleep(1.0)  # a reader that fell behind
+        time.sleep(2.0)  # a reader that fell behind while all 3000 packets were written
         packets, first_t, last_arrival = 0, None, time.monotonic()
         while time.monotonic() - last_arrival < 1.0:  # read until nothing more comes for 1 s
             store = reader.getNextEventBatch()
@@ -67,12 +70,14 @@ def test_network_reader_keeps_the_first_1000_packets_and_drops_newer_ones_silent
             first_t = int(events_from_dv(store).t[0]) if first_t is None else first_t
             packets += 1
             last_arrival = time.monotonic()
+        writer_drained = _read_line_now(writer) == "written"
     finally:
         writer.kill()
         writer.wait()
-    assert packets == 1000 and first_t == 0  # the oldest 1000 of 3000 written
-    record("dv_reader_queue", {"dv_behaviour": "NetworkReader with a reader 1 s behind", "packets_written": 3000,
-                               "packets_received": packets, "first_packet_t": first_t})
+    assert packets <= 1000 and first_t == 0  # the oldest packets, at most 1000 of the 3000 written
+    record("dv_reader_queue", {"dv_behaviour": "NetworkReader with a reader 2 s behind", "packets_written": 3000,
+                               "packets_received": packets, "first_packet_t": first_t,
+                               "writer_drained": writer_drained})
 
 
 def test_network_writer_queue_grows_without_bound_for_a_client_that_does_not_read():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
@@ -39,15 +40,19 @@ class DvNetworkSink(Node):
     stream and point it at the address. Frames are sent stamped at their exposure start, as DV
     expects; float images in [0, 1] (e.g. predictions) are sent as uint8, tagged ``frame_source``.
 
-    A DV client that stops reading makes dv-processing's writer queue grow without bound; past
-    ``max_queued_packets`` queued packets the sink drops what arrives (counted per stream), so memory
-    stays bounded and the graph is never stalled by a viewer. Events outside ``sensor_size`` and frames
-    of another size are dropped and counted (a DV viewer sizes its canvas from the stream). Packets
-    written while no client is connected are discarded by dv-processing; ``wait_for_clients`` holds
-    the graph's start until that many clients are connected to every configured stream.
+    Writing never blocks, so a viewer never stalls the graph. dv-processing's writer queues packets
+    for its I/O thread; past ``max_queued_packets`` queued packets the sink drops what arrives
+    (counted per stream). That bounds the shared queue when the I/O thread falls behind, but not a
+    client that stops reading: dv-processing moves packets from that queue into per-client buffers
+    that grow without a bound evpipe can see or set (measured in benchmarks/RELIABILITY.md), so the
+    report gives the sink's peak memory. Events outside ``sensor_size`` and frames of another size
+    are dropped and counted (a DV viewer sizes its canvas from the stream). Packets written while no
+    client is connected are discarded by dv-processing; ``wait_for_clients`` holds the graph's start
+    until that many clients are connected to every configured stream.
 
     Report (``dv_network``): per stream packets/events written, dropped (queue full, out of sensor,
-    bad frame shape), the largest writer queue seen, clients at the end, and the time per event spent
+    bad frame shape), the largest writer queue seen, clients at the end, the process's peak resident
+    memory (``peak_rss_mb``), and the time per event spent
 converting to dv-processing's store and queueing it (dv-processing has no bulk constructor from
 arrays, so events are appended one by one: this bounds the event rate the sink can serve).
     """
@@ -188,7 +193,8 @@ arrays, so events are appended one by one: this bounds the event rate the sink c
         events = sum(c["events"] for c in getattr(self, "counts", {}).values())
         report = {"streams": getattr(self, "counts", {}), "unserved": getattr(self, "unserved", {}),
                   "clients": {port: w.getClientCount() for port, w in writers.items()},
-                  "write_us_per_event": self.events_write_ns / events / 1e3 if events else None}
+                  "write_us_per_event": self.events_write_ns / events / 1e3 if events else None,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         for writer in writers.values():
             retire_writer(writer)
         self.report({"dv_network": report})
