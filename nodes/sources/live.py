@@ -1,11 +1,13 @@
 """The machinery every live dv-processing source shares (camera, DV network stream).
 
 An acquisition thread owns the dv-processing input: it connects, polls every stream the input
-offers, converts what arrives into evpipe messages and puts them in a bounded buffer; the node's
-``produce`` loop takes them from there and emits them. So a consumer that blocks a lossless edge
-never stalls acquisition: the thread keeps draining the camera or socket, and if the buffer's byte
-limit is reached the oldest messages are dropped and counted — memory stays bounded and the loss is
-reported, never silent.
+offers and moves what arrives, unconverted, into a bounded buffer; the node's ``produce`` loop
+converts and checks it there and emits it. So a consumer that blocks a lossless edge never stalls
+acquisition: the thread keeps draining the camera or socket, and if the buffer's byte limit is
+reached the oldest items are dropped and counted — memory stays bounded and the loss is reported,
+never silent. The acquisition thread does as little as possible because dv-processing's
+NetworkReader holds at most 1000 packets and silently drops the rest when its reader falls behind
+(tests/test_live_dv_hazards.py); past that point nothing can count the loss.
 
 When the input stops (``isRunning()`` false: the server went away, the camera was unplugged) the
 disconnect is logged and reported, and the thread reconnects with exponential backoff
@@ -18,7 +20,7 @@ restarts it.
 Accounting, exact for every event: ``received`` (as read from dv-processing) = ``emitted`` +
 ``dropped`` (``noise_filter``, ``non_monotonic``: older than an event already accepted,
 ``out_of_sensor``, ``overflow``: the buffer was full). The report also gives the link history
-(connects, disconnects with their durations and the sensor time they missed), the time messages
+(connects, disconnects with why and how long until the reconnection), the time messages
 waited in the buffer (queueing inside the source, which the trace-based latency does not see
 because the runtime stamps a source's messages when they are emitted), and the arrival lag: wall
 clock at arrival minus the newest event's timestamp. DV stamps events with Unix time, so on one

@@ -39,6 +39,8 @@ class Aedat4Recording(Recording):
     """An AEDAT4 file (see the module docstring)."""
 
     format = "aedat4"
+    # dv-processing on a damaged file: RuntimeError (packets), UnicodeDecodeError (the XML description)
+    LIBRARY_ERRORS = (RuntimeError, ValueError)
 
     def _open(self) -> None:
         try:
@@ -55,10 +57,15 @@ class Aedat4Recording(Recording):
         self._has_events = reader.isEventStreamAvailable()
         self._has_frames = reader.isFrameStreamAvailable()
         self._has_imu = reader.isImuStreamAvailable()
-        if self._has_events:
-            self._header_sensor_size = tuple(reader.getEventResolution())
-        elif self._has_frames:
-            self._header_sensor_size = tuple(reader.getFrameResolution())
+        for stream, available, get_resolution in (("event", self._has_events, reader.getEventResolution),
+                                                  ("frame", self._has_frames, reader.getFrameResolution)):
+            if available:
+                resolution = get_resolution()
+                if resolution is None:
+                    raise self.error(f"the {stream} stream's description gives no resolution: the file header "
+                                     "is damaged; re-copy or re-export it", kind="corrupt")
+                self._header_sensor_size = tuple(resolution)
+                break
 
     def _close(self) -> None:
         self._reader = None

@@ -26,9 +26,10 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,7 @@ from PIL import Image
 from evpipe.runtime.events import Events, Frame, Imu
 
 DEFAULT_CHUNK_EVENTS = 1 << 20
+_Item = TypeVar("_Item")
 ON_ERROR_CHOICES = ("raise", "skip")
 
 # Fixes suggested in error messages, by issue kind; readers add format-specific text in `detail`.
@@ -197,6 +199,9 @@ class Recording(ABC):
     format: ClassVar[str]
     # True where the format's spec puts time zero at the stream start (t_offset is then 0).
     CLOCK_STARTS_AT_STREAM_START: ClassVar[bool] = False
+    # What the library behind a reader (dv-processing, h5py, numpy) raises on a damaged file instead of a
+    # documented error; anywhere in the reader, it becomes a RecordingError of kind "corrupt".
+    LIBRARY_ERRORS: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __init__(
         self,
@@ -215,8 +220,9 @@ class Recording(ABC):
         self._declared_t_offset: int | None = None
         self._cached_time_range: tuple[int, int] | None = None
         try:
-            self._open()
-            self.sensor_size, self.sensor_size_source = self._resolve_sensor_size(sensor_size)
+            with self._library_errors():
+                self._open()
+                self.sensor_size, self.sensor_size_source = self._resolve_sensor_size(sensor_size)
         except BaseException:
             self.close()
             raise
@@ -256,7 +262,8 @@ class Recording(ABC):
         scanned once, then cached); `describe` gives exact statistics for files with anomalies.
         """
         if self._cached_time_range is None:
-            self._cached_time_range = self._time_range()
+            with self._library_errors():
+                self._cached_time_range = self._time_range()
         return self._cached_time_range
 
     @property
@@ -286,7 +293,7 @@ class Recording(ABC):
         check = _EventCheck(self)
         pending: list[Events] = []
         n_pending = 0
-        for raw in self._read_events(t_start, t_stop, int(chunk_events)):
+        for raw in self._guarded(self._read_events(t_start, t_stop, int(chunk_events))):
             packet = check(raw)
             done = False
             if t_start is not None or t_stop is not None:
@@ -315,7 +322,7 @@ class Recording(ABC):
         a frame of any other shape is a ``bad_frame_shape`` issue.
         """
         width, height = self.sensor_size
-        for unit, offset, frame in self._read_frames(t_start, t_stop):
+        for unit, offset, frame in self._guarded(self._read_frames(t_start, t_stop)):
             if (t_start is not None and frame.t < t_start) or (t_stop is not None and frame.t >= t_stop):
                 continue
             shape = frame.image.shape
@@ -333,7 +340,7 @@ class Recording(ABC):
 
     def imu(self, t_start: int | None = None, t_stop: int | None = None) -> Iterator[Imu]:
         """Yield IMU batches (`Imu`: t µs, accel in g, gyro in deg/s) within the window; empty if none."""
-        for batch in self._read_imu(t_start, t_stop):
+        for batch in self._guarded(self._read_imu(t_start, t_stop)):
             keep = np.ones(len(batch.t), dtype=bool)
             if t_start is not None:
                 keep &= batch.t >= t_start
@@ -360,6 +367,24 @@ class Recording(ABC):
         return f"{type(self).__name__}({str(self.path)!r}, format={self.format!r}, sensor_size=({w}, {h}))"
 
     # ------------------------------------------------------------------- helpers for readers
+
+    @contextmanager
+    def _library_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except RecordingError:
+            raise
+        except self.LIBRARY_ERRORS as exc:
+            raise self.error(
+                f"the file is damaged: {self.format} reading failed with {type(exc).__name__}: {first_line(exc)}; "
+                "re-copy or re-export it",
+                kind="corrupt",
+            ) from exc
+
+    def _guarded(self, items: Iterator[_Item]) -> Iterator[_Item]:
+        """``items`` with the library's errors turned into RecordingError (see ``LIBRARY_ERRORS``)."""
+        with self._library_errors():
+            yield from items
 
     def report(self, stream: str, kind: str, unit: str, offset: int, count: int, detail: str) -> None:
         """Apply the bad-input policy to ``count`` items of ``kind``, the first at ``unit offset``."""

@@ -89,6 +89,8 @@ class Hdf5Recording(Recording):
     """An HDF5 event file in the DSEC or plain layout (see the module docstring)."""
 
     format = "hdf5"
+    # h5py on damaged metadata: RuntimeError (B-tree, buffer overrun), KeyError, TypeError, ValueError, OSError
+    LIBRARY_ERRORS = (RuntimeError, KeyError, TypeError, ValueError, OSError)
 
     def _open(self) -> None:
         try:

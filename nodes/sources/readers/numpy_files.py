@@ -13,6 +13,7 @@ first timestamp. Seeking is a binary search on t.
 from __future__ import annotations
 
 import bisect
+import tokenize
 import zipfile
 from collections.abc import Iterator
 
@@ -36,6 +37,8 @@ class NumpyRecording(Recording):
     """A ``.npy`` or ``.npz`` event file (see the module docstring); ``format`` is "npy" or "npz"."""
 
     format = "npy"
+    # numpy's .npy header parser on a damaged header: tokenize.TokenError, SyntaxError, ValueError
+    LIBRARY_ERRORS = (tokenize.TokenError, SyntaxError, ValueError, OSError, EOFError, zipfile.BadZipFile)
 
     def _open(self) -> None:
         try:
