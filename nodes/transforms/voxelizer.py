@@ -9,6 +9,7 @@ import numba
 import numpy as np
 
 from evpipe.kernels import voxel_grid
+from evpipe.kernels.voxel import warm_up as warm_up_voxel_grid
 from evpipe.runtime.events import Events, Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
@@ -170,8 +171,8 @@ class Voxelizer(Node):
                 raise NodeError(f"{self.name}: parameter 'sensor_size' must be [width, height] (positive "
                                  f"integers), got {p.sensor_size}")
             self.size = (p.sensor_size[0], p.sensor_size[1])
-        # Load the compiled kernel now, not on the first window: a first call costs about a second.
-        voxel_grid(*Events.empty().arrays().values(), p.bins, 1, 1, windows=np.zeros((1, 2), np.int64))
+        # Load every compiled path of the kernel now, not on the first batch of windows (about a second).
+        warm_up_voxel_grid()
         self.buffer = EventBuffer()
         self.pending: list[_Window] = []
         self.emitted_spans: list[tuple[int, int]] = []  # [lo, hi) of emitted windows that may cover buffered events
