@@ -147,19 +147,24 @@ def ddim_sample(model: Model, x: Tensor, schedule: CosineSchedule, steps: int, *
 
 
 def diffusion_loss(model: Model, x0: Tensor, schedule: CosineSchedule, *, prediction: str = "v",
-                   cond: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Denoising loss: mean squared error between the model output and its target at t ~ U(0, 1).
+                   cond: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None,
+                   norm: str = "l2") -> Tensor:
+    """Denoising loss: mean squared (``norm`` "l2") or absolute ("l1", HiFI's choice) error between the
+    model output and its target at t ~ U(0, 1).
 
     ``x0`` (B, ...) clean data; returns a scalar. For ``v`` prediction the plain MSE equals the
     x_0-space MSE weighted by SNR + 1, a good default (Salimans & Ho, 2022).
     """
     check_prediction(prediction)
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = schedule.alpha_sigma(t)
     x_t = _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
     pred = model(x_t, t, **dict(cond or {}))
-    return torch.mean((pred - target_for(prediction, x0, eps, alpha, sigma)) ** 2)
+    error = pred - target_for(prediction, x0, eps, alpha, sigma)
+    return torch.mean(error.abs() if norm == "l1" else error**2)
 
 
 def progressive_distillation_loss(student: Model, teacher: Model, x0: Tensor, schedule: CosineSchedule,

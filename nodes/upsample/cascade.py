@@ -1,0 +1,192 @@
+"""HiFI inference: the patch-based cascade with MultiDiffusion merging, and recursive ×2^k upsampling.
+
+``interpolate(model, frame0, frame1, settings)`` predicts the middle frame of two frames:
+
+1. Pad both frames (reflect) so every pyramid level divides evenly, and build an ``levels``-level
+   pyramid by ×2 area downsampling (level ``levels - 1`` is the coarsest).
+2. At the coarsest level the estimate is zeros (availability 0): the model does base interpolation.
+   At each finer level the estimate is the previous level's prediction upsampled ×2 (bilinear).
+3. At every level the image is covered by overlapping patches of the training size
+   (``settings.patch``); each DDIM step denoises all patches (batched, ``patch_batch`` at a time) and
+   merges their v predictions by averaging where they overlap (MultiDiffusion). With the
+   deterministic DDIM step, averaging v is the same as averaging each patch's next state z_s: the
+   step is linear in v and every patch sees the same z_t. Only the patch batch runs through the
+   network, so its memory does not grow with the image.
+4. ``settings.samples`` samples (different noise) are drawn one after another and averaged — the
+   paper's "mean of 4 samples", without holding all four at full resolution.
+
+``settings.patch = None`` runs the network on the whole level instead (the non-patched model: with
+``levels = 1`` HiFI's base model at full resolution). Frames are float32 (C, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from torch import Tensor
+
+from evpipe.nodes import diffusion
+from evpipe.nodes.upsample.model import HiFI, from_model, to_model
+
+
+@dataclass(frozen=True)
+class CascadeSettings:
+    """Inference settings (paper defaults: 3 levels, 8 DDIM steps, mean of 4 samples).
+
+    ``patch``: patch side in pixels (None: whole levels, no patches); ``overlap``: fraction of the
+    patch side shared by neighbouring patches; ``patch_batch``: patches per network call (bounds
+    memory); ``seed``: the noise of sample i is drawn from ``torch.Generator().manual_seed(seed + i)``.
+    """
+
+    levels: int = 3
+    steps: int = 8
+    samples: int = 4
+    patch: int | None = 32
+    overlap: float = 0.5
+    patch_batch: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.levels < 1 or self.steps < 1 or self.samples < 1 or self.patch_batch < 1:
+            raise ValueError(f"CascadeSettings: levels, steps, samples and patch_batch must be >= 1, got {self}")
+        if self.patch is not None and self.patch < 1:
+            raise ValueError(f"CascadeSettings: patch must be >= 1 or None, got {self.patch}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"CascadeSettings: overlap must be in [0, 1), got {self.overlap}")
+
+
+def patch_origins(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of patches of ``size`` covering [0, length) with at most ``stride`` between starts;
+    the last patch ends exactly at ``length``. A length <= size gives one patch at 0."""
+    if length <= size:
+        return [0]
+    origins = list(range(0, length - size, stride))
+    return [*origins, length - size]
+
+
+def patch_grid(height: int, width: int, size: int, overlap: float) -> list[tuple[int, int]]:
+    """(y, x) origins of overlapping ``size``-patches covering a height × width image, row-major."""
+    stride = max(1, round(size * (1.0 - overlap)))
+    return [(y, x) for y in patch_origins(height, size, stride) for x in patch_origins(width, size, stride)]
+
+
+def cut_patches(image: Tensor, origins: list[tuple[int, int]], size: tuple[int, int]) -> Tensor:
+    """(B, C, H, W) -> (len(origins) * B, C, ph, pw), origin-major (all of the batch for origin 0 first)."""
+    ph, pw = size
+    return torch.cat([image[..., y:y + ph, x:x + pw] for y, x in origins])
+
+
+def merge_patches(patches: Tensor, origins: list[tuple[int, int]], shape: tuple[int, ...],
+                  total: Tensor | None = None) -> Tensor:
+    """Sum of ``patches`` (origin-major, as from :func:`cut_patches`) placed at ``origins`` into an image of
+    ``shape`` (B, C, H, W) — added onto ``total`` when given. Divide by :func:`coverage` to average."""
+    if total is None:
+        total = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
+    batch, ph, pw = shape[0], patches.shape[-2], patches.shape[-1]
+    for i, (y, x) in enumerate(origins):
+        total[..., y:y + ph, x:x + pw] += patches[i * batch:(i + 1) * batch]
+    return total
+
+
+def coverage(height: int, width: int, origins: list[tuple[int, int]], size: tuple[int, int]) -> Tensor:
+    """(1, 1, H, W) float32: how many patches cover each pixel."""
+    count = torch.zeros(1, 1, height, width)
+    for y, x in origins:
+        count[..., y:y + size[0], x:x + size[1]] += 1.0
+    return count
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def multidiffusion_denoiser(model: HiFI, frame0: Tensor, frame1: Tensor, estimate: Tensor, available: bool,
+                            patch: int | None, overlap: float, patch_batch: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """A whole-image v predictor ``fn(z_t (1, C, H, W), t (1,)) -> v`` for ``evpipe.nodes.diffusion``'s
+    sampler: the network's v on overlapping patches, averaged where they overlap. Conditions are
+    (1, C, H, W) in the model range; ``patch`` None evaluates the whole image in one call."""
+    height, width = z_shape = frame0.shape[-2:]
+    if patch is None:
+        size, origins = (height, width), [(0, 0)]
+    else:
+        size = (min(patch, height), min(patch, width))
+        origins = patch_grid(height, width, patch, overlap)
+    count = coverage(height, width, origins, size)
+    flag = torch.full((1,), float(available))
+    chunks = list(_chunks(origins, patch_batch))
+    cond_patches = [(cut_patches(frame0, c, size), cut_patches(frame1, c, size), cut_patches(estimate, c, size))
+                    for c in chunks] if len(chunks) == 1 else None  # one chunk: cut the conditions once
+
+    def denoise(z_t: Tensor, t: Tensor) -> Tensor:
+        total = torch.zeros(z_t.shape[0], z_t.shape[1], *z_shape)
+        for j, chunk in enumerate(chunks):
+            f0, f1, est = cond_patches[j] if cond_patches else (
+                cut_patches(frame0, chunk, size), cut_patches(frame1, chunk, size), cut_patches(estimate, chunk, size))
+            n = len(chunk)
+            v = model(cut_patches(z_t, chunk, size), t.expand(n), f0, f1, est, flag.expand(n))
+            merge_patches(v, chunk, total.shape, total)
+        return total / count
+
+    return denoise
+
+
+def _pad_multiple(levels: int, model: HiFI) -> int:
+    return 2 ** (levels - 1) * model.multiple
+
+
+@torch.no_grad()
+def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSettings | None = None) -> Tensor:
+    """The middle frame of ``frame0`` and ``frame1`` (float32 (C, H, W) in [0, 1]) -> (C, H, W) in [0, 1]."""
+    settings = settings or CascadeSettings()
+    if frame0.shape != frame1.shape or frame0.ndim != 3:
+        raise ValueError(f"interpolate: frames must be (C, H, W) of the same shape, got {tuple(frame0.shape)} "
+                         f"and {tuple(frame1.shape)}")
+    if frame0.shape[0] != model.config.channels:
+        raise ValueError(f"interpolate: the model takes {model.config.channels}-channel frames, got "
+                         f"{frame0.shape[0]}")
+    height, width = frame0.shape[-2:]
+    multiple = _pad_multiple(settings.levels, model)
+    pad_h, pad_w = -height % multiple, -width % multiple
+    pair = to_model(torch.stack([frame0, frame1]).float())
+    if pad_h or pad_w:
+        # Reflect needs the pad to be smaller than the side; replicate covers tiny frames.
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        pair = F.pad(pair, (0, pad_w, 0, pad_h), mode=mode)
+    pyramid = [pair]
+    for _ in range(settings.levels - 1):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2))
+    estimate: Tensor | None = None
+    for level in reversed(range(settings.levels)):
+        f0, f1 = pyramid[level][0:1], pyramid[level][1:2]
+        if estimate is None:
+            cond, available = torch.zeros_like(f0), False
+        else:
+            cond = F.interpolate(estimate, size=f0.shape[-2:], mode="bilinear", align_corners=False)
+            available = True
+        denoise = multidiffusion_denoiser(model, f0, f1, cond, available, settings.patch, settings.overlap,
+                                          settings.patch_batch)
+        mean = torch.zeros_like(f0)
+        for i in range(settings.samples):
+            generator = torch.Generator().manual_seed(settings.seed + i)
+            noise = torch.randn(f0.shape, generator=generator)
+            mean += diffusion.ddim_sample(denoise, noise, model.schedule, settings.steps, prediction="v")
+        estimate = (mean / settings.samples).clamp(-1.0, 1.0)
+    return from_model(estimate)[0, :, :height, :width]
+
+
+def recursive_middles(frame0: Tensor, frame1: Tensor, factor: int,
+                      middle: Callable[[Tensor, Tensor], Tensor]) -> list[Tensor]:
+    """The ``factor - 1`` frames at times k / factor (k = 1 .. factor-1) between ``frame0`` (time 0) and
+    ``frame1`` (time 1), in time order, by recursive bisection with ``middle(a, b)``. ``factor`` must be
+    a power of two (×2, ×4, ×8, ...)."""
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"upsampling factor must be a power of two (2, 4, 8, ...), got {factor}")
+    if factor == 1:
+        return []
+    mid = middle(frame0, frame1)
+    half = factor // 2
+    return [*recursive_middles(frame0, mid, half, middle), mid, *recursive_middles(mid, frame1, half, middle)]

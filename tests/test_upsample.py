@@ -1,0 +1,178 @@
+"""HiFI frame-rate upsampling (nodes/upsample): v-parameterisation, MultiDiffusion merging, the cascade,
+recursive interpolation, the node and the CLI shortcut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evpipe.nodes import diffusion
+from evpipe.nodes.upsample.cascade import (
+    CascadeSettings,
+    coverage,
+    cut_patches,
+    interpolate,
+    merge_patches,
+    multidiffusion_denoiser,
+    patch_grid,
+    recursive_middles,
+)
+from evpipe.nodes.upsample.model import CHECKPOINT_DIR, HiFI, HiFIConfig, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared, loaded machine two threads made these tests ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(seed: int = 0) -> HiFI:
+    torch.manual_seed(seed)
+    model = HiFI(HiFIConfig(width=8, mult=(1, 2), patch=16)).eval()
+    # The U-Net starts as the zero function; random output weights make the tests see the network.
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.1)
+    return model
+
+
+def test_v_parameterisation_round_trip() -> None:
+    """z_t = α x + σ ε and v = α ε − σ x give back x = α z_t − σ v and ε = σ z_t + α v exactly."""
+    generator = torch.Generator().manual_seed(1)
+    x, eps = torch.rand(5, 1, 8, 8, generator=generator) * 2 - 1, torch.randn(5, 1, 8, 8, generator=generator)
+    schedule = diffusion.CosineSchedule()
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+    alpha, sigma = schedule.alpha_sigma(t)
+    z = diffusion.q_sample(x, t, eps, schedule)
+    v = diffusion.target_for("v", x, eps, alpha, sigma)
+    a, s = alpha[:, None, None, None], sigma[:, None, None, None]
+    torch.testing.assert_close(v, a * eps - s * x)
+    x_back, eps_back = diffusion.x0_eps_from_prediction(v, "v", z, alpha, sigma)
+    torch.testing.assert_close(x_back, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(eps_back, eps, atol=1e-6, rtol=0)
+
+
+def test_l1_loss_is_mean_absolute_error_on_v() -> None:
+    """diffusion_loss(norm="l1") is the mean |v̂ − v| of HiFI; an oracle that outputs v scores 0."""
+    schedule = diffusion.CosineSchedule()
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    seen = {}
+
+    def oracle(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # recovers ε from x_t because it knows x0
+        alpha, sigma = schedule.alpha_sigma(t)
+        eps = (x_t - alpha[:, None, None, None] * x0) / sigma[:, None, None, None]
+        seen["v"] = diffusion.target_for("v", x0, eps, alpha, sigma)
+        return seen["v"]
+
+    generator = torch.Generator().manual_seed(0)
+    assert diffusion.diffusion_loss(oracle, x0, schedule, norm="l1", generator=generator) < 1e-4
+    offset = diffusion.diffusion_loss(lambda x_t, t: oracle(x_t, t) + 0.25, x0, schedule, norm="l1")
+    assert offset.item() == pytest.approx(0.25, abs=1e-4)
+    with pytest.raises(ValueError, match="norm"):
+        diffusion.diffusion_loss(oracle, x0, schedule, norm="l3")
+
+
+def test_patch_grid_covers_the_image_and_merge_of_identical_patches_is_identity() -> None:
+    image = torch.rand(2, 3, 40, 56)
+    for size, overlap in ((16, 0.5), (16, 0.25), (32, 0.0), (64, 0.5)):
+        origins = patch_grid(40, 56, size, overlap)
+        shape = (min(size, 40), min(size, 56))
+        count = coverage(40, 56, origins, shape)
+        assert count.min() >= 1  # every pixel is covered
+        merged = merge_patches(cut_patches(image, origins, shape), origins, tuple(image.shape)) / count
+        torch.testing.assert_close(merged, image, atol=1e-6, rtol=0)
+    assert len(patch_grid(128, 128, 32, 0.5)) == 49  # origins 0, 16, ..., 96 on each axis
+
+
+def test_multidiffusion_of_one_whole_patch_equals_the_plain_network() -> None:
+    """With a single patch covering the image the merged denoiser is exactly the network."""
+    model = _model()
+    frames = [torch.rand(1, 1, 16, 16) * 2 - 1 for _ in range(3)]
+    z, t = torch.randn(1, 1, 16, 16), torch.tensor([0.4])
+    merged = multidiffusion_denoiser(model, *frames, True, 16, 0.5, 8)(z, t)
+    direct = model(z, t, *frames, torch.ones(1))
+    torch.testing.assert_close(merged, direct)
+    # Patches batched 3 at a time or all at once give the same average.
+    conds = [torch.rand(1, 1, 32, 48) for _ in range(3)]
+    a = multidiffusion_denoiser(model, *conds, True, 16, 0.5, 3)
+    b = multidiffusion_denoiser(model, *conds, True, 16, 0.5, 100)
+    z = torch.randn(1, 1, 32, 48)
+    torch.testing.assert_close(a(z, t), b(z, t))
+
+
+def test_cascade_end_to_end_shapes_range_and_determinism() -> None:
+    """A 3-level patch cascade on an odd-sized frame: output shape, range, seeded determinism."""
+    model = _model()
+    frame0, frame1 = torch.rand(1, 21, 27), torch.rand(1, 21, 27)
+    settings = CascadeSettings(levels=3, steps=2, samples=2, patch=8, overlap=0.5, patch_batch=4)
+    out = interpolate(model, frame0, frame1, settings)
+    assert out.shape == (1, 21, 27) and out.dtype == torch.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    torch.testing.assert_close(interpolate(model, frame0, frame1, settings), out)
+    other_seed = interpolate(model, frame0, frame1, CascadeSettings(**{**settings.__dict__, "seed": 5}))
+    assert not torch.equal(other_seed, out)
+    whole = interpolate(model, frame0, frame1, CascadeSettings(levels=1, steps=2, samples=1, patch=None))
+    assert whole.shape == (1, 21, 27)
+    with pytest.raises(ValueError, match="same shape"):
+        interpolate(model, frame0, torch.rand(1, 20, 27), settings)
+    with pytest.raises(ValueError, match="levels"):
+        CascadeSettings(levels=0)
+
+
+def test_recursive_middles_orders_frames_in_time() -> None:
+    """With the exact linear midpoint as ``middle``, ×8 gives frames at k/8 in order."""
+    a, b = torch.zeros(1, 2, 2), torch.ones(1, 2, 2)
+    frames = recursive_middles(a, b, 8, lambda x, y: (x + y) / 2)
+    assert [float(f.mean()) for f in frames] == [k / 8 for k in range(1, 8)]
+    assert recursive_middles(a, b, 1, lambda x, y: x) == []
+    with pytest.raises(ValueError, match="power of two"):
+        recursive_middles(a, b, 3, lambda x, y: x)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = _model()
+    save_checkpoint(model, tmp_path / "m.pt", {"iters": 3})
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.config == model.config
+    x = [torch.rand(1, 1, 16, 16) for _ in range(4)]
+    # float16 storage: equal to half precision.
+    torch.testing.assert_close(loaded(*x[:1], torch.tensor([0.5]), *x[1:], torch.ones(1)),
+                               model(*x[:1], torch.tensor([0.5]), *x[1:], torch.ones(1)), atol=2e-2, rtol=0)
+    with pytest.raises(FileNotFoundError, match="neither a shipped name"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a HiFI checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_training_a_few_steps_lowers_the_loss(tmp_path: Path) -> None:
+    """tools/train_upsample on two synthetic sequences: the L1(v) loss falls and the checkpoint loads."""
+    from evpipe.tools import train_upsample as tu
+
+    xx = np.arange(48, dtype=np.float32)
+    sequences = [np.stack([np.broadcast_to(0.5 + 0.4 * np.sin((xx + 3 * k + s) / 5), (1, 48, 48)) for k in range(8)])
+                 for s in range(2)]  # two sequences of 8 frames of a translating grating
+    preset = tu.TrainPreset("test", HiFIConfig(width=8, mult=(1, 2), patch=16), iters=150, batch=8, lr=3e-3,
+                            warmup=5)
+    result = tu.train(preset, sequences, tmp_path / "hifi.pt", progress=False)
+    assert result["iters"] == 150 and result["final_loss"] < 0.4  # starts at ~0.6 (the zero network's |v|)
+    assert load_checkpoint(tmp_path / "hifi.pt").config.width == 8
+
+
+@pytest.mark.skipif(not (CHECKPOINT_DIR / "tiny.pt").is_file(), reason="the tiny checkpoint is not trained yet")
+def test_shipped_checkpoint_beats_blending_on_a_moving_pattern() -> None:
+    """The trained tiny model interpolates a translating texture better than averaging the frames."""
+    model = load_checkpoint("tiny")
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+
+    def frame(shift: float) -> torch.Tensor:
+        return torch.from_numpy(0.5 + 0.35 * np.sin((xx - shift) / 4.0) * np.cos(yy / 6.0))[None]
+
+    frame0, middle, frame1 = frame(0.0), frame(3.0), frame(6.0)
+    out = interpolate(model, frame0, frame1, CascadeSettings(levels=2, steps=4, samples=1))
+    blend_error = ((frame0 + frame1) / 2 - middle).abs().mean()
+    assert (out - middle).abs().mean() < blend_error

@@ -1,0 +1,196 @@
+"""Train HiFI, the frame-interpolation diffusion model of ``evpipe.nodes.upsample``.
+
+    python -m evpipe.tools.train_upsample --preset tiny --out nodes/upsample/checkpoints/tiny.pt
+
+Data: ``InterpolationView`` triplets of the dataset's training split at APS spacings
+``preset.spacings`` (the middle frame is the target). Each sample is a random crop of side
+uniform in [patch, min(H, W)] resized (area) to ``patch`` × ``patch`` — HiFI's multi-resolution crop,
+so the model sees both native-resolution patches (what the finer cascade levels feed it) and whole
+downscaled frames (what the coarsest level feeds it) — with horizontal, vertical and temporal flips
+(each p = 0.5). The low-resolution estimate is the target downsampled ×2 (area) and bilinearly
+upsampled back, plus Gaussian noise of standard deviation U(0, ``estimate_noise``) (conditioning
+augmentation: at inference the estimate is the previous level's imperfect prediction); it is
+replaced by zeros for ``drop`` (0.5) of the samples so one model also does the base level. HiFI
+computes its estimates with the trained base model offline; ground truth plus noise is our cheaper
+stand-in. Loss: L1 on v (``evpipe.nodes.diffusion.diffusion_loss(norm="l1")``), Adam with linear
+warm-up, EMA weights saved (float16) every ``--save-every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+
+from evpipe.nodes import diffusion
+from evpipe.nodes.upsample.model import HiFI, HiFIConfig, save_checkpoint, to_model
+from evpipe.tools.dataset import EventDataset, default_dataset_path
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    name: str
+    model: HiFIConfig
+    iters: int
+    batch: int
+    lr: float
+    spacings: tuple[int, ...] = (1, 2)
+    drop: float = 0.5
+    estimate_noise: float = 0.05  # in [0, 1] image units
+    warmup: int = 100
+    ema_decay: float = 0.995
+
+
+PRESETS: dict[str, TrainPreset] = {
+    # Fits the 20-25 minute CPU budget of this repository (2 shared cores); its checkpoint ships.
+    "tiny": TrainPreset("tiny", HiFIConfig(channels=1, width=24, mult=(1, 2, 2), attention=False, patch=32),
+                        iters=2500, batch=24, lr=1e-3),
+    # For a GPU (not trained here): wider, one more level, attention at the bottom, larger patches.
+    "base": TrainPreset("base", HiFIConfig(channels=1, width=96, mult=(1, 2, 3, 4), attention=True, patch=128),
+                        iters=200_000, batch=64, lr=1e-4, warmup=5000, ema_decay=0.9999),
+}
+
+
+def load_sequences(dataset: EventDataset) -> list[np.ndarray]:
+    """Every sequence's APS frames, float32 (N, C, H, W) in [0, 1], held in memory for training."""
+    return [seq.aps_frames(np.arange(seq.n_aps)).astype(np.float32) for seq in dataset.sequences]
+
+
+class TripletSampler:
+    """Random augmented training batches from sequences of frames (each float32 (N, C, H, W) in [0, 1])."""
+
+    def __init__(self, sequences: list[np.ndarray], spacings: tuple[int, ...], patch: int, seed: int) -> None:
+        self.frames = sequences
+        self.triplets = np.array([(s, a, d) for s, frames in enumerate(self.frames) for d in spacings
+                                  for a in range(len(frames) - 2 * d)], dtype=np.int64)
+        if len(self.triplets) == 0:
+            raise ValueError(f"no training triplets at spacings {spacings} (sequences too short or none)")
+        self.patch = patch
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame0, middle, frame1), each float32 (size, C, patch, patch) in [0, 1]."""
+        out = []
+        for s, a, d in self.triplets[self.rng.integers(0, len(self.triplets), size)]:
+            triplet = self.frames[s][[a, a + d, a + 2 * d]]  # (3, C, H, W)
+            height, width = triplet.shape[-2:]
+            side = int(self.rng.integers(self.patch, min(height, width) + 1))
+            y, x = int(self.rng.integers(0, height - side + 1)), int(self.rng.integers(0, width - side + 1))
+            crop = torch.from_numpy(np.ascontiguousarray(triplet[..., y:y + side, x:x + side]))
+            if side != self.patch:
+                crop = F.interpolate(crop, size=(self.patch, self.patch), mode="area")
+            if self.rng.random() < 0.5:
+                crop = crop.flip(-1)
+            if self.rng.random() < 0.5:
+                crop = crop.flip(-2)
+            if self.rng.random() < 0.5:
+                crop = crop.flip(0)  # temporal flip: frame1 -> frame0
+            out.append(crop)
+        stack = torch.stack(out)  # (size, 3, C, p, p)
+        return stack[:, 0], stack[:, 1], stack[:, 2]
+
+
+def low_res_estimate(middle: torch.Tensor, noise_std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The training stand-in for the previous level's prediction: ``middle`` (B, C, h, w) in [0, 1]
+    downsampled ×2 (area), upsampled back (bilinear) and noised with per-sample std ``noise_std`` (B,)."""
+    low = F.interpolate(middle, scale_factor=0.5, mode="area")
+    up = F.interpolate(low, size=middle.shape[-2:], mode="bilinear", align_corners=False)
+    noise = torch.randn(up.shape, generator=generator) * noise_std[:, None, None, None]
+    return up + noise
+
+
+def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int = 0, save_every: int = 250,
+          max_minutes: float | None = None, progress: bool = True, source: str = "") -> dict[str, float]:
+    """Train on ``sequences`` (see :func:`load_sequences`; ``source`` names them in the checkpoint) and save
+    ``out`` (EMA weights); returns {"iters", "minutes", "final_loss"} (loss: EMA of the batch
+    L1, smoothing 0.98). Stops early after ``max_minutes`` (still saving)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    config = preset.model
+    if any(frames.shape[1] != config.channels for frames in sequences):
+        raise ValueError(f"{source or 'training data'}: frames must have {config.channels} channel(s) for preset "
+                         f"{preset.name!r}")
+    sampler = TripletSampler(sequences, preset.spacings, config.patch, seed)
+    model = HiFI(config)
+    ema = HiFI(config)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
+    start = time.monotonic()
+    smoothed = math.nan
+    step = 0
+    bar = tqdm(range(preset.iters), desc=f"train HiFI {preset.name}", unit="it", disable=not progress, mininterval=5)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = preset.lr * min(1.0, (step + 1) / preset.warmup)
+        frame0, middle, frame1 = sampler.batch(preset.batch)
+        size = middle.shape[0]
+        estimate = low_res_estimate(middle, torch.rand(size, generator=generator) * preset.estimate_noise, generator)
+        available = (torch.rand(size, generator=generator) >= preset.drop).float()
+        estimate = to_model(estimate) * available[:, None, None, None]
+        cond = {"frame0": to_model(frame0), "frame1": to_model(frame1), "estimate": estimate, "available": available}
+        loss = diffusion.diffusion_loss(model, to_model(middle), model.schedule, prediction="v", cond=cond,
+                                        generator=generator, norm="l1")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1.0 - preset.ema_decay)
+        smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+        minutes = (time.monotonic() - start) / 60
+        if (step + 1) % save_every == 0:
+            save_checkpoint(ema, out, {"preset": preset.name, "iters": step + 1, "loss": smoothed})
+        if max_minutes is not None and minutes >= max_minutes:
+            bar.write(f"stopping after {step + 1} iterations: --max-minutes {max_minutes} reached")
+            break
+    bar.close()
+    iters = step + 1
+    minutes = (time.monotonic() - start) / 60
+    save_checkpoint(ema, out, {"preset": preset.name, "iters": iters, "loss": smoothed, "minutes": minutes,
+                               "dataset": source, "seed": seed})
+    return {"iters": iters, "minutes": minutes, "final_loss": smoothed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evpipe.tools.train_upsample", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--dataset", type=Path, help=f"dataset folder (default {default_dataset_path()})")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+    parser.add_argument("--iters", type=int, help="override the preset's iteration count")
+    parser.add_argument("--max-minutes", type=float, help="stop (and save) after this many minutes")
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.iters is not None:
+        if args.iters < 1:
+            parser.error(f"--iters must be >= 1, got {args.iters}")
+        preset = TrainPreset(**{**preset.__dict__, "iters": args.iters})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        dataset = EventDataset(args.dataset, "train")
+        result = train(preset, load_sequences(dataset), args.out, args.seed, args.save_every, args.max_minutes,
+                       source=str(dataset.root))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {result['iters']} iterations in {result['minutes']:.1f} min, "
+          f"final L1(v) {result['final_loss']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
