@@ -287,13 +287,18 @@ def test_shipped_checkpoints_load_and_stay_small():
 
 @pytest.mark.slow  # the export of the fused graph takes 20-60 s on two busy cores
 def test_shipped_4step_onnx_export_matches_torch(tmp_path, monkeypatch):
-    """The graph the node runs: the shipped 4-step student, exported afresh, ONNX Runtime vs torch at the
-    node's 128x128 and at a larger non-square size (dynamic axes). Measured max abs error: 6e-7."""
+    """The graph the node runs: the shipped 4-step student, exported afresh by the node's ``prepare`` (what
+    ``evpipe build-engines`` calls), ONNX Runtime vs torch at the node's 128x128 and at a larger
+    non-square size (dynamic axes). Measured max abs error: 6e-7."""
     from evpipe.nodes.predict.export import cached_fused_onnx, parity
+    from evpipe.nodes.predict.node import Predictor
 
     monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path))
+    params = Predictor.spec().resolve_params({"variant": "4step"})
+    assert Predictor.prepare({**params, "backend": "torch"}) == []
+    (exported,) = Predictor.prepare(params)
     path = cached_fused_onnx("4step", "tiny")
-    assert path.is_relative_to(tmp_path)
+    assert path == Path(exported) and path.is_relative_to(tmp_path)
     model, steps = load_model("4step", "tiny")
     assert steps == 4
     assert parity(model, steps, path, sizes=((128, 128), (80, 144))) < 1e-5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,16 @@ class Predictor(Node):
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
                    doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence (temperature > 0)")
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> list[str]:
+        """``evpipe build-engines``: export (or find) the cached fused ONNX graph the onnxruntime backend
+        runs, so the first run does not spend half a minute exporting it. The torch backend needs nothing."""
+        if params["backend"] != "onnxruntime":
+            return []
+        from evpipe.nodes.predict.export import cached_fused_onnx
+
+        return [str(cached_fused_onnx(params["variant"], params["checkpoint"]))]
 
     def start(self) -> None:
         from evpipe.nodes.predict.sampler import FramePredictor  # torch loads only when a graph runs this node
