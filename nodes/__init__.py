@@ -20,4 +20,5 @@ BUILTIN_NODES: dict[str, str] = {
     "images": "evpipe.nodes.sinks.images:ImageWriter",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",
     "predictor": "evpipe.nodes.predict.node:Predictor",
+    "upsample": "evpipe.nodes.upsample.node:Upsample",
 }

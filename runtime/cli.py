@@ -215,6 +215,16 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_upsample(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.nodes.upsample.cli import UpsampleInputError, run
+
+    try:
+        return run(args)
+    except (UpsampleInputError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evpipe", description="Streaming real-time pipeline for event cameras.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -260,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-preset", metavar="FILE.yaml", help="write a camera's current biases as a bias preset")
     p.add_argument("--serial", default="", help="with --save-preset: the camera (default: the first found)")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("upsample", help="raise a video's frame rate offline with HiFI (x2, x4, x8)")
+    from evpipe.nodes.upsample.cli import add_arguments  # no torch import: the command loads it when run
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_upsample)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""The upsample node: HiFI frame-rate upsampling (×2, ×4, ×8) of a frame stream in an offline graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evpipe.runtime.events import Frame
+from evpipe.runtime.node import Node, NodeError, Spec
+from evpipe.runtime.wire import Message
+
+FACTORS = [2, 4, 8, 16]
+
+
+class Upsample(Node):
+    """Raises the frame rate ``factor`` times: after each input frame (from the second on) it emits the
+    ``factor - 1`` interpolated frames between it and the previous one (times evenly spaced, meta
+    ``interpolated: true``), then the input frame itself, so the output is in time order. Frames are
+    converted to float32 gray in [0, 1] for a gray model (colour for an RGB one). Offline: each frame
+    pair costs seconds on a CPU. Reports frames in, frames interpolated.
+    """
+
+    @classmethod
+    def setup(cls, spec: Spec) -> None:
+        spec.input("frames", "frame", "frames in time order, gray or colour, uint8 or float in [0, 1]")
+        spec.output("frames", "frame", "the input frames with the interpolated frames between them, float32")
+        spec.param("factor", int, default=2, choices=FACTORS, doc="frame-rate multiplier (a power of two)")
+        spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a .pt file")
+        spec.param("levels", int, default=3, minimum=1, maximum=8, doc="cascade pyramid levels (1: no cascade)")
+        spec.param("steps", int, default=8, minimum=1, doc="DDIM sampling steps per level")
+        spec.param("samples", int, default=4, minimum=1, doc="samples averaged per level")
+        spec.param("overlap", float, default=0.25, minimum=0.0, maximum=0.9, doc="patch overlap fraction")
+        spec.param("seed", int, default=0, doc="seed of the sampler's noise")
+
+    def start(self) -> None:
+        # torch loads only when a graph runs this node
+        from evpipe.nodes.upsample.cascade import CascadeSettings, Upsampler
+        from evpipe.nodes.upsample.model import load_checkpoint
+
+        p = self.params
+        try:
+            patch = load_checkpoint(p.checkpoint).config.patch
+        except (FileNotFoundError, ValueError) as error:
+            raise NodeError(f"upsample.checkpoint: {error}") from None
+        settings = CascadeSettings(levels=p.levels, steps=p.steps, samples=p.samples, patch=patch,
+                                   overlap=p.overlap, seed=p.seed)
+        self.upsampler = Upsampler(p.checkpoint, settings)
+        self.previous: Frame | None = None
+        self.counts = {"frames": 0, "interpolated": 0}
+
+    def _image(self, image: np.ndarray) -> np.ndarray:
+        from evpipe.nodes.predict.node import gray_unit
+
+        if self.upsampler.model.config.channels == 1:
+            return gray_unit(image)
+        image = np.asarray(image)
+        return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+
+    def process(self, port: str, msg: Message) -> None:
+        frame = msg.frame()
+        frame = Frame(self._image(frame.image), frame.t, frame.exposure_us, frame.meta)
+        previous, self.previous = self.previous, frame
+        self.counts["frames"] += 1
+        if previous is not None:
+            if frame.image.shape != previous.image.shape:
+                raise NodeError(f"upsample: frame size changed from {previous.image.shape} to {frame.image.shape} "
+                                f"at t={frame.t} µs")
+            factor = self.params.factor
+            for k, image in enumerate(self.upsampler.between(previous.image, frame.image, factor), start=1):
+                t = previous.t + (frame.t - previous.t) * k // factor
+                self.emit("frames", Message.from_frame(Frame(image, t, 0, {"interpolated": True})))
+                self.counts["interpolated"] += 1
+        self.emit("frames", Message.from_frame(frame))
+
+    def stop(self) -> None:
+        self.report(dict(self.counts))
