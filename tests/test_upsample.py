@@ -205,7 +205,7 @@ def test_node_emits_interpolated_frames_in_time_order(tmp_path: Path) -> None:
     with pytest.raises(NodeError, match="frame size changed"):
         node.process("frames", Message.from_frame(Frame(rgb[:16], 3000, 0)))
     bad = Upsample("upsample", {"checkpoint": str(tmp_path / "missing.pt")})
-    with pytest.raises(NodeError, match="upsample.checkpoint"):
+    with pytest.raises(NodeError, match=r"upsample\.checkpoint"):
         bad.start()
 
 
