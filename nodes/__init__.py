@@ -20,5 +20,7 @@ BUILTIN_NODES: dict[str, str] = {
     "images": "evpipe.nodes.sinks.images:ImageWriter",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",
     "predictor": "evpipe.nodes.predict.node:Predictor",
+    "clip_reader": "evpipe.nodes.restore.node:ClipReader",
+    "restore": "evpipe.nodes.restore.node:Restore",
     "upsample": "evpipe.nodes.upsample.node:Upsample",
 }

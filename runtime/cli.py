@@ -225,6 +225,12 @@ def cmd_upsample(args: argparse.Namespace, console: Console) -> int:
         return 2
 
 
+def cmd_restore(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.nodes.restore.cli import run
+
+    return run(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evpipe", description="Streaming real-time pipeline for event cameras.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -276,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_upsample)
+
+    p = sub.add_parser("restore", help="restore a temporally degraded clip offline with DDS (runs restore_clip.yaml)")
+    from evpipe.nodes.restore.cli import add_arguments as add_restore_arguments  # no torch import here
+
+    add_restore_arguments(p)
+    p.set_defaults(func=cmd_restore)
     return parser
 
 

@@ -14,6 +14,15 @@ from evpipe.tools.evaluate import degrade_clip, temporal_psf
 SHAPE = (9, 2, 16, 12)  # L, C, H, W: odd length, 2 channels, non-square
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors on a shared 2-core machine: more torch threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _operators() -> dict[str, ops.LinearOperator]:
     built = {name: ops.TemporalPSF(temporal_psf(name), SHAPE[0]) for name in ("uniform7", "uniform13", "gaussian1")}
     built["blur"] = ops.GaussianBlur(2.0, 13)
@@ -150,3 +159,82 @@ def test_dds_on_a_tiny_clip_beats_the_measurement() -> None:
     assert restored.shape == clip.shape and restored.dtype == np.float32
     assert restored.min() >= 0.0 and restored.max() <= 1.0
     assert np.mean((restored - clip) ** 2) < 0.5 * np.mean((degraded - clip) ** 2)
+
+
+def _needs_prior() -> None:
+    try:
+        resolve_checkpoint("tiny")
+    except FileNotFoundError as error:
+        pytest.skip(f"no shipped prior: {error}")
+
+
+def _run_restore_node(clip: np.ndarray, **params: object) -> list:
+    from evpipe.nodes.restore.node import Restore
+    from evpipe.runtime.events import Frame
+    from evpipe.runtime.wire import Message
+
+    node = Restore("restore", {"nfe": 2, "progress": False, **params})
+    out: list = []
+    node.attach_emitter(lambda port, msg: out.append(msg))
+    node.attach_reporter(lambda report: out.append(report))
+    node.start()
+    for i, image in enumerate(clip):
+        node.process("frames", Message.from_frame(Frame((image * 255).astype(np.uint8), 1000 * i, 0)))
+    node.stop()
+    return out
+
+
+def test_restore_node_windows_cover_the_clip_in_order() -> None:
+    _needs_prior()
+    clip = np.random.default_rng(0).random((15, 16, 12), dtype=np.float32)
+    out = _run_restore_node(clip, window=6, overlap=2)
+    frames, report = [m.frame() for m in out[:-1]], out[-1]
+    assert [f.t for f in frames] == [1000 * i for i in range(15)]
+    assert all(f.image.shape == (16, 12) and f.image.dtype == np.float32 for f in frames)
+    assert report == {"frames_in": 15, "frames_out": 15, "windows": 4}  # 0-5, 4-9, 8-13, 12-14
+    # One window holding the whole clip is exactly the sampler on the clip.
+    whole = _run_restore_node(clip[:6], window=6, overlap=2)
+    direct = dds_restore(_load_tiny(), ops.TemporalPSF(temporal_psf("uniform7"), 6),
+                         torch.from_numpy(np.round(clip[:6] * 255 - 0.5) / 255)[:, None].float(), (6, 1, 16, 12),
+                         DDSConfig(nfe=2))
+    np.testing.assert_allclose(np.stack([m.frame().image for m in whole[:-1]]), direct[:, 0].numpy(), atol=1e-5)
+
+
+def _load_tiny() -> ImagePrior:
+    from evpipe.nodes.restore.model import load_prior
+
+    return load_prior("tiny")[0]
+
+
+def test_restore_node_rejects_bad_parameters() -> None:
+    from evpipe.nodes.restore.node import Restore
+    from evpipe.runtime.node import NodeError, ParamError
+
+    with pytest.raises(ParamError):
+        Restore("restore", {"degradation": "uniform5"})
+    node = Restore("restore", {"window": 4, "overlap": 4})
+    with pytest.raises(NodeError, match="overlap"):
+        node.start()
+
+
+def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, capsys) -> None:
+    from evpipe.tools import evaluate as ev
+    from evpipe.tools import make_dataset as md
+
+    dataset = tmp_path / "small"
+    md.build_dataset(dataset, md.BuildConfig(size=32, aps_per_sequence=7, sequences_per_image=1),
+                     [md.ImageSource(f"skimage/{n}", f"skimage.data.{n}") for n in
+                      ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass")], "small", progress=False)
+    code = ev.main(["--task", "restore", "--model", "cg", "admm-tv", "--degradation", "uniform7", "gaussian1",
+                    "--dataset", str(dataset), "--clip-length", "6", "--max-samples", "2", "--fit-samples", "2",
+                    "--out", str(tmp_path), "--name", "restore", "--examples", "1"])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    report = json.loads((tmp_path / "restore.json").read_text())
+    assert [r["data"].split()[-1] for r in report["results"]] == ["uniform7", "gaussian1"]
+    for result in report["results"]:
+        summary = result["summary"]
+        assert list(summary) == ["degraded", "cg", "admm-tv"]
+        assert summary["cg"]["psnr_mean"] > summary["degraded"]["psnr_mean"]
+        assert summary["admm-tv"]["fitted"]["lambda"] in (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)

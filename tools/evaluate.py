@@ -3,6 +3,7 @@
     python -m evpipe.tools.evaluate --task predict --model event-integration --split test
     python -m evpipe.tools.evaluate --task predict --model dessert-4step --checkpoint ckpt.pt
     python -m evpipe.tools.evaluate --task deblur --model edi --dataset ~/.cache/evpipe/datasets/tiny
+    python -m evpipe.tools.evaluate --task restore --model dds cg --degradation uniform7 gaussian1
 
 Prints a Markdown table (mean ± std over samples), and writes ``<out>/<name>.md``, ``.json``
 (configuration, fitted parameters, summaries, per-sequence results, timings),
@@ -23,6 +24,8 @@ Tasks, their data and their model protocol (images are float32 in [0, 1], (H, W)
 * ``restore`` — ``ClipView`` clips of ``--clip-length`` (16) APS frames degraded by a temporal PSF (``--degradation``,
   the DDS paper's settings): ``fn(degraded (L, H, W[, 3]), psf (w,) float32) -> (L, H, W[, 3])``,
   with ``degraded[t] = sum_j psf[j] * clip[min(max(t + j - w // 2, 0), L - 1)]`` (edges replicated).
+
+Several ``--model`` names run side by side (with the baselines) in one report.
 
 Models. A model is a factory ``factory(context: ModelContext) -> fn``; ``context`` carries the
 checkpoint path, device, sensor size and ``fit_samples()``: cases of the same task to fit free
@@ -572,8 +575,8 @@ def evaluate_source(
     return {"label": source.label, "k": source.k, "summary": summary, "rows": rows, "examples": examples}
 
 
-def markdown_table(results: list[dict[str, Any]], model: str) -> str:
-    """Markdown table of every source's summaries: mean ± std over samples."""
+def markdown_table(results: list[dict[str, Any]], models: list[str]) -> str:
+    """Markdown table of every source's summaries: mean ± std over samples; ``models`` are shown in bold."""
     has_flicker = any(s["flicker_x100_mean"] is not None for r in results for s in r["summary"].values())
     columns = ["data", "k", "method", "PSNR (dB)", "SSIM", *(["flicker ×100"] if has_flicker else []), "ms/call", "n"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -582,7 +585,7 @@ def markdown_table(results: list[dict[str, Any]], model: str) -> str:
             cells = [
                 result["label"],
                 "–" if result["k"] is None else str(result["k"]),
-                f"**{method}** (model)" if method == model and method not in _BASELINE_NAMES else method,
+                f"**{method}** (model)" if method in models and method not in _BASELINE_NAMES else method,
                 f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f}",
                 f"{s['ssim_mean']:.3f} ± {s['ssim_std']:.3f}",
             ]
@@ -640,14 +643,15 @@ def save_examples_png(path: Path, task: str, results: list[dict[str, Any]], meth
     plt.close(fig)
 
 
-def write_reports(out: Path, name: str, task: str, model: str, results: list[dict[str, Any]],
+def write_reports(out: Path, name: str, task: str, models: list[str], results: list[dict[str, Any]],
                   settings: dict[str, Any]) -> dict[str, Path]:
     """Write <name>.md, .json, _per_sequence.csv and .png under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / f"{name}.md", "json": out / f"{name}.json", "csv": out / f"{name}_per_sequence.csv",
              "png": out / f"{name}.png"}
     methods = list(results[0]["summary"])
-    table = markdown_table(results, model)
+    table = markdown_table(results, models)
+    model = ", ".join(models)
     fitted = list(dict.fromkeys(  # one line per source and method (the k blocks share their fit)
         f"- {r['label']} {m}: " + ", ".join(f"{k}={v:.4g}" for k, v in s["fitted"].items())
         for r in results for m, s in r["summary"].items() if s["fitted"]))
@@ -686,14 +690,17 @@ def build_sources(
     real: list[RealRecording],
     fit_samples: int,
     max_samples: int | None,
-    degradation: str = "uniform7",
+    degradation: str | list[str] = "uniform7",
     exposure_intervals: float | None = None,
     clip_length: int = CLIP_LENGTH,
 ) -> list[EvalSource]:
-    """The evaluation blocks: the dataset split (one per k for predict), then each real recording."""
+    """The evaluation blocks: the dataset split (one per k for predict, one per degradation for restore),
+    then each real recording."""
     sizes = (dataset.height, dataset.width, dataset.channels)
 
-    def train_cases() -> list[Case]:
+    degradations = [degradation] if isinstance(degradation, str) else list(degradation)
+
+    def train_cases(degradation: str) -> list[Case]:
         if train is None or not train.sequences:
             raise ValueError("no training split to fit baseline parameters on")
         return subsample(list(dataset_cases(task, train, 1, degradation, exposure_intervals, clip_length)),
@@ -701,11 +708,12 @@ def build_sources(
 
     sources = []
     for k in ks if task == "predict" else [None]:
-        sources.append(EvalSource(
-            dataset.meta["name"] + f"/{dataset.split}", k,
-            lambda k=k: subsample(
-                list(dataset_cases(task, dataset, k or 1, degradation, exposure_intervals, clip_length)), max_samples),
-            train_cases, *sizes))
+        for kind in degradations if task == "restore" else degradations[:1]:
+            sources.append(EvalSource(
+                dataset.meta["name"] + f"/{dataset.split}" + (f" {kind}" if task == "restore" else ""), k,
+                lambda k=k, kind=kind: subsample(
+                    list(dataset_cases(task, dataset, k or 1, kind, exposure_intervals, clip_length)), max_samples),
+                lambda kind=kind: train_cases(kind), *sizes))
     for recording in real:
         cases = recording.cases()
         half = len(cases) // 2
@@ -724,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         "help(e)').",
     )
     parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--model", required=True, help="a baseline, a registered/plugin model, or module:factory")
+    parser.add_argument("--model", required=True, nargs="+",
+                        help="one or more: a baseline, a registered/plugin model, or module:factory")
     parser.add_argument("--checkpoint", type=Path, help="passed to the model factory")
     parser.add_argument("--device", default="cpu", help="passed to the model factory")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -732,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default ./evaluation)")
     parser.add_argument("--name", help="file stem of the outputs (default TASK_MODEL_SPLIT)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4], help="predict: gaps in APS frames (default 1 4)")
-    parser.add_argument("--degradation", default="uniform7", help="restore: uniform7, uniform13 or gaussian1")
+    parser.add_argument("--degradation", default=["uniform7"], nargs="+",
+                        help="restore: one or more of uniform7, uniform13, gaussian1 (one block each)")
     parser.add_argument("--clip-length", type=int, default=CLIP_LENGTH, help="restore: APS frames per clip")
     parser.add_argument("--exposure-intervals", type=float,
                         help="deblur: exposure in APS intervals, < 2 (default: the stored blurry frames)")
@@ -748,8 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
     try:
-        temporal_psf(args.degradation)
-        spec = resolve_model(args.task, args.model)
+        for kind in args.degradation:
+            temporal_psf(kind)
+        specs = [resolve_model(args.task, name) for name in args.model]
         dataset = EventDataset(args.dataset, args.split)
         train = EventDataset(args.dataset, "train") if args.split != "train" else dataset
         real = []
@@ -759,8 +770,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"note: {args.real_data} not found; skipping the real recordings", file=sys.stderr)
         methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
-        if spec.name not in BASELINES[args.task]:
-            methods.append(spec)
+        methods += [spec for spec in specs if spec.name not in BASELINES[args.task]]
         sources = build_sources(args.task, dataset, train, args.k, real, args.fit_samples, args.max_samples,
                                 args.degradation, args.exposure_intervals, args.clip_length)
         results = [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
@@ -768,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    name = args.name or f"{args.task}_{args.model.replace(':', '_').replace('/', '_')}_{args.split}"
+    model_names = "+".join(args.model).replace(":", "_").replace("/", "_")
+    name = args.name or f"{args.task}_{model_names}_{args.split}"
     settings = {
         "argv": " ".join(sys.argv[1:] if argv is None else argv),
         "dataset": str(dataset.root),
@@ -783,8 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         "real_recordings": [r.name for r in real],
         "checkpoint": str(args.checkpoint or ""),
     }
-    paths = write_reports(args.out, name, args.task, spec.name, results, settings)
-    print(markdown_table(results, spec.name))
+    paths = write_reports(args.out, name, args.task, args.model, results, settings)
+    print(markdown_table(results, args.model))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

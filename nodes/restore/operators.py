@@ -74,11 +74,11 @@ class TemporalPSF(LinearOperator):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        return torch.einsum("ts,s...->t...", self.matrix.to(x), x)
+        return (self.matrix.to(x) @ x.reshape(self.length, -1)).reshape(x.shape)
 
     def adjoint(self, y: Tensor) -> Tensor:
         self._check(y)
-        return torch.einsum("ts,t...->s...", self.matrix.to(y), y)
+        return (self.matrix.to(y).T @ y.reshape(self.length, -1)).reshape(y.shape)
 
 
 def gaussian_kernel(sigma: float, size: int) -> Tensor:
@@ -195,7 +195,7 @@ def make_operator(psf: np.ndarray | Sequence[float], shape: Shape, spatial: str 
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return torch.sum(a * b, dtype=torch.float64)
+    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 def conjugate_gradient(normal: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor, iterations: int,
@@ -242,8 +242,10 @@ def temporal_difference(x: Tensor) -> Tensor:
 
 def temporal_difference_adjoint(d: Tensor) -> Tensor:
     """∇_tᵀ d for d (L - 1, ...) -> (L, ...)."""
-    zero = torch.zeros_like(d[:1])
-    return torch.cat([zero, d]) - torch.cat([d, zero])
+    out = torch.zeros((d.shape[0] + 1, *d.shape[1:]), dtype=d.dtype, device=d.device)
+    out[1:] += d
+    out[:-1] -= d
+    return out
 
 
 def admm_tv(op: LinearOperator, y: Tensor, x: Tensor, lam: float, rho: float = 1.0, outer: int = 30,
