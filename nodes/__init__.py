@@ -20,6 +20,7 @@ BUILTIN_NODES: dict[str, str] = {
     "images": "evpipe.nodes.sinks.images:ImageWriter",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",
     "predictor": "evpipe.nodes.predict.node:Predictor",
+    "deblur": "evpipe.nodes.deblur.node:Deblur",
     "clip_reader": "evpipe.nodes.restore.node:ClipReader",
     "restore": "evpipe.nodes.restore.node:Restore",
     "upsample": "evpipe.nodes.upsample.node:Upsample",

@@ -1,0 +1,150 @@
+"""The deblur node: blurry frames with exposure times + the event stream in, sharp frames out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evpipe.nodes.predict.node import gray_unit
+from evpipe.nodes.transforms.voxelizer import EventBuffer, event_watermark
+from evpipe.runtime.events import Frame
+from evpipe.runtime.node import Node, NodeError, Spec
+from evpipe.runtime.wire import Message
+
+METHODS = ("diffevent", "edi")
+
+
+class Deblur(Node):
+    """Event-guided deblurring of every exposed frame (DiffEvent's distilled student, or plain EDI).
+
+    A frame on ``frames`` (time t = exposure midpoint, ``exposure_us`` > 0) is held until the events
+    stream's watermark has passed its exposure [t - e//2, t + e - e//2) — in a live graph the events of
+    the exposure are usually buffered already when the frame arrives — then E (the EDI double integral
+    of those events, ``evpipe.kernels.edi_integral``) is computed and the frame is deblurred:
+    ``method: diffevent`` runs the student (:class:`evpipe.nodes.deblur.sampler.Deblurrer`), ``method:
+    edi`` divides by E (the EDI baseline, with ``edi_c``). Output: float32 (H, W) in [0, 1] at time t,
+    meta ``deblurred`` (the method), ``exposure_us`` (of the input). Colour frames are deblurred as
+    their luma. Frames without an exposure time get ``exposure_us`` when it is set, else they are counted
+    (``no_exposure``) and skipped. Events are
+    kept from the oldest pending exposure and for ``max_buffer_us`` behind the watermark; a frame whose
+    exposure starts before that is counted (``late``) and skipped. At the end of the stream the frames
+    still pending are deblurred with the events there are. Events outside the frame or going back in
+    time are dropped and counted. Reports frames_in, deblurred, no_exposure, late, events_dropped.
+    """
+
+    @classmethod
+    def setup(cls, spec: Spec) -> None:
+        spec.input("frames", "frame", "blurry frames with exposure_us, gray or colour, uint8 or float in [0, 1]")
+        spec.input("events", "events", "the event stream of the same sensor, time-ordered")
+        spec.output("frames", "frame", "sharp frames float32 (H, W) in [0, 1] at the exposure midpoint")
+        spec.param("method", str, "diffevent", "diffevent (the distilled student) or edi (blurry / E)",
+                   choices=list(METHODS))
+        spec.param("checkpoint", str, "tiny", "shipped deblur checkpoint name (tiny) or a checkpoint directory")
+        spec.param("backend", str, "onnxruntime", "inference backend of the student", choices=["onnxruntime", "torch"])
+        spec.param("threads", int, 0, "onnxruntime intra-op threads; 0 = all usable cores", minimum=0)
+        spec.param("edi_c", float, 0.0, "edi: contrast threshold; 0 = the checkpoint's (the c the model saw)",
+                   minimum=0.0)
+        spec.param("exposure_us", int, 0, "exposure assumed for frames that carry none (µs); 0 skips such frames",
+                   minimum=0)
+        spec.param("max_buffer_us", int, 1_000_000, "events kept behind the watermark for late frames, µs",
+                   minimum=1)
+
+    def start(self) -> None:
+        from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi  # torch loads only when a graph runs this
+
+        p = self.params
+        try:
+            self.deblurrer = Deblurrer("student", p.checkpoint, p.backend, threads=p.threads or None)
+        except ValueError as error:
+            raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
+        self.exposure_edi = exposure_edi
+        self.c = p.edi_c or self.deblurrer.c
+        self.buffer = EventBuffer()
+        self.pending: list[Frame] = []
+        self.watermark: int | None = None
+        self.t_last: int | None = None
+        self.released_before = np.iinfo(np.int64).min
+        self.counts = {"frames_in": 0, "deblurred": 0, "no_exposure": 0, "late": 0, "events_dropped": 0}
+
+    def process(self, port: str, msg: Message) -> None:
+        if port == "frames":
+            self._on_frame(msg.frame())
+        else:
+            self._on_events(msg)
+        self._emit_ready(final=False)
+        self._release()
+
+    def _on_frame(self, frame: Frame) -> None:
+        self.counts["frames_in"] += 1
+        if frame.exposure_us <= 0 and self.params.exposure_us:
+            frame = Frame(frame.image, frame.t, self.params.exposure_us, frame.meta)
+        if frame.exposure_us <= 0:
+            if self.counts["no_exposure"] == 0:
+                self.log.warning("frame at t=%d has no exposure time; frames without one are skipped", frame.t)
+            self.counts["no_exposure"] += 1
+        elif frame.exposure_start < self.released_before:
+            self.counts["late"] += 1
+        else:
+            self.pending.append(frame)
+
+    def _on_events(self, msg: Message) -> None:
+        events = msg.events()
+        mark = event_watermark(msg)
+        if len(events):
+            floor = self.t_last if self.t_last is not None else np.iinfo(np.int64).min
+            keep = events.t >= np.maximum(np.maximum.accumulate(events.t), floor)
+            if not keep.all():
+                self.counts["events_dropped"] += int(len(events) - np.count_nonzero(keep))
+                events = events[keep]
+        if len(events):
+            self.buffer.append(events)
+            self.t_last = int(events.t[-1])
+            mark = max(mark, self.t_last - 1) if mark is not None else self.t_last - 1
+        if mark is not None and (self.watermark is None or mark > self.watermark):
+            self.watermark = mark
+
+    def _emit_ready(self, final: bool) -> None:
+        limit = self.watermark if self.watermark is not None else np.iinfo(np.int64).min
+        if final and self.t_last is not None:
+            limit = max(limit, self.t_last)
+        ready = [f for f in self.pending if final or f.exposure_end - 1 <= limit]
+        self.pending = [f for f in self.pending if not (final or f.exposure_end - 1 <= limit)]
+        for frame in sorted(ready, key=lambda f: f.t):
+            self._deblur(frame)
+
+    def _deblur(self, frame: Frame) -> None:
+        blurry = gray_unit(frame.image)
+        height, width = blurry.shape
+        lo, hi = np.searchsorted(self.buffer.t, [frame.exposure_start, frame.exposure_end], side="left")
+        events = self.buffer.events(int(lo), int(hi))
+        inside = (events.x < width) & (events.y < height)
+        if not inside.all():
+            self.counts["events_dropped"] += int(len(events) - np.count_nonzero(inside))
+            events = events[inside]
+        edi = self.exposure_edi(events, frame.exposure_start, frame.exposure_end, frame.t, height, width, self.c,
+                                self.deblurrer.samples)
+        if self.params.method == "edi":
+            sharp = np.clip(blurry / edi, 0.0, 1.0).astype(np.float32)
+        else:
+            sharp = self.deblurrer.deblur(blurry, edi)
+        self.counts["deblurred"] += 1
+        meta = {"deblurred": self.params.method, "exposure_us": frame.exposure_us}
+        self.emit("frames", Message.from_frame(Frame(sharp, frame.t, 0, meta)))
+
+    def _release(self) -> None:
+        """Keep events from the oldest pending exposure, and ``max_buffer_us`` behind the watermark."""
+        if self.watermark is None:
+            return
+        cut = self.watermark - self.params.max_buffer_us
+        if self.pending:
+            cut = min(cut, min(f.exposure_start for f in self.pending))
+        if cut > self.released_before:
+            self.buffer.release_before(cut)
+            self.released_before = cut
+
+    def stop(self) -> None:
+        if hasattr(self, "buffer"):
+            self._emit_ready(final=True)
+        if hasattr(self, "deblurrer"):
+            self.deblurrer.close()
+        if hasattr(self, "counts"):
+            self.report(dict(self.counts))

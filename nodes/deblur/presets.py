@@ -1,0 +1,99 @@
+"""Training and sampling presets of the DiffEvent deblurrer.
+
+``tiny``: 128x128 gray, every stage trains on two (shared) CPU cores in about half an hour; its
+checkpoints ship in ``nodes/deblur/checkpoints/tiny/``. ``base``: wider networks, longer schedules
+and more teacher steps for a GPU (configuration only; not trained in this repository).
+
+Guidance parameters (:class:`Guidance`, the s, λ, s', λ' of Algorithm 1). The sampler moves x̂_0 by
+``-∇L_x`` and r̂_0 by ``-∇L_r`` in intensity units (see :mod:`.guidance`), so s and s' are step sizes:
+``s = 1 / (2 F²)`` would make one step land exactly on y = F x + r. Why the ``tiny`` values:
+
+* ``s = 0.15``: with F ≈ 1 each step closes ~30% of the data-fidelity gap, so over the trajectory
+  x̂_0 is pulled to y = f(E) x + r without a single step overriding the prior (s near 0.5 makes the
+  sample the pseudo-inverse (y - r) / f(E), which inherits f(E)'s errors at edges).
+* ``λ = 0.002``: the smoothed-TV gradient is O(1) per pixel at an edge, so 0.002 moves an edge by
+  ~0.2% of full scale per step: it removes sampling speckle and leaves real edges.
+* ``s' = 0.05``: r has a weaker step than x so the residual explains only what x cannot (with s' ≥ s
+  r would absorb the whole mismatch and x would stop being guided).
+* ``λ' = 0.002``: the L1 prior keeps r sparse, as the EBRD model asks (r holds the motion the event
+  threshold missed, zero elsewhere).
+
+These defaults were then checked by a grid on the validation split (``tools/train_deblur.py
+--stage tune``, results in the checkpoint's ``guidance.json``), which the shipped checkpoint uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """Optimiser schedule of one training stage: ``iters`` Adam steps of ``batch`` samples."""
+
+    iters: int
+    batch: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Guidance weights of the alternating sampler: ``s``, ``lam`` (x step), ``s_r``, ``lam_r`` (r step)."""
+
+    s: float = 0.15
+    lam: float = 0.002
+    s_r: float = 0.05
+    lam_r: float = 0.002
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not value >= 0.0:
+                raise ValueError(f"Guidance.{name}: must be >= 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    image_size: int
+    crop: int  # every network is fully convolutional; training uses random crops of this size
+    edi_c: float  # contrast threshold for the raw E; f(E) learns the per-sensor correction
+    edi_samples: int  # midpoint-rule samples of the EDI outer integral
+    enhance_channels: int
+    unet_channels: int
+    unet_mult: tuple[int, ...]
+    teacher_steps: int
+    student_steps: tuple[int, ...]
+    enhance: StageSchedule
+    priors: StageSchedule
+    distill: StageSchedule
+    distill_pairs: int  # teacher samples (random training crops) the students learn from
+    guidance: Guidance
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny", image_size=128, crop=64, edi_c=0.3, edi_samples=32, enhance_channels=16,
+        unet_channels=32, unet_mult=(1, 2), teacher_steps=8, student_steps=(1,),
+        enhance=StageSchedule(iters=200, batch=16, lr=2e-3),
+        priors=StageSchedule(iters=550, batch=16, lr=1e-3),
+        distill=StageSchedule(iters=300, batch=16, lr=3e-4),
+        distill_pairs=384, guidance=Guidance(),
+    ),
+    "base": Preset(
+        name="base", image_size=256, crop=128, edi_c=0.3, edi_samples=32, enhance_channels=32,
+        unet_channels=96, unet_mult=(1, 2, 3), teacher_steps=50, student_steps=(4, 2, 1),
+        enhance=StageSchedule(iters=20_000, batch=32, lr=5e-4),
+        priors=StageSchedule(iters=200_000, batch=64, lr=2e-4),
+        distill=StageSchedule(iters=20_000, batch=64, lr=1e-4),
+        distill_pairs=50_000, guidance=Guidance(),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown deblur preset {name!r} (known: {', '.join(PRESETS)})")
+    return PRESETS[name]

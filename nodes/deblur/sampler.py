@@ -1,0 +1,111 @@
+"""Running the trained deblurrer on numpy frames: the raw E of an exposure, padding, backends.
+
+:class:`Deblurrer` wraps one variant: ``student`` (the distilled few-step graph the node runs, on
+``torch`` or ``onnxruntime`` through :func:`evpipe.runtime.engines.open_engine`) or the guided
+``teacher`` (torch only: Algorithm 1 with ``degradation`` ``Ex``, ``fEx`` or ``fEx+r``). Frames of any
+size are padded (edge values) to a multiple of the model's stride and cropped back; one engine is
+opened per padded size.
+
+    deblurrer = Deblurrer("student", checkpoint="tiny", backend="onnxruntime")
+    sharp = deblurrer.deblur_events(blurry, events, exposure_start, exposure_end, t_ref)  # (H, W) in [0, 1]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evpipe.kernels import edi_integral
+from evpipe.nodes.deblur.checkpoint import load_model
+from evpipe.nodes.deblur.models import DEGRADATIONS, FusedStudent, GuidedTeacher
+from evpipe.nodes.deblur.presets import Guidance
+from evpipe.runtime.engines import Engine, ModelSource, TensorSpec, open_engine
+from evpipe.runtime.events import Events
+
+VARIANTS = ("student", "teacher")
+BACKENDS = ("torch", "onnxruntime")
+INPUT_NAMES = ("blurry", "edi", "noise")
+OUTPUT_NAME = "sharp"
+
+
+def exposure_edi(events: Events, exposure_start: int, exposure_end: int, t_ref: int, height: int, width: int,
+                 c: float, samples: int) -> np.ndarray:
+    """Raw EDI double integral E float32 (H, W) at ``t_ref`` of the events with start <= t < end (µs)."""
+    return edi_integral(events.t, events.x, events.y, events.p, c, exposure_start, exposure_end, samples, height,
+                        width, t_ref)
+
+
+class Deblurrer:
+    """One deblurrer variant on one backend (see the module docstring).
+
+    The sampler starts from zero noise (temperature 0, the mean path): deterministic, the highest
+    PSNR; ``guidance`` overrides the checkpoint's weights for the teacher."""
+
+    def __init__(self, variant: str = "student", checkpoint: str | Path = "tiny", backend: str = "onnxruntime", *,
+                 degradation: str = "fEx+r", guidance: Guidance | None = None, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if variant == "teacher" and backend != "torch":
+            raise ValueError("the guided teacher runs on the torch backend only (it is not exported)")
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
+        self.model, self.info = load_model(checkpoint)
+        self.variant, self.backend, self.device, self.threads = variant, backend, device, threads
+        self.checkpoint = checkpoint
+        if variant == "student":
+            self.module: torch.nn.Module = FusedStudent(self.model, self.info["student_steps"]).eval()
+        else:
+            self.module = GuidedTeacher(self.model, self.info["teacher_steps"], guidance or self.info["guidance"],
+                                        degradation).eval()
+        self.c, self.samples = self.model.config.edi_c, self.model.config.edi_samples
+        self.multiple = self.model.multiple
+        self._engines: dict[tuple[int, int], Engine] = {}
+
+    def _engine(self, height: int, width: int) -> Engine:
+        if (height, width) not in self._engines:
+            if self.backend == "onnxruntime":
+                from evpipe.nodes.deblur.export import cached_student_onnx
+
+                source = ModelSource(onnx=cached_student_onnx(self.checkpoint))
+            else:
+                specs = [TensorSpec(name, (1, 1, height, width), np.dtype(np.float32)) for name in INPUT_NAMES]
+                source = ModelSource(torch=self.module, inputs=specs, output_names=[OUTPUT_NAME])
+            options = {"threads": self.threads} if self.threads else None
+            self._engines[(height, width)] = open_engine(source, backend=self.backend, device=self.device,
+                                                         onnxruntime=options)
+        return self._engines[(height, width)]
+
+    def deblur(self, blurry: np.ndarray, edi: np.ndarray) -> np.ndarray:
+        """Sharp frame float32 (H, W) in [0, 1] from a blurry gray frame (H, W) in [0, 1] (uint8 is
+        scaled by 1/255) and the raw E (H, W) of its exposure (:func:`exposure_edi` with the model's c)."""
+        blurry = np.asarray(blurry)
+        if blurry.dtype == np.uint8:
+            blurry = blurry.astype(np.float32) / 255.0
+        if blurry.ndim != 2:
+            raise ValueError(f"blurry must be a gray (H, W) frame, got shape {blurry.shape}")
+        h, w = blurry.shape
+        if np.shape(edi) != (h, w):
+            raise ValueError(f"edi shape {np.shape(edi)} does not match the frame's {(h, w)}")
+        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
+        pad = ((0, hp - h), (0, wp - w))
+        feeds = {"blurry": np.pad(blurry.astype(np.float32, copy=False), pad, mode="edge")[None, None],
+                 "edi": np.pad(np.asarray(edi, np.float32), pad, mode="edge")[None, None],
+                 "noise": np.zeros((1, 1, hp, wp), np.float32)}
+        return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
+
+    def deblur_events(self, blurry: np.ndarray, events: Events, exposure_start: int, exposure_end: int,
+                      t_ref: int) -> np.ndarray:
+        """The evaluation protocol: the sharp frame at ``t_ref`` from the blurry frame and its exposure's events."""
+        h, w = np.asarray(blurry).shape[:2]
+        return self.deblur(blurry, exposure_edi(events, exposure_start, exposure_end, t_ref, h, w, self.c,
+                                                self.samples))
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()

@@ -1,0 +1,347 @@
+"""Train the DiffEvent deblurrer, stage by stage.
+
+    python -m evpipe.tools.train_deblur --preset tiny --stage enhance   # 1. f(E): fit y = f(E) x
+    python -m evpipe.tools.train_deblur --preset tiny --stage priors    # 2. diffusion priors of x and r
+    python -m evpipe.tools.train_deblur --preset tiny --stage tune      # 3. guidance weights on val
+    python -m evpipe.tools.train_deblur --preset tiny --stage distill   # 4. guided teacher -> student
+    python -m evpipe.tools.train_deblur --preset tiny --stage all       # 1-4 in order
+
+Each stage reads and rewrites ``diffevent.pt`` in ``--out`` (default: the shipped directory
+``nodes/deblur/checkpoints/<preset>``) and appends its losses and wall time to ``train_log.json``
+there. Data: :class:`evpipe.tools.dataset.DeblurView` (the stored blurry frames) of the dataset built
+by ``python -m evpipe.tools.make_dataset --preset tiny``; the raw E of every sample is computed once
+with ``evpipe.kernels.edi_integral`` (the preset's c and sample count) and cached as float16 under
+``~/.cache/evpipe/deblur/``. Training uses the train split; ``tune`` uses the val split. Seeded
+(``--seed``): a rerun on the same machine and thread count reproduces a checkpoint.
+
+Stage recipes:
+- enhance: random ``crop`` crops with random flips/rotations; loss mean (f(E) x - y)² (the
+  residual-free EBRD fit); ``r_scale`` = 1 / std(y - f(E) x) over the train split is stored.
+- priors: v-prediction denoising loss (:func:`evpipe.nodes.diffusion.diffusion_loss`) of x (as 2x - 1)
+  and of r = y - f(E) x (times r_scale), both conditioned on (y, f(E)); f frozen; one Adam over both.
+- tune: the preset's weights and five variations (s = 0, s/2, 2s; λ = 0; s'/2), scored by PSNR of
+  the guided ``teacher_steps`` sampler on ``--tune-samples`` random val crops; the best is stored.
+- distill: the guided teacher (Algorithm 1, ``fEx+r``, tuned weights, temperature 0) is run on
+  ``distill_pairs`` random training crops; the student (initialised from the x prior) learns to
+  reproduce its output in ``student_steps`` unguided DDIM steps (output distillation, Luhman &
+  Luhman 2021): the guidance is paid for once, at training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evpipe.nodes import diffusion
+from evpipe.nodes.deblur.checkpoint import CHECKPOINTS, FILE
+from evpipe.nodes.deblur.models import E_MAX, E_MIN, DiffEvent, GuidedTeacher, ModelConfig
+from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule, get_preset
+from evpipe.nodes.deblur.sampler import exposure_edi
+from evpipe.nodes.predict.checkpoint import load_part, save_part
+from evpipe.tools.dataset import DeblurView, EventDataset
+
+STAGES = ("enhance", "priors", "tune", "distill")
+WARMUP_ITERS = 30
+# The stored blur of the tiny dataset is mild (blurry vs sharp ≈ 37 dB); training also sees every frame
+# blurred over 0.5-1.9 APS intervals (DeblurView's synthesis), which is where events matter most.
+STRONG_BLUR = (0.5, 1.9)
+
+
+@dataclass
+class DeblurData:
+    """Every deblur sample of a split in memory: blurry, sharp, edi float16 (N, 1, H, W)."""
+
+    blurry: torch.Tensor
+    sharp: torch.Tensor
+    edi: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.blurry)
+
+
+def cache_path(root: Path, split: str, c: float, samples: int, exposure: tuple[float, float] | None) -> Path:
+    meta = (root / "dataset.json").read_bytes()
+    key = hashlib.sha256(meta + f"{split}-{c}-{samples}".encode()).hexdigest()[:16]
+    suffix = "" if exposure is None else f"-exposure{exposure[0]}-{exposure[1]}"
+    return Path.home() / ".cache" / "evpipe" / "deblur" / f"{root.name}-{split}-{key}{suffix}.npz"
+
+
+def load_split(dataset: str | Path | None, split: str, c: float, samples: int,
+               exposure: tuple[float, float] | None = None) -> DeblurData:
+    """The split's (blurry, sharp, raw E) arrays, from the cache or computed (and cached). ``exposure``
+    None: the stored blurry frames; (low, high): blur synthesised by ``DeblurView`` over that many APS
+    intervals (seed 0)."""
+    ds = EventDataset(dataset, split)
+    if ds.channels != 1:
+        raise ValueError(f"{ds.root}: the deblurrer is gray-only; the dataset has {ds.channels} channels")
+    path = cache_path(ds.root, split, c, samples, exposure)
+    if not path.is_file():
+        view = DeblurView(ds, bins=1, with_events=True, exposure_intervals=exposure)
+        arrays: dict[str, list[np.ndarray]] = {"blurry": [], "sharp": [], "edi": []}
+        for i in tqdm(range(len(view)), desc=f"E for {split}", unit="frame"):
+            s = view[i]
+            arrays["blurry"].append(s["blurry"].astype(np.float16))
+            arrays["sharp"].append(s["sharp"].astype(np.float16))
+            edi = exposure_edi(s["events"], int(s["exposure_start"]), int(s["exposure_end"]), int(s["t"]),
+                               ds.height, ds.width, c, samples)
+            arrays["edi"].append(np.clip(edi[None], E_MIN, E_MAX).astype(np.float16))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp.npz")
+        np.savez(partial, **{k: np.stack(v) for k, v in arrays.items()})
+        partial.replace(path)
+    with np.load(path) as f:
+        data = DeblurData(*(torch.from_numpy(f[k]) for k in ("blurry", "sharp", "edi")))
+    data.edi.clamp_(E_MIN, E_MAX)
+    return data
+
+
+def load_training_split(dataset: str | Path | None, split: str, c: float, samples: int) -> DeblurData:
+    """The stored blurry frames of ``split`` plus the same frames blurred over :data:`STRONG_BLUR` intervals."""
+    parts = [load_split(dataset, split, c, samples, exposure) for exposure in (None, STRONG_BLUR)]
+    return DeblurData(*(torch.cat([getattr(p, k) for p in parts]) for k in ("blurry", "sharp", "edi")))
+
+
+def random_crops(data: DeblurData, batch: int, crop: int, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(blurry, sharp, edi) float32 (batch, 1, crop, crop): random samples, crops, flips and 90° turns
+    (the same for the three images of a sample: E is per pixel, so the EBRD relation is preserved)."""
+    n, _, h, w = data.blurry.shape
+    index = torch.randint(0, n, (batch,), generator=generator)
+    top = torch.randint(0, h - crop + 1, (batch,), generator=generator)
+    left = torch.randint(0, w - crop + 1, (batch,), generator=generator)
+    flips = torch.randint(0, 2, (batch, 2), generator=generator)
+    turns = torch.randint(0, 4, (batch,), generator=generator)
+    out = []
+    for images in (data.blurry, data.sharp, data.edi):
+        crops = []
+        for b in range(batch):
+            image = images[index[b], :, top[b]:top[b] + crop, left[b]:left[b] + crop].float()
+            if flips[b, 0]:
+                image = image.flip(-1)
+            if flips[b, 1]:
+                image = image.flip(-2)
+            crops.append(torch.rot90(image, int(turns[b]), (-2, -1)))
+        out.append(torch.stack(crops))
+    return out[0], out[1], out[2]
+
+
+def lr_at(schedule: StageSchedule, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < WARMUP_ITERS:
+        return schedule.lr * (step + 1) / WARMUP_ITERS
+    progress = (step - WARMUP_ITERS) / max(1, schedule.iters - WARMUP_ITERS)
+    return schedule.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
+
+
+def optimise(params: list[torch.nn.Parameter], schedule: StageSchedule, loss_fn, desc: str) -> list[float]:
+    """Adam over ``params`` for ``schedule.iters`` steps of ``loss_fn(step)``; returns the losses."""
+    optimiser = torch.optim.Adam(params, lr=schedule.lr)
+    losses = []
+    bar = tqdm(range(schedule.iters), desc=desc, unit="it", mininterval=5.0)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = lr_at(schedule, step)
+        loss = loss_fn(step)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4g}")
+    return losses
+
+
+def psnr_torch(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """Mean PSNR (dB, peak 1) over a batch (B, 1, H, W)."""
+    mse = (reference - estimate.clamp(0, 1)).square().flatten(1).mean(1).clamp(min=1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+class Trainer:
+    def __init__(self, preset: Preset, out: Path, dataset: str | None, seed: int, tune_samples: int) -> None:
+        self.preset, self.out, self.dataset, self.seed = preset, out, dataset, seed
+        self.tune_samples = tune_samples
+        self._train: DeblurData | None = None
+
+    def generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000 + salt)
+
+    @property
+    def train(self) -> DeblurData:
+        if self._train is None:
+            self._train = load_training_split(self.dataset, "train", self.preset.edi_c, self.preset.edi_samples)
+        return self._train
+
+    def config(self) -> ModelConfig:
+        p = self.preset
+        return ModelConfig(p.enhance_channels, p.unet_channels, p.unet_mult, p.edi_c, p.edi_samples)
+
+    def load(self) -> tuple[DiffEvent, Guidance]:
+        data = load_part(self.out / FILE)
+        model = DiffEvent(ModelConfig(**data["config"]))
+        model.load_state_dict(data["state"])
+        return model, Guidance(**data["guidance"])
+
+    def save(self, model: DiffEvent, weights: Guidance) -> None:
+        save_part(self.out / FILE, model, config=model.config.to_dict(), preset=self.preset.name,
+                  teacher_steps=self.preset.teacher_steps, student_steps=self.preset.student_steps[0],
+                  guidance=weights.to_dict())
+
+    def log(self, stage: str, record: dict) -> None:
+        path = self.out / "train_log.json"
+        log = json.loads(path.read_text()) if path.is_file() else {}
+        log[stage] = record
+        path.write_text(json.dumps(log, indent=1))
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def stage_enhance(self) -> dict:
+        torch.manual_seed(self.seed)
+        model, p, data = DiffEvent(self.config()), self.preset, self.train
+        g = self.generator(1)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            blurry, sharp, edi = random_crops(data, p.enhance.batch, p.crop, g)
+            return (model.enhance(edi) * sharp - blurry).square().mean()
+
+        losses = optimise(list(model.enhance.parameters()), p.enhance, loss_fn, "enhance f(E)")
+        with torch.no_grad():
+            raw, enhanced = [], []
+            for i in range(0, len(data), 128):
+                b, s, e = (t[i:i + 128].float() for t in (data.blurry, data.sharp, data.edi))
+                raw.append((b - e.clamp(1e-2, 1e2) * s).flatten())
+                enhanced.append((b - model.enhance(e) * s).flatten())
+            raw_r, residual = torch.cat(raw), torch.cat(enhanced)
+            model.r_scale.fill_(1.0 / float(residual.std()))
+        self.save(model, self.preset.guidance)
+        return {"losses": losses[::10], "final_loss": float(np.mean(losses[-20:])),
+                "train_mse_y_vs_Ex": float(raw_r.square().mean()),
+                "train_mse_y_vs_fEx": float(residual.square().mean()),
+                "r_scale": float(model.r_scale)}
+
+    def stage_priors(self) -> dict:
+        torch.manual_seed(self.seed)
+        model, weights = self.load()
+        p, data = self.preset, self.train
+        model.enhance.requires_grad_(False)
+        g = self.generator(2)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            blurry, sharp, edi = random_crops(data, p.priors.batch, p.crop, g)
+            with torch.no_grad():
+                enhanced, cond = model.condition(blurry, edi)
+                r = blurry - enhanced * sharp
+            loss_x = diffusion.diffusion_loss(model.prior_x, model.x_to_data(sharp), model.schedule,
+                                              cond={"cond": cond}, generator=g)
+            loss_r = diffusion.diffusion_loss(model.prior_r, model.r_to_data(r), model.schedule,
+                                              cond={"cond": cond}, generator=g)
+            return loss_x + loss_r
+
+        params = [*model.prior_x.parameters(), *model.prior_r.parameters()]
+        losses = optimise(params, p.priors, loss_fn, "priors x, r")
+        self.save(model, weights)
+        return {"losses": losses[::10], "final_loss": float(np.mean(losses[-20:]))}
+
+    def stage_tune(self) -> dict:
+        model, _ = self.load()
+        p = self.preset
+        val = load_training_split(self.dataset, "val", p.edi_c, p.edi_samples)
+        blurry, sharp, edi = random_crops(val, self.tune_samples, p.crop, self.generator(4))
+        base = p.guidance
+        grid = [base, dataclasses.replace(base, s=0.0), dataclasses.replace(base, s=base.s / 2),
+                dataclasses.replace(base, s=2 * base.s), dataclasses.replace(base, lam=0.0),
+                dataclasses.replace(base, s_r=base.s_r / 2)]
+        scores = []
+        with torch.no_grad():
+            for weights in tqdm(grid, desc="tune guidance", unit="setting"):
+                out = GuidedTeacher(model, p.teacher_steps, weights)(blurry, edi, torch.zeros_like(blurry))
+                scores.append((psnr_torch(sharp, out), weights))
+        best_psnr, best = max(scores, key=lambda item: item[0])
+        self.save(model, best)
+        return {"val_crops": self.tune_samples, "best": best.to_dict(), "best_psnr": best_psnr,
+                "grid": [{"psnr": value, **w.to_dict()} for value, w in scores]}
+
+    def stage_distill(self) -> dict:
+        torch.manual_seed(self.seed)
+        model, weights = self.load()
+        p, data = self.preset, self.train
+        model.requires_grad_(False)
+        g = self.generator(3)
+        teacher = GuidedTeacher(model, p.teacher_steps, weights)
+        inputs, targets = [], []
+        with torch.no_grad():
+            for start in tqdm(range(0, p.distill_pairs, 32), desc="teacher samples", unit="batch"):
+                blurry, _, edi = random_crops(data, min(32, p.distill_pairs - start), p.crop, g)
+                inputs.append((blurry, edi))
+                targets.append(teacher(blurry, edi, torch.zeros_like(blurry)))
+        blurry_all = torch.cat([b for b, _ in inputs])
+        edi_all = torch.cat([e for _, e in inputs])
+        target_all = torch.cat(targets)
+        steps = p.student_steps[0]
+        model.student.load_state_dict(model.prior_x.state_dict())  # start from the x prior: same task, unguided
+        model.student.requires_grad_(True)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            index = torch.randint(0, len(target_all), (p.distill.batch,), generator=g)
+            blurry, edi = blurry_all[index], edi_all[index]
+            out = model.student_sample(blurry, edi, torch.zeros_like(blurry), steps)
+            return (out - target_all[index]).square().mean()
+
+        losses = optimise(list(model.student.parameters()), p.distill, loss_fn, f"distill {steps}-step student")
+        model.requires_grad_(False)
+        self.save(model, weights)
+        return {"pairs": len(target_all), "student_steps": steps, "losses": losses[::10],
+                "final_loss": float(np.mean(losses[-20:]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--stage", required=True, choices=[*STAGES, "all"])
+    parser.add_argument("--dataset", default=None, help="dataset directory (default: the tiny dataset's location)")
+    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=int, default=None, help="override every stage's iteration count (tests)")
+    parser.add_argument("--distill-pairs", type=int, default=None, help="override the teacher samples to distil from")
+    parser.add_argument("--tune-samples", type=int, default=32, help="val crops scored per guidance setting")
+    args = parser.parse_args(argv)
+    preset = get_preset(args.preset)
+    if args.iters is not None:
+        if args.iters < 1:
+            parser.error(f"--iters must be >= 1, got {args.iters}")
+        preset = dataclasses.replace(preset, **{name: dataclasses.replace(getattr(preset, name), iters=args.iters)
+                                                for name in ("enhance", "priors", "distill")})
+    if args.distill_pairs is not None:
+        if args.distill_pairs < 1:
+            parser.error(f"--distill-pairs must be >= 1, got {args.distill_pairs}")
+        preset = dataclasses.replace(preset, distill_pairs=args.distill_pairs)
+    out = args.out or CHECKPOINTS / preset.name
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(preset, out, args.dataset, args.seed, args.tune_samples)
+    command = "python -m evpipe.tools.train_deblur " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    try:
+        for stage in STAGES if args.stage == "all" else [args.stage]:
+            start = time.perf_counter()
+            record = getattr(trainer, f"stage_{stage}")()
+            record.update(command=command, seconds=round(time.perf_counter() - start, 1))
+            trainer.log(stage, record)
+            print(f"{stage}: {json.dumps({k: v for k, v in record.items() if k not in ('losses', 'grid')})}")
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
