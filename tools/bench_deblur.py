@@ -9,6 +9,14 @@ guided teacher with the degradation model y = E x (``diffevent-teacher-Ex``), y 
 (``diffevent``). Metrics and timing are those of :mod:`evpipe.tools.evaluate` (ms/call: median wall
 time of one call, E of the exposure included). Writes ``benchmarks/deblur.{md,json,png}`` and
 ``deblur_per_sequence.csv`` (the harness's report writer), with the load average of the run.
+
+    python -m evpipe.tools.bench_deblur --real-png benchmarks/deblur_real.png
+
+instead draws a before/after grid on the real recordings (``--real-data``): DAVIS346 street (its
+frames carry their 500 µs exposure: nearly sharp) and ECD slider_depth (a camera on a slider; its files
+give no exposure, so ``--ecd-exposure-us`` is assumed, centred on the frame time). For the frames with
+the most events in their exposure: the frame, its exposure's events, EDI (blurry / E) and the student.
+No ground truth there, so no PSNR.
 """
 
 from __future__ import annotations
@@ -19,10 +27,96 @@ import os
 import sys
 from pathlib import Path
 
+from evpipe.runtime.events import Events
 from evpipe.tools.dataset import EventDataset
 from evpipe.tools.evaluate import build_sources, evaluate_source, resolve_model, write_reports
 
+DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+STREET = Path("davis346_street") / "davis346_street_first1.8s.h5"
 METHODS = ("blurry", "edi", "diffevent-teacher-Ex", "diffevent-teacher-fEx", "diffevent-teacher", "diffevent")
+
+
+def _real_cases(data_dir: Path, ecd_exposure_us: int, rows: int) -> list[dict]:
+    """Frames of the real recordings with the most events in their exposure: blurry (H, W) in [0, 1],
+    the exposure's events and window, and a label."""
+    import numpy as np
+
+    from evpipe.nodes.sources.readers import open_recording
+    from evpipe.tools.evaluate import load_real_recordings
+
+    cases = []
+    path = data_dir / STREET
+    if path.is_file():
+        recording = open_recording(path)
+        frames = list(recording.frames())  # t: exposure midpoint, exposure_us from the file
+        packets = list(recording.events())
+        events = Events.from_arrays(*(np.concatenate([getattr(e, k) for e in packets]) for k in "txyp"))
+        windows = [(f.exposure_start, f.exposure_end, f.t, f.image.astype(np.float32) / 255.0,
+                    f"davis346_street #{i}, exposure {f.exposure_us} µs (file)") for i, f in enumerate(frames)]
+        cases += _busiest(windows, events, rows)
+    for recording in load_real_recordings(data_dir):
+        if recording.name != "ecd_slider_depth":
+            continue
+        half = ecd_exposure_us // 2
+        windows = [(int(t) - half, int(t) - half + ecd_exposure_us, int(t), image,
+                    f"ecd_slider_depth #{i}, exposure {ecd_exposure_us} µs (assumed)")
+                   for i, (t, image) in enumerate(zip(recording.frames_t, recording.frames, strict=True))]
+        cases += _busiest(windows, recording.events, rows)
+    if not cases:
+        raise FileNotFoundError(f"{data_dir}: neither real recording with frames is there (see ../shared/data/README)")
+    return cases
+
+
+def _busiest(windows: list[tuple], events: Events, rows: int) -> list[dict]:
+    counts = [len(events.time_slice(lo, hi)) for lo, hi, *_ in windows]
+    chosen = sorted(sorted(range(len(windows)), key=lambda i: -counts[i])[:rows])
+    return [{"start": windows[i][0], "end": windows[i][1], "t": windows[i][2], "blurry": windows[i][3],
+             "label": windows[i][4], "events": events.time_slice(windows[i][0], windows[i][1])} for i in chosen]
+
+
+def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ecd_exposure_us: int,
+                      rows: int = 2) -> list[dict]:
+    """Before/after grid on the real recordings; returns per-row facts (events, mean change)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi
+    from evpipe.tools.evaluate import polarity_sum
+
+    cases = _real_cases(data_dir, ecd_exposure_us, rows)
+    deblurrer = Deblurrer("student", checkpoint or "tiny", "onnxruntime")
+    fig, axes = plt.subplots(len(cases), 4, figsize=(13, 2.9 * len(cases)), squeeze=False)
+    facts = []
+    for r, case in enumerate(cases):
+        blurry, window = case["blurry"], case["events"]
+        height, width = blurry.shape
+        edi = exposure_edi(window, case["start"], case["end"], case["t"], height, width, deblurrer.c,
+                           deblurrer.samples)
+        edi_out = np.clip(blurry / edi, 0.0, 1.0)
+        ours = deblurrer.deblur(blurry, edi)
+        facts.append({"frame": case["label"], "events_in_exposure": len(window),
+                      "mean_abs_change_edi": float(np.abs(edi_out - blurry).mean()),
+                      "mean_abs_change_ours": float(np.abs(ours - blurry).mean())})
+        sums = polarity_sum(window, height, width)
+        limit = max(1.0, float(np.abs(sums).max()))
+        panels = [(case["label"], blurry, "gray"), (f"events in exposure ({len(window)})", sums, "bwr"),
+                  (f"EDI, c={deblurrer.c}", edi_out, "gray"), ("DiffEvent student (ONNX Runtime)", ours, "gray")]
+        for c, (title, image, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(image, cmap=cmap, vmin=-limit if cmap == "bwr" else 0, vmax=limit if cmap == "bwr" else 1)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Real recordings (no ground truth): frame | events | EDI | DiffEvent", fontsize=9)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    deblurrer.close()
+    return facts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +130,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthesised blur settings in APS intervals, besides the stored blur")
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
     parser.add_argument("--name", default="deblur")
+    parser.add_argument("--real-png", type=Path, help="draw the before/after grid on the real recording here instead")
+    parser.add_argument("--real-data", type=Path, default=DEFAULT_REAL, help="folder of the real recordings")
+    parser.add_argument("--ecd-exposure-us", type=int, default=10_000,
+                        help="exposure assumed for ECD slider_depth frames (its files give none), µs")
     args = parser.parse_args(argv)
+    if args.real_png is not None:
+        try:
+            facts = real_before_after(args.real_data, args.checkpoint, args.real_png, args.ecd_exposure_us)
+        except (FileNotFoundError, ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(json.dumps(facts, indent=1))
+        print(f"wrote {args.real_png}")
+        return 0
     if args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
     try:
