@@ -126,7 +126,7 @@ def test_short_training_lowers_the_losses():
         _, cond = model.condition(blurry, edi_c)
 
     def prior_loss(seed: int) -> torch.Tensor:
-        return diffusion.diffusion_loss(model.prior_x, model.x_to_data(sharp_c), model.schedule,
+        return diffusion.diffusion_loss(model.prior_x, model.x_to_data(sharp_c, blurry), model.schedule,
                                         cond={"cond": cond}, generator=torch.Generator().manual_seed(seed))
 
     with torch.no_grad():

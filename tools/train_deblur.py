@@ -16,8 +16,9 @@ with ``evpipe.kernels.edi_integral`` (the preset's c and sample count) and cache
 
 Stage recipes:
 - enhance: random ``crop`` crops with random flips/rotations; loss mean (f(E) x - y)² (the
-  residual-free EBRD fit); ``r_scale`` = 1 / std(y - f(E) x) over the train split is stored.
-- priors: v-prediction denoising loss (:func:`evpipe.nodes.diffusion.diffusion_loss`) of x (as 2x - 1)
+  residual-free EBRD fit); ``r_scale`` = 1 / std(y - f(E) x) and ``x_scale`` = 1 / std(x - y) over
+  the train split are stored.
+- priors: v-prediction denoising loss (:func:`evpipe.nodes.diffusion.diffusion_loss`) of x (as x - y)
   and of r = y - f(E) x (times r_scale), both conditioned on (y, f(E)); f frozen; one Adam over both.
 - tune: the preset's weights and five variations (s = 0, s/2, 2s; λ = 0; s'/2), scored by PSNR of
   the guided ``teacher_steps`` sampler on ``--tune-samples`` random val crops; the best is stored.
@@ -223,11 +224,12 @@ class Trainer:
                 enhanced.append((b - model.enhance(e) * s).flatten())
             raw_r, residual = torch.cat(raw), torch.cat(enhanced)
             model.r_scale.fill_(1.0 / float(residual.std()))
+            model.x_scale.fill_(1.0 / float((data.sharp.float() - data.blurry.float()).std()))
         self.save(model, self.preset.guidance)
         return {"losses": losses[::10], "final_loss": float(np.mean(losses[-20:])),
                 "train_mse_y_vs_Ex": float(raw_r.square().mean()),
                 "train_mse_y_vs_fEx": float(residual.square().mean()),
-                "r_scale": float(model.r_scale)}
+                "r_scale": float(model.r_scale), "x_scale": float(model.x_scale)}
 
     def stage_priors(self) -> dict:
         torch.manual_seed(self.seed)
@@ -241,7 +243,7 @@ class Trainer:
             with torch.no_grad():
                 enhanced, cond = model.condition(blurry, edi)
                 r = blurry - enhanced * sharp
-            loss_x = diffusion.diffusion_loss(model.prior_x, model.x_to_data(sharp), model.schedule,
+            loss_x = diffusion.diffusion_loss(model.prior_x, model.x_to_data(sharp, blurry), model.schedule,
                                               cond={"cond": cond}, generator=g)
             loss_r = diffusion.diffusion_loss(model.prior_r, model.r_to_data(r), model.schedule,
                                               cond={"cond": cond}, generator=g)

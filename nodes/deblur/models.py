@@ -5,8 +5,11 @@ Tensors are NCHW float32, gray: ``blurry`` y (B, 1, H, W) in [0, 1]; ``edi`` the
 integral E (B, 1, H, W) > 0 for the exposure (``evpipe.kernels.edi_integral`` with the preset's c);
 H and W multiples of :attr:`DiffEvent.multiple` (:mod:`.sampler` pads to that).
 
-Diffusion data units: the sharp frame as ``2 x - 1`` (zero mean-ish, unit range), the residual as
-``r · r_scale`` (``r_scale`` = 1 / its standard deviation over the training pairs). Both priors are
+Diffusion data units: the sharp frame relative to the blurry one, ``(x - y) · x_scale``, and the
+residual as ``r · r_scale`` (each scale = 1 / the standard deviation over the training pairs, so both
+priors see unit-variance data). Denoising x - y rather than x means an untrained or uncertain prior
+returns the input (x̂_0 = 0 is x = y): the model starts at the blurry frame's quality and learns the
+sharpening, which is what a small CPU-trained prior can afford. Both priors are
 conditioned on y and f(E) (channels ``2y - 1``, ``log f(E)``, ``2 clip(y / f(E)) - 1``) and denoise
 in pixel space: each U-Net works on the 4x4 space-to-depth of the image (16 channels at H/4 x W/4;
 an exact, invertible rearrangement, no autoencoder), which is what lets a 128x128 pixel prior train
@@ -105,6 +108,7 @@ class DiffEvent(nn.Module):
         self.prior_r = PixelDenoiser(config.unet_channels, config.unet_mult)
         self.student = PixelDenoiser(config.unet_channels, config.unet_mult)
         self.schedule = diffusion.CosineSchedule()
+        self.register_buffer("x_scale", torch.ones(()))
         self.register_buffer("r_scale", torch.ones(()))
 
     @property
@@ -120,13 +124,11 @@ class DiffEvent(nn.Module):
         cond = torch.cat([blurry * 2.0 - 1.0, torch.log(enhanced), pseudo_inverse * 2.0 - 1.0], dim=1)
         return enhanced, cond
 
-    @staticmethod
-    def x_to_data(x: Tensor) -> Tensor:
-        return x * 2.0 - 1.0
+    def x_to_data(self, x: Tensor, blurry: Tensor) -> Tensor:
+        return (x - blurry) * self.x_scale
 
-    @staticmethod
-    def x_from_data(data: Tensor) -> Tensor:
-        return (data + 1.0) * 0.5
+    def x_from_data(self, data: Tensor, blurry: Tensor) -> Tensor:
+        return blurry + data / self.x_scale
 
     def r_to_data(self, r: Tensor) -> Tensor:
         return r * self.r_scale
@@ -164,21 +166,22 @@ class DiffEvent(nn.Module):
         for i in range(steps):
             t, s = times[i], times[i + 1]
             alpha_s, sigma_s = self.schedule.alpha_sigma(s)
+            alpha_t, sigma_t = self.schedule.alpha_sigma(t)
             if use_r:
                 r0, eps_r = self._x0_eps(self.prior_r, r, t, cond)
                 r_img = self.r_from_data(r0)
-            x_img = self.x_from_data(x0)
+            x_img = self.x_from_data(x0, blurry)
             x_img = x_img - ebrd.x_objective_grad(blurry, operator, x_img, r_img, weights.s, weights.lam)
-            x = diffusion.ddim_step(self.x_to_data(x_img), eps_x, alpha_s, sigma_s, *self.schedule.alpha_sigma(t))
+            x = diffusion.ddim_step(self.x_to_data(x_img, blurry), eps_x, alpha_s, sigma_s, alpha_t, sigma_t)
             if i < steps - 1:
                 x0, eps_x = self._x0_eps(self.prior_x, x, s, cond)
             else:
                 x0 = x  # at s = 0 the sample is its own x̂_0
             if use_r:
-                r_img = r_img - ebrd.r_objective_grad(blurry, operator, self.x_from_data(x0), r_img, weights.s_r,
-                                                      weights.lam_r)
-                r = diffusion.ddim_step(self.r_to_data(r_img), eps_r, alpha_s, sigma_s, *self.schedule.alpha_sigma(t))
-        return self.x_from_data(x).clamp(0.0, 1.0)
+                x_star = self.x_from_data(x0, blurry)
+                r_img = r_img - ebrd.r_objective_grad(blurry, operator, x_star, r_img, weights.s_r, weights.lam_r)
+                r = diffusion.ddim_step(self.r_to_data(r_img), eps_r, alpha_s, sigma_s, alpha_t, sigma_t)
+        return self.x_from_data(x, blurry).clamp(0.0, 1.0)
 
     def student_sample(self, blurry: Tensor, edi: Tensor, noise: Tensor, steps: int) -> Tensor:
         """The distilled student: ``steps`` unguided DDIM steps of ``student`` from ``noise`` (B, 1, H, W)
@@ -186,7 +189,7 @@ class DiffEvent(nn.Module):
         _, cond = self.condition(blurry, edi)
         out = diffusion.ddim_sample(lambda z, t, c: self.student(z, t, c), noise, self.schedule, steps,
                                     prediction=self.config.prediction, cond={"c": cond})
-        return self.x_from_data(out)
+        return self.x_from_data(out, blurry)
 
 
 class FusedStudent(nn.Module):
