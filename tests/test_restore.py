@@ -220,6 +220,7 @@ def test_restore_node_rejects_bad_parameters() -> None:
 def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, capsys) -> None:
     from evpipe.tools import evaluate as ev
     from evpipe.tools import make_dataset as md
+    from evpipe.tools.dataset import EventDataset
 
     dataset = tmp_path / "small"
     md.build_dataset(dataset, md.BuildConfig(size=32, aps_per_sequence=7, sequences_per_image=1),
@@ -228,6 +229,10 @@ def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, c
     code = ev.main(["--task", "restore", "--model", "cg", "admm-tv", "--degradation", "uniform7", "gaussian1",
                     "--dataset", str(dataset), "--clip-length", "6", "--max-samples", "2", "--fit-samples", "2",
                     "--out", str(tmp_path), "--name", "restore", "--examples", "1"])
+    assert code == 0, capsys.readouterr().err
+    noisy = next(ev.dataset_cases("restore", EventDataset(dataset, "test"), clip_length=6, noise=0.05))
+    clean = next(ev.dataset_cases("restore", EventDataset(dataset, "test"), clip_length=6))
+    assert np.std(noisy["degraded"] - clean["degraded"]) == pytest.approx(0.05, rel=0.2)
     assert code == 0, capsys.readouterr().err
     import json
 

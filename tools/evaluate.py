@@ -23,7 +23,8 @@ Tasks, their data and their model protocol (images are float32 in [0, 1], (H, W)
   (a model may ignore them).
 * ``restore`` — ``ClipView`` clips of ``--clip-length`` (16) APS frames degraded by a temporal PSF (``--degradation``,
   the DDS paper's settings): ``fn(degraded (L, H, W[, 3]), psf (w,) float32) -> (L, H, W[, 3])``,
-  with ``degraded[t] = sum_j psf[j] * clip[min(max(t + j - w // 2, 0), L - 1)]`` (edges replicated).
+  with ``degraded[t] = sum_j psf[j] * clip[min(max(t + j - w // 2, 0), L - 1)]`` (edges replicated),
+  plus, with ``--noise SIGMA``, Gaussian noise of that standard deviation (seeded by the clip's index).
 
 Several ``--model`` names run side by side (with the baselines) in one report.
 
@@ -342,6 +343,7 @@ def dataset_cases(
     degradation: str = "uniform7",
     exposure_intervals: float | None = None,
     clip_length: int = CLIP_LENGTH,
+    noise: float = 0.0,
 ) -> Iterator[Case]:
     """Cases of ``task`` from a dataset split, ordered by sequence then time.
 
@@ -375,7 +377,10 @@ def dataset_cases(
         for i in range(len(view)):
             sample = view[i]
             clip = np.stack([_hwc(frame) for frame in sample["frames"]])
-            yield {"degraded": degrade_clip(clip, psf), "psf": psf, "target": clip,
+            degraded = degrade_clip(clip, psf)
+            if noise:
+                degraded += (noise * np.random.default_rng(i).standard_normal(clip.shape)).astype(np.float32)
+            yield {"degraded": degraded, "psf": psf, "target": clip,
                    "sequence": names[int(sample["sequence"])], "index": int(sample["aps"])}
 
 
@@ -693,6 +698,7 @@ def build_sources(
     degradation: str | list[str] = "uniform7",
     exposure_intervals: float | None = None,
     clip_length: int = CLIP_LENGTH,
+    noise: float = 0.0,
 ) -> list[EvalSource]:
     """The evaluation blocks: the dataset split (one per k for predict, one per degradation for restore),
     then each real recording."""
@@ -703,7 +709,7 @@ def build_sources(
     def train_cases(degradation: str) -> list[Case]:
         if train is None or not train.sequences:
             raise ValueError("no training split to fit baseline parameters on")
-        return subsample(list(dataset_cases(task, train, 1, degradation, exposure_intervals, clip_length)),
+        return subsample(list(dataset_cases(task, train, 1, degradation, exposure_intervals, clip_length, noise)),
                          fit_samples)
 
     sources = []
@@ -712,7 +718,8 @@ def build_sources(
             sources.append(EvalSource(
                 dataset.meta["name"] + f"/{dataset.split}" + (f" {kind}" if task == "restore" else ""), k,
                 lambda k=k, kind=kind: subsample(
-                    list(dataset_cases(task, dataset, k or 1, kind, exposure_intervals, clip_length)), max_samples),
+                    list(dataset_cases(task, dataset, k or 1, kind, exposure_intervals, clip_length, noise)),
+                    max_samples),
                 lambda kind=kind: train_cases(kind), *sizes))
     for recording in real:
         cases = recording.cases()
@@ -744,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degradation", default=["uniform7"], nargs="+",
                         help="restore: one or more of uniform7, uniform13, gaussian1 (one block each)")
     parser.add_argument("--clip-length", type=int, default=CLIP_LENGTH, help="restore: APS frames per clip")
+    parser.add_argument("--noise", type=float, default=0.0, help="restore: std of Gaussian noise on the measurement")
     parser.add_argument("--exposure-intervals", type=float,
                         help="deblur: exposure in APS intervals, < 2 (default: the stored blurry frames)")
     parser.add_argument("--max-samples", type=int, help="evaluate at most this many samples per block (evenly spaced)")
@@ -755,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.k):
         parser.error(f"--k: gaps must be >= 1, got {args.k}")
+    if args.noise < 0:
+        parser.error(f"--noise must be >= 0, got {args.noise}")
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
     try:
@@ -772,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
         methods += [spec for spec in specs if spec.name not in BASELINES[args.task]]
         sources = build_sources(args.task, dataset, train, args.k, real, args.fit_samples, args.max_samples,
-                                args.degradation, args.exposure_intervals, args.clip_length)
+                                args.degradation, args.exposure_intervals, args.clip_length, args.noise)
         results = [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
                    for source in sources]
     except (FileNotFoundError, ValueError, OSError) as error:
@@ -788,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k if args.task == "predict" else None,
         "degradation": args.degradation if args.task == "restore" else None,
         "clip_length": args.clip_length if args.task == "restore" else None,
+        "noise": args.noise if args.task == "restore" else None,
         "exposure_intervals": args.exposure_intervals if args.task == "deblur" else None,
         "fit_samples": args.fit_samples,
         "max_samples": args.max_samples,

@@ -13,7 +13,11 @@ Each reverse step of an ``nfe``-step sampler on the shared cosine schedule
 
 The output is the last data-consistent x̂0, clipped to [0, 1]. Paper defaults: ``cg_steps`` 5,
 η 0.15, 20 NFE for temporal PSFs; η 0.8, 100 NFE with a spatial degradation (:data:`PAPER_TEMPORAL`,
-:data:`PAPER_SPATIOTEMPORAL`).
+:data:`PAPER_SPATIOTEMPORAL`). :func:`cg_only` is the paper's ablation without the prior: the same
+``nfe`` rounds of ``cg_steps`` CG steps, from the back-projection ``Aᵀy / Aᵀ(A 1)``.
+
+Only the DDS loop lives here; the schedule, the Tweedie/ε conversion and the DDIM update are the
+shared ones of :mod:`evpipe.nodes.diffusion`.
 """
 
 from __future__ import annotations
