@@ -183,8 +183,8 @@ def plot(result: dict, png: Path) -> None:
             axes[0].hist(slowest["series_ms"], bins=40, alpha=0.6,
                          label=f"{backend} {slowest['speed']:g}× (p50 {slowest['p50_ms']:.0f} ms)")
         speeds = [r["speed"] for r in rows]
-        axes[1].plot(speeds, [r["p50_ms"] for r in rows], "o-", label=f"{backend} p50")
-        axes[1].plot(speeds, [r["p99_ms"] for r in rows], "o--", label=f"{backend} p99")
+        axes[1].plot(speeds, [r["p50_ms"] or np.nan for r in rows], "o-", label=f"{backend} p50")
+        axes[1].plot(speeds, [r["p99_ms"] or np.nan for r in rows], "o--", label=f"{backend} p99")
         axes[2].plot(speeds, [r["predictions_s"] for r in rows], "o-", label=f"{backend} delivered")
         axes[2].plot(speeds, [r["windows_dropped"] / max(1, r["windows_sent"]) * 100 for r in rows], "x:",
                      label=f"{backend} windows dropped (%)")
@@ -204,6 +204,10 @@ def plot(result: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def _num(value: float | None, unit: str = "") -> str:
+    return "–" if value is None else f"{value:.1f}{unit}"
+
+
 def markdown(result: dict) -> str:
     naive, rows = result["naive"], result["graph"]
     lines = [f"# Predictor graph latency ({result['variant']} student, {result['size']})", "",
@@ -217,12 +221,14 @@ def markdown(result: dict) -> str:
              "| backend | speed | e2e p50 (ms) | e2e p99 (ms) | predictor compute p50 (ms) | predictions/s "
              "| windows dropped | naive/graph latency | graph/naive throughput |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['backend']} | {r['speed']:g}× | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-                     f"| {r['pred_compute_p50_ms']:.1f} | {r['predictions_s']:.1f} "
-                     f"| {r['windows_dropped']}/{r['windows_sent']} | {r['latency_ratio_naive_over_graph']:.1f}× "
+    for r in rows:  # a backend too slow to deliver anything past the sink's warm-up has no latency: "–"
+        lines.append(f"| {r['backend']} | {r['speed']:g}× | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} "
+                     f"| {_num(r['pred_compute_p50_ms'])} | {r['predictions_s']:.1f} "
+                     f"| {r['windows_dropped']}/{r['windows_sent']} | {_num(r['latency_ratio_naive_over_graph'], '×')} "
                      f"| {r['throughput_ratio_graph_over_naive']:.1f}× |")
-    lines += ["", f"## Engine asynchronous mode (ONNX Runtime, {result['variant']}, same windows)", "",
+    lines += ["", "– : no prediction reached the sink after its 3-message warm-up (the backend is too slow for the "
+              "run's length). Windows dropped: stale windows the `latest` edge skipped while the predictor was busy.",
+              "", f"## Engine asynchronous mode (ONNX Runtime, {result['variant']}, same windows)", "",
               "| mode | in flight | intra-op threads | predictions/s | ms/prediction | vs sync run() | vs naive |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["engine"]:
@@ -247,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-windows", type=int, default=6, help="windows of the naive teacher loop")
     parser.add_argument("--engine-windows", type=int, default=48, help="windows of the engine async measurement")
     parser.add_argument("--out", default="benchmarks/latency.json")
+    parser.add_argument("--render", action="store_true", help="measure nothing: rewrite the Markdown and PNG "
+                        "of --out from its JSON")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        result = json.loads(out.read_text())
+        plot(result, out.with_suffix(".png"))
+        out.with_suffix(".md").write_text(markdown(result))
+        print(out.with_suffix(".md").read_text())
+        return 0
     if not Path(args.recording).exists():
         parser.error(f"recording {args.recording} not found (give --recording)")
     roi = None if args.full_sensor else list(args.roi)
@@ -275,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()} CPU, no GPU", "naive": naive, "engine": engine, "graph": rows,
               "target": target, "load_start": load_start, "load_end": os.getloadavg()[0],
               "command": "python -m evpipe.tools.bench_latency " + " ".join(sys.argv[1:] if argv is None else argv)}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     plot(result, out.with_suffix(".png"))
