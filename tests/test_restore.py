@@ -226,7 +226,8 @@ def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, c
     md.build_dataset(dataset, md.BuildConfig(size=32, aps_per_sequence=7, sequences_per_image=1),
                      [md.ImageSource(f"skimage/{n}", f"skimage.data.{n}") for n in
                       ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass")], "small", progress=False)
-    code = ev.main(["--task", "restore", "--model", "cg", "admm-tv", "--degradation", "uniform7", "gaussian1",
+    code = ev.main(["--task", "restore", "--model", "cg", "admm-tv", "--degradation", "gaussian1", "uniform7+sr4",
+                    "uniform13+inpaint",
                     "--dataset", str(dataset), "--clip-length", "6", "--max-samples", "2", "--fit-samples", "2",
                     "--out", str(tmp_path), "--name", "restore", "--examples", "1"])
     assert code == 0, capsys.readouterr().err
@@ -237,9 +238,28 @@ def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, c
     import json
 
     report = json.loads((tmp_path / "restore.json").read_text())
-    assert [r["data"].split()[-1] for r in report["results"]] == ["uniform7", "gaussian1"]
+    assert [r["data"].split()[-1] for r in report["results"]] == ["gaussian1", "uniform7+sr4", "uniform13+inpaint"]
     for result in report["results"]:
         summary = result["summary"]
         assert list(summary) == ["degraded", "cg", "admm-tv"]
         assert summary["cg"]["psnr_mean"] > summary["degraded"]["psnr_mean"]
         assert summary["admm-tv"]["fitted"]["lambda"] in (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def test_spatio_temporal_cases_carry_their_operator() -> None:
+    from evpipe.tools import evaluate as ev
+
+    with pytest.raises(ValueError, match="spatial part"):
+        ev.parse_degradation("uniform7+zoom")
+    clip = np.random.default_rng(0).random((6, 16, 8), dtype=np.float32)
+    small = ev.degrade_spatially(ev.degrade_clip(clip, ev.temporal_psf("uniform7")), "sr4", seed=0)
+    assert small.shape == (6, 4, 2)
+    upsampled = ev.resolve_model("restore", "degraded").factory(None)(small, ev.temporal_psf("uniform7"),
+                                                                      {"kind": "sr4", "seed": 0})
+    assert upsampled.shape == clip.shape
+    masked = ev.degrade_spatially(clip, "inpaint", seed=3)
+    assert 0.3 < np.mean(masked == 0) < 0.7
+    op = ops.make_operator(ev.temporal_psf("uniform7"), (6, 1, 16, 8), "inpaint", seed=3)
+    np.testing.assert_array_equal(op.forward(torch.from_numpy(clip)[:, None])[:, 0].numpy() == 0,
+                                  ev.degrade_spatially(ev.degrade_clip(clip, ev.temporal_psf("uniform7")),
+                                                       "inpaint", seed=3) == 0)

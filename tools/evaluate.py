@@ -25,6 +25,11 @@ Tasks, their data and their model protocol (images are float32 in [0, 1], (H, W)
   the DDS paper's settings): ``fn(degraded (L, H, W[, 3]), psf (w,) float32) -> (L, H, W[, 3])``,
   with ``degraded[t] = sum_j psf[j] * clip[min(max(t + j - w // 2, 0), L - 1)]`` (edges replicated),
   plus, with ``--noise SIGMA``, Gaussian noise of that standard deviation (seeded by the clip's index).
+  Spatio-temporal degradations ``uniform7+blur``, ``+sr4``, ``+inpaint`` (any PSF before the ``+``)
+  follow the PSF with the DDS paper's spatial operator
+  (``evpipe.nodes.restore.operators.spatial_operator``: Gaussian blur σ 2, 4× average pooling — the
+  measurement is then 4× smaller —, or a random mask keeping 50% of the pixels, seeded by the clip's
+  index); such cases call ``fn(degraded, psf, spatial)`` with ``spatial = {"kind": ..., "seed": ...}``.
 
 Several ``--model`` names run side by side (with the baselines) in one report.
 
@@ -278,7 +283,12 @@ def _cubic(context: ModelContext) -> ModelFn:
 
 
 def _degraded(context: ModelContext) -> ModelFn:
-    return lambda degraded, psf: degraded.copy()
+    def measurement(degraded: np.ndarray, psf: np.ndarray, spatial: dict[str, Any] | None = None) -> np.ndarray:
+        if spatial and spatial["kind"] == "sr4":  # nearest-neighbour back to the clip's size
+            return degraded.repeat(4, axis=1).repeat(4, axis=2)
+        return degraded.copy()
+
+    return measurement
 
 
 for _task, _name, _factory, _text in (
@@ -309,6 +319,8 @@ def _model_args(task: str, case: Case) -> tuple:
         return _deblur_args(case)
     if task == "upsample":
         return case["frame0"], case["frame1"], case["before"], case["after"]
+    if case.get("spatial"):
+        return case["degraded"], case["psf"], case["spatial"]
     return case["degraded"], case["psf"]
 
 
@@ -325,6 +337,29 @@ def temporal_psf(kind: str) -> np.ndarray:
         taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
         return (taps / taps.sum()).astype(np.float32)
     raise ValueError(f"--degradation {kind!r}: expected uniform7, uniform13 or gaussian1")
+
+
+SPATIAL_DEGRADATIONS = ("blur", "sr4", "inpaint")
+
+
+def parse_degradation(name: str) -> tuple[np.ndarray, str | None]:
+    """(temporal PSF, spatial kind or None) of a restore degradation such as ``uniform7`` or ``uniform7+sr4``."""
+    temporal, plus, spatial = name.partition("+")
+    psf = temporal_psf(temporal)
+    if plus and spatial not in SPATIAL_DEGRADATIONS:
+        raise ValueError(f"--degradation {name!r}: the spatial part must be one of {', '.join(SPATIAL_DEGRADATIONS)}")
+    return psf, spatial or None
+
+
+def degrade_spatially(clip: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """A clip (L, H, W[, 3]) through ``spatial_operator(kind, ..., seed)``; float32, (L, h, w[, 3])."""
+    import torch
+
+    from evpipe.nodes.restore.operators import spatial_operator
+
+    tensor = torch.from_numpy(clip[:, None] if clip.ndim == 3 else np.moveaxis(clip, -1, 1).copy())
+    out = spatial_operator(kind, tuple(tensor.shape), seed).forward(tensor).numpy()
+    return out[:, 0] if clip.ndim == 3 else np.ascontiguousarray(np.moveaxis(out, 1, -1))
 
 
 def degrade_clip(clip: np.ndarray, psf: np.ndarray) -> np.ndarray:
@@ -372,15 +407,18 @@ def dataset_cases(
                    "before": _hwc(sample["before"]), "after": _hwc(sample["after"]), "target": _hwc(sample["middle"]),
                    "sequence": names[int(sample["sequence"])], "index": int(sample["aps"])}
     else:
-        psf = temporal_psf(degradation)
+        psf, spatial = parse_degradation(degradation)
         view = ClipView(dataset, length=clip_length)
         for i in range(len(view)):
             sample = view[i]
             clip = np.stack([_hwc(frame) for frame in sample["frames"]])
             degraded = degrade_clip(clip, psf)
+            if spatial:
+                degraded = degrade_spatially(degraded, spatial, seed=i)
             if noise:
-                degraded += (noise * np.random.default_rng(i).standard_normal(clip.shape)).astype(np.float32)
+                degraded += (noise * np.random.default_rng(i).standard_normal(degraded.shape)).astype(np.float32)
             yield {"degraded": degraded, "psf": psf, "target": clip,
+                   "spatial": {"kind": spatial, "seed": i} if spatial else None,
                    "sequence": names[int(sample["sequence"])], "index": int(sample["aps"])}
 
 
@@ -749,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="file stem of the outputs (default TASK_MODEL_SPLIT)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4], help="predict: gaps in APS frames (default 1 4)")
     parser.add_argument("--degradation", default=["uniform7"], nargs="+",
-                        help="restore: one or more of uniform7, uniform13, gaussian1 (one block each)")
+                        help="restore: one or more of uniform7, uniform13, gaussian1, each optionally followed by "
+                        "+blur, +sr4 or +inpaint (one block each)")
     parser.add_argument("--clip-length", type=int, default=CLIP_LENGTH, help="restore: APS frames per clip")
     parser.add_argument("--noise", type=float, default=0.0, help="restore: std of Gaussian noise on the measurement")
     parser.add_argument("--exposure-intervals", type=float,
@@ -769,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-samples must be >= 1")
     try:
         for kind in args.degradation:
-            temporal_psf(kind)
+            parse_degradation(kind)
         specs = [resolve_model(args.task, name) for name in args.model]
         dataset = EventDataset(args.dataset, args.split)
         train = EventDataset(args.dataset, "train") if args.split != "train" else dataset

@@ -7,9 +7,13 @@ without the diffusion updates) and ``admm-tv`` (ADMM on ½‖y − Ax‖² + λ�
 λ chosen on training clips). CG-only and ADMM-TV start from the normalised back-projection
 ``Aᵀy / Aᵀ(A 1)`` (the degraded clip itself for a temporal PSF), a stronger start than zeros.
 
-``--checkpoint`` selects the prior (default the shipped ``tiny``). The environment variable
-``EVPIPE_DDS_NFE`` overrides the NFE of every DDS model and of the CG-only baseline together (so both
-keep the same number of CG iterations); the value used is recorded in the report's fitted parameters.
+Spatio-temporal cases (``--degradation uniform7+blur`` etc.) pass a third argument ``spatial``
+(``{"kind", "seed"}``, see ``evpipe.tools.evaluate``); the operator is
+:func:`evpipe.nodes.restore.operators.make_operator` and the DDS settings are the paper's
+spatio-temporal ones (η 0.8, 100 NFE). ``--checkpoint`` selects the prior (default the shipped
+``tiny``). The environment variable ``EVPIPE_DDS_NFE`` overrides the NFE of every DDS model and of
+the CG-only baseline together (so both keep the same number of CG iterations); the values used are
+recorded in the report's fitted parameters.
 Every DDS model is seeded with 0.
 """
 
@@ -22,21 +26,47 @@ from typing import Any
 import numpy as np
 import torch
 
-from evpipe.nodes.restore.operators import LinearOperator, TemporalPSF, admm_tv
-from evpipe.nodes.restore.sampler import PAPER_TEMPORAL, DDSConfig, back_projection, cg_only, dds_restore
+from evpipe.nodes.restore.operators import LinearOperator, admm_tv, make_operator
+from evpipe.nodes.restore.sampler import (
+    PAPER_SPATIOTEMPORAL,
+    PAPER_TEMPORAL,
+    DDSConfig,
+    back_projection,
+    cg_only,
+    dds_restore,
+)
 
 ADMM_LAMBDAS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 ADMM_FIT_CLIPS = 3
+Spatial = dict[str, Any] | None
 
 
-def _config() -> DDSConfig:
+def _config(spatial: Spatial) -> DDSConfig:
+    """The paper's settings for the degradation (temporal or spatio-temporal), NFE from the environment."""
+    config = PAPER_SPATIOTEMPORAL if spatial else PAPER_TEMPORAL
     value = os.environ.get("EVPIPE_DDS_NFE")
     if value is None:
-        return PAPER_TEMPORAL
+        return config
     try:
-        return PAPER_TEMPORAL.with_(nfe=int(value))
+        return config.with_(nfe=int(value))
     except ValueError as error:
         raise ValueError(f"EVPIPE_DDS_NFE={value!r}: {error}") from error
+
+
+def _fitted(configs: DDSConfig | tuple[DDSConfig, DDSConfig]) -> dict[str, float]:
+    temporal, spatial = configs if isinstance(configs, tuple) else (configs, configs)
+    return {"nfe": temporal.nfe, "cg_steps": temporal.cg_steps, "eta": temporal.eta,
+            "nfe_spatial": spatial.nfe, "eta_spatial": spatial.eta}
+
+
+def problem(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial
+            ) -> tuple[LinearOperator, torch.Tensor, tuple[int, int, int, int]]:
+    """(A, y (L, C, h, w), clip shape (L, C, H, W)) of a restore case (see ``evpipe.tools.evaluate``)."""
+    y = to_clip(degraded)
+    kind = spatial["kind"] if spatial else None
+    scale = 4 if kind == "sr4" else 1
+    shape = (y.shape[0], y.shape[1], y.shape[2] * scale, y.shape[3] * scale)
+    return make_operator(psf, shape, kind, spatial["seed"] if spatial else 0), y, shape
 
 
 def to_clip(frames: np.ndarray) -> torch.Tensor:
@@ -47,7 +77,7 @@ def to_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def from_clip(clip: torch.Tensor, like: np.ndarray) -> np.ndarray:
-    """(L, C, H, W) tensor -> float32 array shaped like ``like``."""
+    """(L, C, H, W) tensor -> float32 (L, H, W) or (L, H, W, 3) as ``like`` is gray or colour."""
     array = clip.detach().cpu().numpy().astype(np.float32)
     return array[:, 0] if like.ndim == 3 else np.ascontiguousarray(np.moveaxis(array, 1, -1))
 
@@ -57,13 +87,13 @@ def _dds(batch_consistent: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
         from evpipe.nodes.restore.model import load_prior
 
         model, _ = load_prior(context.checkpoint or "tiny", context.device)
-        config = _config().with_(batch_consistent=batch_consistent)
-        context.options["fitted"] = {"nfe": config.nfe, "cg_steps": config.cg_steps, "eta": config.eta}
+        configs = tuple(_config(s).with_(batch_consistent=batch_consistent) for s in (None, {"kind": "any"}))
+        context.options["fitted"] = _fitted(configs)
 
-        def restore(degraded: np.ndarray, psf: np.ndarray) -> np.ndarray:
-            y = to_clip(degraded).to(context.device)
-            op = TemporalPSF(psf, len(y))
-            return from_clip(dds_restore(model, op, y, tuple(y.shape), config), degraded)
+        def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial = None) -> np.ndarray:
+            op, y, shape = problem(degraded, psf, spatial)
+            config = configs[1] if spatial else configs[0]
+            return from_clip(dds_restore(model, op, y.to(context.device), shape, config), degraded)
 
         return restore
 
@@ -71,18 +101,18 @@ def _dds(batch_consistent: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
 
 
 def _cg(context: Any) -> Callable[..., np.ndarray]:
-    config = _config()
-    context.options["fitted"] = {"nfe": config.nfe, "cg_steps": config.cg_steps}
+    context.options["fitted"] = _fitted((_config(None), _config({"kind": "any"})))
 
-    def restore(degraded: np.ndarray, psf: np.ndarray) -> np.ndarray:
-        y = to_clip(degraded)
-        return from_clip(cg_only(TemporalPSF(psf, len(y)), y, tuple(y.shape), config), degraded)
+    def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial = None) -> np.ndarray:
+        op, y, shape = problem(degraded, psf, spatial)
+        return from_clip(cg_only(op, y, shape, _config(spatial)), degraded)
 
     return restore
 
 
-def _admm(op: LinearOperator, y: torch.Tensor, lam: float) -> torch.Tensor:
-    return admm_tv(op, y, back_projection(op, y, tuple(y.shape)), lam).clamp(0.0, 1.0)
+def _admm(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, lam: float) -> torch.Tensor:
+    op, y, shape = problem(degraded, psf, spatial)
+    return admm_tv(op, y, back_projection(op, y, shape), lam).clamp(0.0, 1.0)
 
 
 def _admm_tv(context: Any) -> Callable[..., np.ndarray]:
@@ -92,17 +122,15 @@ def _admm_tv(context: Any) -> Callable[..., np.ndarray]:
     def fit_mse(lam: float) -> float:
         errors = []
         for case in picks:
-            y = to_clip(case["degraded"])
-            estimate = _admm(TemporalPSF(case["psf"], len(y)), y, lam)
+            estimate = _admm(case["degraded"], case["psf"], case.get("spatial"), lam)
             errors.append(float(torch.mean((estimate - to_clip(case["target"])) ** 2)))
         return float(np.mean(errors))
 
     best_mse, lam = min((fit_mse(lam), lam) for lam in ADMM_LAMBDAS)
     context.options["fitted"] = {"lambda": lam, "rho": 1.0, "fit_mse": best_mse}
 
-    def restore(degraded: np.ndarray, psf: np.ndarray) -> np.ndarray:
-        y = to_clip(degraded)
-        return from_clip(_admm(TemporalPSF(psf, len(y)), y, lam), degraded)
+    def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial = None) -> np.ndarray:
+        return from_clip(_admm(degraded, psf, spatial, lam), degraded)
 
     return restore
 

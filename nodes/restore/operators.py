@@ -177,21 +177,26 @@ class Compose(LinearOperator):
 SPATIAL = ("blur", "sr4", "inpaint")
 
 
+def spatial_operator(kind: str, shape: Shape, seed: int = 0) -> LinearOperator:
+    """The paper's spatial degradation ``kind`` for clips of ``shape`` (L, C, H, W): ``blur``
+    (Gaussian σ 2, 13 taps), ``sr4`` (4× average pooling) or ``inpaint`` (a random mask keeping 50% of
+    each frame's pixels, drawn from ``seed``)."""
+    if kind == "blur":
+        return GaussianBlur(2.0, 13)
+    if kind == "sr4":
+        return AveragePool(4)
+    if kind == "inpaint":
+        return Inpaint(random_mask(shape, 0.5, seed))
+    raise ValueError(f"spatial degradation {kind!r}: expected one of {SPATIAL} or none")
+
+
 def make_operator(psf: np.ndarray | Sequence[float], shape: Shape, spatial: str | None = None,
                   seed: int = 0) -> LinearOperator:
-    """The temporal PSF on clips of ``shape`` (L, C, H, W), then optionally a spatial degradation:
-    ``blur`` (Gaussian σ 2, 13 taps), ``sr4`` (4× average pooling), ``inpaint`` (random 50% mask,
-    drawn from ``seed``)."""
+    """The temporal PSF on clips of ``shape`` (L, C, H, W), then optionally :func:`spatial_operator`."""
     temporal = TemporalPSF(psf, shape[0])
     if spatial is None:
         return temporal
-    if spatial == "blur":
-        return Compose([temporal, GaussianBlur(2.0, 13)])
-    if spatial == "sr4":
-        return Compose([temporal, AveragePool(4)])
-    if spatial == "inpaint":
-        return Compose([temporal, Inpaint(random_mask(shape, 0.5, seed))])
-    raise ValueError(f"spatial degradation {spatial!r}: expected one of {SPATIAL} or none")
+    return Compose([temporal, spatial_operator(spatial, shape, seed)])
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
