@@ -200,6 +200,13 @@ def test_restore_node_windows_cover_the_clip_in_order() -> None:
     np.testing.assert_allclose(np.stack([m.frame().image for m in whole[:-1]]), direct[:, 0].numpy(), atol=1e-5)
 
 
+def test_restore_node_super_resolves_with_sr4() -> None:
+    _needs_prior()
+    clip = np.random.default_rng(1).random((5, 6, 5), dtype=np.float32)  # padded to 8 x 8 inside
+    out = _run_restore_node(clip, spatial="sr4", window=5, overlap=1)
+    assert [m.frame().image.shape for m in out[:-1]] == [(24, 20)] * 5
+
+
 def _load_tiny() -> ImagePrior:
     from evpipe.nodes.restore.model import load_prior
 
