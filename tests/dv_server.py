@@ -10,8 +10,9 @@ separate program, independent of evpipe's sink, like DV software would be.
         --duration-s 30 --wait-clients --summary out.json
 
 Prints ``ready`` once every writer listens; writes a JSON summary (what was sent, with an
-order-independent checksum of the events) and exits with ``os._exit`` — destroying a writer with a
-connected client deadlocks dv-processing 2.0.4 (see `evpipe.nodes.dv_io`).
+order-independent checksum of the events) and exits (with ``--hold``, once stdin closes) with
+``os._exit`` — destroying a writer with a connected client deadlocks dv-processing 2.0.4 (see
+`evpipe.nodes.dv_io`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def main() -> int:
     parser.add_argument("--wait-clients", action="store_true", help="start only when every writer has a client")
     parser.add_argument("--tls", nargs=3, metavar=("CERT", "KEY", "CA"), help="serve TCP streams over TLS")
     parser.add_argument("--summary", help="write what was sent here (JSON)")
+    parser.add_argument("--hold", action="store_true",
+                        help="after the stream, print the summary and stay connected until stdin closes: "
+                             "dv-processing discards what a reader has not yet taken when its server goes away")
     args = parser.parse_args()
 
     items, t0, span, size, camera = load(args.recording, args.packet_us)
@@ -138,12 +142,17 @@ def main() -> int:
         time.sleep(0.01)
     time.sleep(0.2)  # the last packets leave the socket buffers
     summary = {"sent": sent, "wall_s": wall_s, "sensor_s": duration_us / 1e6, "speed": args.speed,
-               "peak_writer_queue": peak_queue, "clients": {n: w.getClientCount() for n, w in writers.items()}}
+               "peak_writer_queue": peak_queue,
+               # Packets not yet handed to the socket now (its clients read too slowly to drain it in 10 s).
+               "still_queued": {n: w.getQueuedPacketCount() for n, w in writers.items()},
+               "clients": {n: w.getClientCount() for n, w in writers.items()}}
     if args.summary:
         with open(args.summary, "w") as file:
             json.dump(summary, file)
     print(json.dumps(summary), flush=True)
     sys.stdout.flush()
+    if args.hold:
+        sys.stdin.read()
     os._exit(0)
 
 

@@ -6,7 +6,8 @@ with the input saved, instead of killing pytest. Protocol: one JSON request per 
 ``{"path": ..., "on_error": ..., "sensor_size": [w, h] | null}``, one JSON answer per stdout line:
 ``{"outcome": "ok", "events": n, "frames": n, "imu": n}``, ``{"outcome": "error", "kind": ...,
 "message": ...}`` for a RecordingError, or ``{"outcome": "unexpected", "type": ..., "message": ...}``
-for any other exception (a bug: bad input must raise RecordingError).
+for any other exception (a bug: bad input must raise RecordingError). It prints ``ready`` once it can
+answer.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def read(path: str, on_error: str, sensor_size: list[int] | None) -> dict:
 
 
 def main() -> int:
+    # The native libraries the readers load lazily are loaded before "ready": their import takes seconds on a
+    # busy machine, which must not count against a read's timeout.
+    import dv_processing  # noqa: F401
+    import h5py  # noqa: F401
+
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         request = json.loads(line)
         try:

@@ -1,17 +1,21 @@
-"""Helpers for the live tests: a DV server process playing a real recording, free ports, TLS certificates."""
+"""Helpers for the live tests: a DV server process playing a real recording, free ports, a running graph's
+workers and live status, TLS certificates, and recording measured outcomes for benchmarks/RELIABILITY.md."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from evpipe.runtime.status import RUN_DIR_ENV, read_status
 from tests.conftest import REPO, SHARED_DATA
 
 DAVIS346 = SHARED_DATA / "davis346_street" / "davis346_street_first1.8s_zstd.aedat4"
@@ -31,25 +35,80 @@ def free_port() -> int:
 
 
 class DvServer:
-    """tests/dv_server.py in a subprocess: started, waited for (``ready``), its JSON summary read at the end."""
+    """tests/dv_server.py in a subprocess: started, waited for (``ready``), its JSON summary read at the end.
+
+    With ``--hold`` among the arguments the server stays connected after its stream until `release`:
+    `summary` then returns as soon as the stream has been written.
+    """
 
     def __init__(self, recording: Path, *args: str) -> None:
         self.proc = subprocess.Popen([sys.executable, str(SERVER), str(recording), *args], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.hold = "--hold" in args
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             self.proc.kill()
             raise RuntimeError(f"dv_server did not start: {line!r} {self.proc.stderr.read()}")
 
     def summary(self, timeout: float = 120) -> dict:
+        if self.hold:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                raise AssertionError(f"dv_server wrote no summary in {timeout} s")
+            return json.loads(self.proc.stdout.readline())
         out, err = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, err
         return json.loads(out.strip().splitlines()[-1])
+
+    def release(self) -> None:
+        """Let a ``--hold`` server go: it disconnects its clients and exits."""
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def worker_pid(run: subprocess.Popen, node: str, timeout: float = 60) -> int:
+    """PID of the worker process running ``node`` under this `evpipe run` (not another graph's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if b"evpipe.runtime.worker" in cmd and node.encode() in cmd and f"PPid:\t{run.pid}\n" in status:
+                return int(entry.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker for node {node!r}")
+
+
+def run_dir(pid: int) -> str:
+    """The run directory (live status.json) of the graph a worker belongs to, from its environment."""
+    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    return environ[RUN_DIR_ENV]
+
+
+def processed(folder: str, node: str) -> int:
+    """Messages ``node`` has processed (a source: emitted) according to the graph's live status."""
+    status = read_status(folder)
+    return status["nodes"].get(node, {}).get("processed", 0) if status else 0
+
+
+def wait_until_processed(pid: int, node: str, count: int, timeout: float = 60) -> None:
+    """Wait until the live status of ``pid``'s graph shows ``node`` has processed ``count`` messages."""
+    folder = run_dir(pid)
+    deadline = time.monotonic() + timeout
+    while processed(folder, node) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{node} did not process {count} messages in {timeout} s")
+        time.sleep(0.05)
 
 
 def make_certificates(folder: Path) -> dict[str, str]:
@@ -77,27 +136,10 @@ def make_certificates(folder: Path) -> dict[str, str]:
 def record(name: str, outcome: dict) -> None:
     """Append a measured outcome as a JSON line to $EVPIPE_RELIABILITY_OUT when it is set.
 
-    ``python -m tests.live_support LINES.jsonl benchmarks/reliability.json`` collects the lines with the
-    run's context (commit, machine load); benchmarks/RELIABILITY.md quotes that file.
+    ``python -m evpipe.tools.reliability_report LINES.jsonl`` collects the lines with the run's context
+    (commit, machine load) into benchmarks/reliability.json and renders benchmarks/RELIABILITY.md from it.
     """
     out = os.environ.get("EVPIPE_RELIABILITY_OUT")
     if out:
         with open(out, "a") as file:
             file.write(json.dumps({"test": name, **outcome}) + "\n")
-
-
-def main() -> int:
-    """Collect recorded outcomes (JSON lines) into one JSON file with the context of the run."""
-    lines, out = sys.argv[1], sys.argv[2]
-    results = [json.loads(line) for line in Path(lines).read_text().splitlines() if line.strip()]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
-    Path(out).write_text(json.dumps({
-        "command": "EVPIPE_RELIABILITY_OUT=LINES.jsonl pytest tests/test_live_*.py tests/test_fault_injection.py "
-                   "tests/test_fuzz_readers.py -m 'slow or not slow'; python -m tests.live_support LINES.jsonl OUT",
-        "commit": commit.strip(), "load_average_1_5_15": list(os.getloadavg()), "cpus": os.cpu_count(),
-        "results": {r.pop("test"): r for r in results}}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

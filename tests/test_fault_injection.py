@@ -27,40 +27,8 @@ import pytest
 from evpipe.nodes.sources.readers import open_recording
 from evpipe.nodes.sources.replay import Replay
 from evpipe.runtime.node import NodeError
-from evpipe.runtime.status import RUN_DIR_ENV, read_status
 from tests.conftest import TESTS, run_graph
-from tests.live_support import DvServer, davis_recording, free_port, record
-
-
-def worker_pid(run: subprocess.Popen, node: str, timeout: float = 30) -> int:
-    """PID of the worker process running ``node`` under this `evpipe run` (not another graph's)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if b"evpipe.runtime.worker" in cmd and node.encode() in cmd and f"PPid:\t{run.pid}\n" in status:
-                return int(entry.name)
-        time.sleep(0.05)
-    raise AssertionError(f"no worker for node {node!r}")
-
-
-def wait_until_processed(pid: int, node: str, count: int, timeout: float = 60) -> None:
-    """Wait until the graph's live status (status.json, found through a worker's EVPIPE_RUN_DIR) shows
-    ``node`` has processed ``count`` messages: the stream is flowing, the fault lands mid-stream."""
-    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = read_status(environ[RUN_DIR_ENV])
-        if status and status["nodes"].get(node, {}).get("processed", 0) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{node} did not process {count} messages in {timeout} s")
+from tests.live_support import DvServer, davis_recording, free_port, record, wait_until_processed, worker_pid
 
 
 def run_killing(tmp_path: Path, text: str, victim: str, flowing: tuple[str, int]) -> tuple[dict, str]:
@@ -101,7 +69,9 @@ edges:
 """
 
 
-@pytest.mark.parametrize("victim", ["fi_events", "fi_vox", "fi_metrics", "fi_rec"])
+# About 15 s each on a shared 2-core machine: one victim in the quick run, the other kinds in the slow one.
+@pytest.mark.parametrize("victim", ["fi_vox", *(pytest.param(v, marks=pytest.mark.slow)
+                                                for v in ("fi_events", "fi_metrics", "fi_rec"))])
 def test_kill_9_of_each_node_kind_mid_stream(tmp_path, victim):
     """The victim is restarted and its restart counted; loss stays on the victim's own edges (messages its dead
     process held, received or queued to send) and every edge's ledger is exact; other edges lose nothing."""
@@ -196,6 +166,7 @@ edges:
 """
 
 
+@pytest.mark.slow  # about 20 s: two server lifetimes and the backoff between them
 def test_a_source_whose_server_dies_reports_it_and_reconnects_with_backoff(tmp_path):
     sock = tmp_path / "events.sock"
     recording = davis_recording()
@@ -204,7 +175,8 @@ def test_a_source_whose_server_dies_reports_it_and_reconnects_with_backoff(tmp_p
     config.write_text(DISCONNECT.format(sock=sock))
     run = subprocess.Popen([sys.executable, "-m", "evpipe.runtime.cli", "run", str(config), "--report",
                             str(tmp_path / "report.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)
+    # Mid-stream (the source has emitted 500 packets, 1 s of the stream), however long the graph took to start.
+    wait_until_processed(worker_pid(run, "fi_events"), "fi_events", 500)
     first.kill()  # kill -9 mid-stream: no goodbye; a stale socket file stays behind
     time.sleep(1.0)
     second = DvServer(recording, "--events", f"unix://{sock}", "--wait-clients", "--speed", "2")

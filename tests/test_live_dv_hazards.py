@@ -6,6 +6,8 @@ failing after a dv-processing upgrade, the corresponding workaround may be unnec
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import subprocess
 import sys
@@ -60,7 +62,10 @@ def test_network_reader_holds_at_most_1000_packets_for_a_reader_that_falls_behin
     writer = _writer(port, 3000, "keep")
     try:
         reader = dv.io.NetworkReader("127.0.0.1", port)
-        time.sleep(2.0)  # a reader that fell behind while all 3000 packets were written
+        # A reader that fell behind while all 3000 packets were written: at least 2 s, and until the writer says
+        # it wrote them all (on a busy machine that takes longer) or 20 s pass (the stalled-link variant).
+        time.sleep(2.0)
+        writer_drained = _wait_for_line(writer, "written", 18.0)[0]
         packets, first_t, last_arrival = 0, None, time.monotonic()
         while time.monotonic() - last_arrival < 1.0:  # read until nothing more comes for 1 s
             store = reader.getNextEventBatch()
@@ -70,7 +75,6 @@ def test_network_reader_holds_at_most_1000_packets_for_a_reader_that_falls_behin
             first_t = int(events_from_dv(store).t[0]) if first_t is None else first_t
             packets += 1
             last_arrival = time.monotonic()
-        writer_drained = _read_line_now(writer) == "written"
     finally:
         writer.kill()
         writer.wait()
@@ -140,14 +144,17 @@ def test_a_plain_reader_on_a_tls_server_hangs_holding_the_gil(tmp_path):
     reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
     try:
+        # 4 s from the moment it starts connecting (importing dv_processing takes seconds on a busy machine).
+        connecting, after = _wait_for_line(reader, "connecting", 60.0)
+        assert connecting, f"the reader process never started connecting: {after!r}"
         time.sleep(4.0)
         hung = reader.poll() is None
     finally:
         reader.kill()
-        out = reader.communicate()[0].split()
+        out = (after + reader.communicate()[0]).split()  # what it printed after "connecting"
         writer.kill()
         writer.wait()
-    ticks_while_connecting = out[out.index("connecting") + 1:].count("tick")
+    ticks_while_connecting = out.count("tick")
     # In 4 s a free thread ticks ~37 times; with the GIL held by the constructor it cannot run at all.
     assert hung and "connected" not in out and ticks_while_connecting <= 1
     record("dv_plain_reader_on_tls", {"dv_behaviour": "NetworkReader (plain) on a TLS server",
@@ -157,6 +164,20 @@ def test_a_plain_reader_on_a_tls_server_hangs_holding_the_gil(tmp_path):
 
 def _read_line_now(proc: subprocess.Popen) -> str:
     """A line the process has already printed, without waiting for one."""
-    import select
-
     return proc.stdout.readline().strip() if select.select([proc.stdout], [], [], 0)[0] else ""
+
+
+def _wait_for_line(proc: subprocess.Popen, line: str, timeout_s: float) -> tuple[bool, str]:
+    """Read the process's output (unbuffered, so nothing hides in a reader's buffer) until a line equal to
+    ``line`` or ``timeout_s`` pass: (seen, the output that followed it)."""
+    fd, text = proc.stdout.fileno(), ""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break  # the process ended
+        text += chunk.decode()
+        lines = text.split("\n")
+        if line in lines[:-1]:
+            return True, "\n".join(lines[lines.index(line) + 1:])
+    return False, text

@@ -17,6 +17,7 @@ import pytest
 
 from evpipe.runtime.security import create_keys
 from tests.conftest import TESTS
+from tests.live_support import record
 
 GRAPH = """\
 name: two-hosts
@@ -124,7 +125,8 @@ def _run_two_hosts(tmp_path: Path, in_a: list[str], in_b: list[str], addr_a: str
     return json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
 
 
-def _check(report_a: dict, report_b: dict) -> None:
+def _check(report_a: dict, report_b: dict) -> dict:
+    """Assert the graph's data crossed intact and no rogue message reached it; return the measured outcome."""
     produced = report_a["reports"]["src"][0]["produced"]
     streams = report_b["reports"]["sink"][0]["streams"]
     assert set(streams) == {"filt.events"}, f"rogue traffic reached the graph: {streams}"
@@ -137,15 +139,21 @@ def _check(report_a: dict, report_b: dict) -> None:
     offset = report_b["clock_offsets_ms"]["a"]
     assert abs(offset["offset_ms"]) <= offset["round_trip_ms"]  # same kernel clock: offset within the error bar
     assert report_b["latency"]["paths"]["src -> filt -> sink"]["count"] == 80
+    return {"messages_crossed": cross["processed"], "events_produced": produced["events"],
+            "events_delivered": streams["filt.events"]["events"], "checksums": [produced["checksum"],
+                                                                                 streams["filt.events"]["checksum"]],
+            "rogue_messages_tried": {"wrong-key": 20, "plaintext": 20},
+            "rogue_streams_reaching_the_graph": sorted(set(streams) - {"filt.events"}),
+            "clock_offset_ms": offset, "latency_ms": report_b["latency"]["paths"]["src -> filt -> sink"]}
 
 
 def test_multi_host_graph_over_curve_between_network_namespaces(tmp_path):
     with _namespaces() as (in_a, in_b, addr_a, addr_b):
-        _check(*_run_two_hosts(tmp_path, in_a, in_b, addr_a, addr_b))
+        record("multihost_curve_namespaces", _check(*_run_two_hosts(tmp_path, in_a, in_b, addr_a, addr_b)))
 
 
 def test_multi_host_graph_over_curve_on_loopback_addresses(tmp_path):
-    _check(*_run_two_hosts(tmp_path, [], [], "127.0.0.2", "127.0.0.3"))
+    record("multihost_curve_loopback", _check(*_run_two_hosts(tmp_path, [], [], "127.0.0.2", "127.0.0.3")))
 
 
 def test_cross_host_edges_require_curve_keys(tmp_path):

@@ -22,6 +22,7 @@ from evpipe.runtime.events import Events
 from evpipe.runtime.graph import ConfigError, load_graph
 from evpipe.runtime.wire import Message, encode
 from tests.conftest import TESTS, evpipe, run_graph, start_evpipe
+from tests.live_support import record
 
 THREE_NODES = """\
 name: three
@@ -173,6 +174,10 @@ def test_malformed_and_oversized_messages_are_rejected_and_the_node_keeps_runnin
         assert counters["processed"] == 2
         assert 4 + 75 <= counters["rejected"] <= 4 + 80  # 4 malformed + the flood beyond the bucket
         assert "rejected message" in proc.stderr.read()
+        record("malformed_and_flood", {"bad_input": "4 malformed or oversized messages and 100 control messages at "
+                                       "once (max_control_per_s 20) on a node's input edge",
+                                       "processed": counters["processed"], "rejected": counters["rejected"],
+                                       "node_exit": proc.returncode})
         push.close()
         router.close()
 

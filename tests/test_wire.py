@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import msgpack
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from hypothesis import strategies as st
 
 from evpipe.runtime.events import Events, Frame, events_checksum
 from evpipe.runtime.wire import Limits, Message, Trace, WireError, decode, encode
+from tests.live_support import record
 
 
 def _events(n: int, seed: int = 0) -> Events:
@@ -99,31 +98,53 @@ def test_malformed_messages_are_rejected_with_a_reason(frames, message):
 
 def test_limits_are_checked_before_arrays_are_built():
     big = _frames(Message.from_events(_events(1000)))
-    with pytest.raises(WireError, match="max_message_bytes"):
-        decode(big, Limits(max_message_bytes=5000))
-    with pytest.raises(WireError, match="max_events"):
-        decode(big, Limits(max_events=999))
-    with pytest.raises(WireError, match="max_header_bytes"):
-        decode(big, Limits(max_header_bytes=10))
+    refused = {}
+    for limit, limits in [("max_message_bytes", Limits(max_message_bytes=5000)), ("max_events", Limits(max_events=999)),
+                          ("max_header_bytes", Limits(max_header_bytes=10))]:
+        with pytest.raises(WireError, match=limit) as refusal:
+            decode(big, limits)
+        refused[limit] = str(refusal.value)
     many = _frames(Message("voxel", {f"a{i}": np.zeros(1, np.float32) for i in range(20)}))
-    with pytest.raises(WireError, match="max_arrays"):
+    with pytest.raises(WireError, match="max_arrays") as refusal:
         decode(many)
+    refused["max_arrays"] = str(refusal.value)
+    record("wire_limits", {"bad_input": "messages over each size limit", "refused": refused})
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.binary(max_size=64), min_size=1, max_size=5))
-def test_decoder_never_fails_other_than_with_wire_error_on_garbage(frames):
-    with contextlib.suppress(WireError):
+def _decode_outcome(frames: list[bytes], outcomes: dict[str, int]) -> None:
+    """Decode; a WireError is the one acceptable failure (any other exception fails the test)."""
+    try:
         decode(frames)
+        outcomes["decoded"] = outcomes.get("decoded", 0) + 1
+    except WireError:
+        outcomes["wire_error"] = outcomes.get("wire_error", 0) + 1
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_decoder_survives_mutated_headers(data):
-    header = _header(GOOD)
-    key = data.draw(st.sampled_from(sorted(header)))
-    ints = st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
-    header[key] = data.draw(st.one_of(st.none(), ints, st.text(max_size=5), st.lists(ints, max_size=3),
-                                      st.dictionaries(st.text(max_size=3), ints, max_size=2)))
-    with contextlib.suppress(WireError):
-        decode([msgpack.packb(header, use_bin_type=True), *GOOD[1:]])
+def test_decoder_never_fails_other_than_with_wire_error_on_garbage():
+    outcomes: dict[str, int] = {}
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=64), min_size=1, max_size=5))
+    def check(frames: list[bytes]) -> None:
+        _decode_outcome(frames, outcomes)
+
+    check()
+    record("wire_fuzz_garbage", {"bad_input": "random frames (1-5 of up to 64 bytes)", "outcomes": outcomes})
+
+
+def test_decoder_survives_mutated_headers():
+    outcomes: dict[str, int] = {}
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        header = _header(GOOD)
+        key = data.draw(st.sampled_from(sorted(header)))
+        ints = st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
+        header[key] = data.draw(st.one_of(st.none(), ints, st.text(max_size=5), st.lists(ints, max_size=3),
+                                          st.dictionaries(st.text(max_size=3), ints, max_size=2)))
+        _decode_outcome([msgpack.packb(header, use_bin_type=True), *GOOD[1:]], outcomes)
+
+    check()
+    record("wire_fuzz_headers", {"bad_input": "a valid message with one header field replaced by a random value",
+                                 "outcomes": outcomes})
