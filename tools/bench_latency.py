@@ -10,7 +10,8 @@ runtime's tracing, end-to-end p50/p99 (newest event available -> prediction deli
 predictor's compute p50, predictions per second, and windows dropped.
 
 The naive baseline, measured in the same run: the same windows predicted one after another in a plain
-Python loop — voxel grid, then the teacher sampler in eager torch — with no graph and no overlap.
+Python loop — voxel grid, then the teacher sampler in eager torch (one thread, its fastest setting
+here) — with no graph and no overlap.
 Ratios: naive latency / graph p50 latency, and graph throughput / naive throughput.
 
 Also in the same run, the engine's asynchronous mode on ONNX Runtime (``Engine.submit``/``collect``
@@ -56,7 +57,9 @@ def graph_run(recording: str, roi: list[int] | None, backend: str, speed: float,
                                                  "loops": loops, "imu": False, "checksum": False}},
             "vox": {"type": "voxelizer", "params": {"mode": "frame_sync", "bins": 5,
                                                     "predictions_per_frame": per_frame}},
-            "pred": {"type": "predictor", "params": {"backend": backend, "variant": variant}},
+            # torch gets one thread: its default two stall each other on a busy 2-core machine
+            "pred": {"type": "predictor", "params": {"backend": backend, "variant": variant,
+                                                     "threads": 1 if backend == "torch" else 0}},
             "metrics": {"type": "metrics", "params": {"warmup": 3, "checksum": False}},
         },
         "edges": [
@@ -109,7 +112,7 @@ def naive_loop(windows: list[tuple]) -> dict:
     """The windows predicted one by one with the teacher in eager torch, no graph: voxel grid + sampler."""
     from evpipe.nodes.predict.sampler import FramePredictor, events_voxel
 
-    teacher = FramePredictor("teacher", backend="torch")
+    teacher = FramePredictor("teacher", backend="torch", threads=1)  # see FramePredictor: 2 threads stall here
     first = windows[0]
     teacher.predict_events(*first)  # warm-up: torch's first call allocates and picks kernels
     times = []
@@ -216,7 +219,7 @@ def markdown(result: dict) -> str:
              f"Recording `{Path(result['recording']).name}`, roi {result['roi']}, {result['per_frame']} predictions "
              "per APS frame interval; latencies from the runtime's tracing (newest event available -> prediction "
              "delivered at the sink). Naive baseline (same run): the teacher "
-             f"({naive['teacher_steps']} steps, eager torch), one window at a time in a Python loop: p50 "
+             f"({naive['teacher_steps']} steps, eager torch, one thread), one window at a time in a Python loop: p50 "
              f"{naive['p50_ms']:.1f} ms per prediction, {naive['predictions_s']:.2f} predictions/s.", "",
              "| backend | speed | e2e p50 (ms) | e2e p99 (ms) | predictor compute p50 (ms) | predictions/s "
              "| windows dropped | naive/graph latency | graph/naive throughput |",

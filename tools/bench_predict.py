@@ -8,8 +8,8 @@ one run, then a 7-frame autoregressive rollout on the test split (the paper's mu
 setting: each prediction is the next anchor, with the events since the previous frame; copy-last
 keeps the anchor, event integration integrates every event since the anchor). Writes
 ``benchmarks/predict.json``, ``predict.md`` and ``predict.png`` (example grid). ms/call is the
-median wall time of one model call on this machine, voxelisation included, every model on ONNX
-Runtime (see ``evpipe.nodes.predict.evaluation``); Δ columns are against copy-last and event
+median wall time of one model call on this machine, voxelisation included, every model in eager
+torch with one thread (see ``evpipe.nodes.predict.evaluation``); Δ columns are against copy-last and event
 integration measured in the same run. The report ends with the issue's targets for the 4-step
 student (≥ 3 dB over copy-last and ≥ 1 dB over event integration on the synthetic test split,
 better than both on the real recordings), each marked met or missed from these numbers.
@@ -77,7 +77,7 @@ def markdown(results: list[dict], roll: dict, steps: int, settings: dict) -> str
         f"({settings['seconds']:.0f} s). Dataset `{settings['dataset']}`, test split; real recordings: second half "
         "of each (the first half fits the event-integration baseline). Mean over samples; Δ columns are PSNR "
         "differences against the two baselines measured in the same run; ms/call is the median of one call "
-        f"(every model on ONNX Runtime; {os.cpu_count()} CPU cores shared with other jobs, load average "
+        f"(every model in eager torch, one thread; {os.cpu_count()} CPU cores shared with other jobs, load average "
         f"{settings['load_start']:.1f} at the start and {settings['load_end']:.1f} at the end).",
         "",
         "| data | k | method | PSNR (dB) | SSIM | Δ vs copy-last | Δ vs event-int. | ms/call | n |",

@@ -6,9 +6,13 @@ students, what the node runs), and the ablations ``dessert-no-ervae``, ``dessert
 training budget); ``dessert-4step-latent`` is the 4-step student with the paper's composition
 decode(z_anchor + ẑ_res) instead of the default pixel-space residual; ``-t1`` variants sample at
 temperature 1 (true samples) instead of the default 0. ``--checkpoint`` selects a
-checkpoint directory (default: the shipped ``tiny``). Every variant runs on ONNX Runtime, the
-students' deployment backend (its fused graph is exported and cached on first use), so the ms/call
-column compares the models, not two runtimes. Each factory seeds its sampler with 0.
+checkpoint directory (default: the shipped ``tiny``). Every variant runs in eager torch with one
+intra-op thread: one runtime for all rows, so ms/call compares the models; no per-variant ONNX
+export (the 64-step teacher's takes over ten minutes here); and one thread because torch's default
+two stall each other on this busy 2-core machine (teacher 21 s per frame instead of 0.5 s). The
+students' deployment backend, ONNX Runtime, gives the same frames (max abs difference 6e-7 for the
+4-step graph, ``tests/test_predict.py``); its latency is in ``benchmarks/latency.md``. Each factory
+seeds its sampler with 0.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ def factory(variant: str, compose: str | None = None, temperature: float = 0.0
         if context.channels != 1:
             raise ValueError(f"dessert-{variant}: the predictor is gray-only; the data has {context.channels} "
                              "channels")
-        predictor = FramePredictor(variant, context.checkpoint or "tiny", "onnxruntime",
-                                   compose=compose, temperature=temperature, seed=0)
+        predictor = FramePredictor(variant, context.checkpoint or "tiny", "torch", compose=compose,
+                                   temperature=temperature, threads=1, seed=0)
 
         def predict(anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:
             return predictor.predict_events(anchor, events, t_anchor, t_target)

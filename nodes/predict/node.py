@@ -57,7 +57,8 @@ class Predictor(Node):
                    choices=list(VARIANTS))
         spec.param("backend", str, default="onnxruntime", choices=["onnxruntime", "torch"],
                    doc="inference backend (onnxruntime runs the cached fused ONNX export)")
-        spec.param("threads", int, default=0, minimum=0, doc="onnxruntime intra-op threads; 0 = all usable cores")
+        spec.param("threads", int, default=0, minimum=0,
+                   doc="intra-op threads of onnxruntime or torch; 0 = the backend's default (all usable cores)")
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
                    doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence (temperature > 0)")

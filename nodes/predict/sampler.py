@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from evpipe.kernels import voxel_grid
 from evpipe.nodes.predict.checkpoint import load_model
@@ -44,7 +45,10 @@ class FramePredictor:
     ``temperature`` scales the sampler's initial noise: 1 draws true samples from the model; 0 (the
     default) starts every DDIM trajectory at the prior's mean, a deterministic prediction close to
     the conditional mean: less texture, measurably higher PSNR (see benchmarks/predict.md).
-    ``seed`` fixes the noise sequence when the temperature is above 0.
+    ``seed`` fixes the noise sequence when the temperature is above 0. ``threads`` sets the intra-op
+    threads of ONNX Runtime, or of torch for the whole process (``torch.set_num_threads``): on a busy
+    2-core machine torch's default of one thread per core stalls in its barriers (the 64-step teacher
+    measured 21 s per frame with two threads, 0.5 s with one).
     """
 
     def __init__(self, variant: str = "4step", checkpoint: str | Path = "tiny", backend: str = "onnxruntime",
@@ -60,6 +64,7 @@ class FramePredictor:
         self.bins = self.model.config.bins
         self.multiple = self.model.multiple
         self._onnx = cached_fused_onnx(variant, checkpoint, compose) if backend == "onnxruntime" else None
+        self._torch_threads = threads if backend == "torch" else None
         self._engines: dict[tuple[int, int], Engine] = {}
         self._rng = np.random.default_rng(seed)
 
@@ -99,6 +104,9 @@ class FramePredictor:
         noise = self._rng.standard_normal((1, self.model.config.latent_channels, hp // down, wp // down),
                                           dtype=np.float32) * np.float32(self.temperature)
         feeds = dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))
+        if self._torch_threads:
+            # Set before every call: the voxel grid's parallel Numba kernels reset this thread's count.
+            torch.set_num_threads(self._torch_threads)
         return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
 
     def predict_events(self, anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:
