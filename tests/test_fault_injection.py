@@ -69,9 +69,10 @@ edges:
 """
 
 
-# About 15 s each on a shared 2-core machine: one victim in the quick run, the other kinds in the slow one.
-@pytest.mark.parametrize("victim", ["fi_vox", *(pytest.param(v, marks=pytest.mark.slow)
-                                                for v in ("fi_events", "fi_metrics", "fi_rec"))])
+# About 15 s each on a shared 2-core machine, so slow; the quick run has the runtime-level kill -9 tests
+# (tests/test_runtime_graphs.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["fi_events", "fi_vox", "fi_metrics", "fi_rec"])
 def test_kill_9_of_each_node_kind_mid_stream(tmp_path, victim):
     """The victim is restarted and its restart counted; loss stays on the victim's own edges (messages its dead
     process held, received or queued to send) and every edge's ledger is exact; other edges lose nothing."""

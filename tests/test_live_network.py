@@ -163,7 +163,9 @@ def test_disconnect_is_reported_and_reconnected_with_backoff(tmp_path):
     sent_second = second.summary()["sent"]
     total = sent_first["events"] + sent_second["events"]
     deadline = time.monotonic() + 30
-    while node.received["events"] < total and time.monotonic() < deadline:  # the tail is still in the socket
+    # Until the source has the tail (still in the socket) and has seen the second server go away.
+    while ((node.received["events"] < total or len(node.link["disconnects"]) < 2)
+           and time.monotonic() < deadline):
         time.sleep(0.05)
     node.halt()  # it would keep retrying for give_up_after_s (30 s)
     reader.join(60)

@@ -68,6 +68,8 @@ def _kill9(victim: str, kind: str) -> Callable[[dict], tuple[str, str, str]]:
                     f"edges {_lost(r['edges'], victim)}, on every other edge {_lost(r['edges'], victim, other=True)}"
                     f"; events sent by the DV server {r['events_sent_by_server']:,}, delivered to metrics "
                     f"{r['events_delivered_to_metrics']:,}")
+        if victim == "fi_metrics":
+            measured += " (the killed incarnation's tally died with it: this is the restarted one's)"
         if "events_missed_during_restart" in r:
             measured += f" (missed while the source was down: {r['events_missed_during_restart']:,})"
         if "events_in_file_after_restart" in r:
