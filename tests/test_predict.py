@@ -4,6 +4,7 @@ checkpoints, the numpy predictor on both backends, ONNX parity, and the shipped 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from evpipe.runtime.events import Events, Frame
 from evpipe.runtime.node import Node, Spec
 from evpipe.runtime.wire import Message, Trace
 from evpipe.tools.train_predictor import PairData, Trainer
-from tests.conftest import run_graph
+from tests.conftest import evpipe, run_graph
 
 BINS = 3
 SIZE = 32
@@ -302,3 +303,20 @@ def test_shipped_4step_onnx_export_matches_torch(tmp_path, monkeypatch):
     model, steps = load_model("4step", "tiny")
     assert steps == 4
     assert parity(model, steps, path, sizes=((128, 128), (80, 144))) < 1e-5
+
+
+@pytest.mark.slow  # a 1.5 s real-time graph plus process start-up; on a fresh machine also the ONNX export
+def test_default_graph_predicts_and_writes_the_side_by_side_video(tmp_path):
+    """`evpipe run` with no config: simulator -> voxelizer -> predictor -> video + metrics, shortened."""
+    import av
+
+    proc = evpipe("run", "--set", "sim.duration_s=1.5", "--report", str(tmp_path / "report.json"), timeout=300,
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())["reports"]
+    pred, video = report["pred"][0], report["video"][0]
+    assert pred["predictions"] > 0 and pred["unanchored"] == 0
+    assert report["metrics"][0]["streams"]["pred.predictions"]["messages"] == pred["predictions"]
+    assert video["panels"] == ["pred.predictions", "sim.truth"] and video["size"] == [256, 128]
+    with av.open(str(tmp_path / "runs" / "default" / "prediction.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == video["frames"] > 0
