@@ -16,8 +16,6 @@ from evpipe.runtime.wire import Message
 _LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
 # Windows held while their anchor frame has not arrived; beyond this the oldest is dropped (counted).
 _MAX_PENDING = 16
-# Real frames (with the predictions made from them) kept as anchors for windows that arrive late.
-_HISTORY = 8
 
 
 def gray_unit(image: np.ndarray) -> np.ndarray:
@@ -40,11 +38,12 @@ class Predictor(Node):
     frame at ``t_target`` (float32 (H, W) in [0, 1], meta ``predicted: true``, ``t_anchor``). Its anchor
     is the real frame at ``t_anchor`` (every real frame resets the anchor at its time, replacing any
     prediction there), or else the node's own prediction for ``t_anchor``: windows that start where the
-    previous one ended roll out several frames ahead autoregressively. The last 8 real frames and their
-    rollouts stay available, because frames and windows travel on separate edges and either may arrive
-    first; a window that starts after the newest frame waits (up to 16 of them) for it, and one whose
-    anchor cannot come any more is counted as ``unanchored`` and skipped. Reports frames, predictions
-    and unanchored.
+    previous one ended roll out several frames ahead autoregressively. Real frames of the last
+    ``anchor_history_us`` of sensor time and their rollouts stay available, because frames and windows
+    travel on separate edges and either may arrive first, and a window taken from a ``latest`` edge by a
+    busy predictor may be older than many frames since; a window that starts after the newest frame
+    waits (up to 16 of them) for it, and one whose anchor cannot come any more is counted as
+    ``unanchored`` and skipped. Reports frames, predictions and unanchored.
     """
 
     @classmethod
@@ -62,6 +61,9 @@ class Predictor(Node):
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
                    doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence (temperature > 0)")
+        spec.param("anchor_history_us", int, default=1_000_000, minimum=1,
+                   doc="sensor time of real frames kept as anchors for windows that arrive late (µs); "
+                   "longer than the predictor's compute time, so a slow predictor still finds its anchors")
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> list[str]:
@@ -80,7 +82,7 @@ class Predictor(Node):
         self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, temperature=p.temperature,
                                         threads=p.threads or None, seed=p.seed)
         self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
-        self.frame_times: deque[int] = deque(maxlen=_HISTORY)  # the latest real frames, oldest first
+        self.frame_times: deque[int] = deque()  # real frames within anchor_history_us, oldest first
         self.pending: list[Message] = []
         self.counts = {"frames": 0, "predictions": 0, "unanchored": 0}
 
@@ -91,6 +93,8 @@ class Predictor(Node):
         frame = msg.frame()
         self.anchors[frame.t] = gray_unit(frame.image)  # a real frame replaces a prediction for its time
         self.frame_times.append(frame.t)
+        while self.frame_times[0] < self.frame_times[-1] - self.params.anchor_history_us:
+            self.frame_times.popleft()
         oldest = self.frame_times[0]
         self.anchors = {t: image for t, image in self.anchors.items() if t >= oldest}
         self.counts["frames"] += 1
