@@ -17,8 +17,8 @@ CPU strategy — the loop is bound by scattered read-modify-writes into the grid
   shares to the adjacent cells (pair b, pixel) — one cache line, never split — and, events being
   sorted, a thread works on one pair plane at a time (H*W*8 bytes: 0.7 MB at 346x260, inside its
   L2) instead of the whole grid. The ordered reduction gives bin b = upper shares of pair b-1 +
-  lower shares of pair b. Measured at 10M events, 346x260, B=5, 2 threads: 1.6x less CPU time than
-  pixel-major private grids (all B bins of a pixel adjacent, 2.9 MB per thread, L3-resident);
+  lower shares of pair b. Measured at 10M events, 346x260, B=5, 2 threads, busy machine: 1.2-1.6x
+  less CPU time than pixel-major private grids (all B bins of a pixel adjacent, 2.9 MB per thread);
 - small windows, or as many windows as threads, are processed one window per thread straight into
   the output (planar layout), which is deterministic whatever the thread count; a single small
   window runs without a parallel region at all: on a busy machine (every evpipe node is a process)
