@@ -20,8 +20,9 @@ Stage recipes:
   the train split are stored.
 - priors: v-prediction denoising loss (:func:`evpipe.nodes.diffusion.diffusion_loss`) of x (as x - y)
   and of r = y - f(E) x (times r_scale), both conditioned on (y, f(E)); f frozen; one Adam over both.
-- tune: the preset's weights and five variations (s = 0, s/2, 2s; λ = 0; s'/2), scored by PSNR of
-  the guided ``teacher_steps`` sampler on ``--tune-samples`` random val crops; the best is stored.
+- tune: a grid around the preset's weights (s in {0, s/2, s, 5s/3}, λ in {0, λ}, s' in {s', 2s'},
+  λ' in {0, λ'}), scored by PSNR of the guided ``teacher_steps`` sampler on ``--tune-samples`` random
+  val crops; the best is stored.
 - distill: the guided teacher (Algorithm 1, ``fEx+r``, tuned weights, temperature 0) is run on
   ``distill_pairs`` random training crops; the student (initialised from the x prior) learns to
   reproduce its output in ``student_steps`` unguided DDIM steps (output distillation, Luhman &
@@ -260,9 +261,9 @@ class Trainer:
         val = load_training_split(self.dataset, "val", p.edi_c, p.edi_samples)
         blurry, sharp, edi = random_crops(val, self.tune_samples, p.crop, self.generator(4))
         base = p.guidance
-        grid = [base, dataclasses.replace(base, s=0.0), dataclasses.replace(base, s=base.s / 2),
-                dataclasses.replace(base, s=2 * base.s), dataclasses.replace(base, lam=0.0),
-                dataclasses.replace(base, s_r=base.s_r / 2)]
+        grid = [Guidance(s=s, lam=lam, s_r=s_r, lam_r=lam_r)
+                for s in (0.0, base.s / 2, base.s, 5 * base.s / 3) for lam in (0.0, base.lam)
+                for s_r in (base.s_r, 2 * base.s_r) for lam_r in (0.0, base.lam_r)]
         scores = []
         with torch.no_grad():
             for weights in tqdm(grid, desc="tune guidance", unit="setting"):

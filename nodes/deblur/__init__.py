@@ -16,9 +16,14 @@ exposure), :mod:`.node` (the ``deblur`` graph node), :mod:`.evaluation` (models 
 
 The shipped ``tiny`` checkpoint (``checkpoints/tiny/``) was made by::
 
-    python -m evpipe.tools.make_dataset --preset tiny                 # the synthetic dataset
-    python -m evpipe.tools.train_deblur --preset tiny --stage all     # enhance, priors, tune, distill
+    python -m evpipe.tools.make_dataset --preset tiny                          # the synthetic dataset
+    python -m evpipe.tools.train_deblur --preset tiny --stage enhance          # } run as --stage all
+    python -m evpipe.tools.train_deblur --preset tiny --stage priors           # } (500 prior iterations)
+    python -m evpipe.tools.train_deblur --preset tiny --stage priors --iters 400   # continues the priors
+    python -m evpipe.tools.train_deblur --preset tiny --stage tune
+    python -m evpipe.tools.train_deblur --preset tiny --stage distill
 
-(``checkpoints/tiny/train_log.json`` holds each stage's command, losses and wall time). ``base`` is
-configuration only; it has not been trained here.
+(the first run's record is in git history, commit 6630ded; ``checkpoints/tiny/train_log.json`` holds
+each stage's latest command, losses and wall time). ``base`` is configuration only; it has not been
+trained here.
 """
