@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from evpipe.runtime.engines import Engine, ModelSource, TensorSpec, open_engine
 
 INPUT_SHAPE = (1, 5, 128, 128)
