@@ -16,7 +16,8 @@ from evpipe.nodes.deblur.models import DiffEvent, ModelConfig
 from evpipe.nodes.deblur.presets import Guidance, StageSchedule
 from evpipe.nodes.predict.checkpoint import save_part
 from evpipe.runtime.events import Events
-from evpipe.tools.train_deblur import DeblurData, optimise, random_crops
+from evpipe.tools.train_deblur import DeblurData, lr_at, random_crops
+from evpipe.tools.training import optimise
 from tests.conftest import run_graph
 
 STREET = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / "davis346_street_first1.8s.h5"
@@ -119,7 +120,8 @@ def test_short_training_lowers_the_losses():
         return (model.enhance(edi_c) * sharp_c - blurry).square().mean()
 
     before = float(enhance_loss(0))
-    optimise(list(model.enhance.parameters()), StageSchedule(iters=60, batch=8, lr=5e-3), enhance_loss, "test")
+    optimise(list(model.enhance.parameters()), StageSchedule(iters=60, batch=8, lr=5e-3), enhance_loss, "test",
+             lr_at=lr_at)
     assert float(enhance_loss(0)) < 0.2 * before
 
     with torch.no_grad():
@@ -132,7 +134,7 @@ def test_short_training_lowers_the_losses():
     with torch.no_grad():
         before = float(np.mean([float(prior_loss(s)) for s in range(4)]))
     optimise(list(model.prior_x.parameters()), StageSchedule(iters=60, batch=8, lr=3e-3),
-             lambda step: prior_loss(100 + step), "test")
+             lambda step: prior_loss(100 + step), "test", lr_at=lr_at)
     with torch.no_grad():
         after = float(np.mean([float(prior_loss(s)) for s in range(4)]))
     assert after < 0.95 * before, (before, after)  # measured: 0.529 -> 0.482

@@ -52,6 +52,7 @@ from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule
 from evpipe.nodes.deblur.sampler import exposure_edi
 from evpipe.nodes.predict.checkpoint import load_part, save_part
 from evpipe.tools.dataset import DeblurView, EventDataset
+from evpipe.tools.training import optimise
 
 STAGES = ("enhance", "priors", "tune", "distill")
 WARMUP_ITERS = 30
@@ -146,24 +147,6 @@ def lr_at(schedule: StageSchedule, step: int) -> float:
     return schedule.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
 
 
-def optimise(params: list[torch.nn.Parameter], schedule: StageSchedule, loss_fn, desc: str) -> list[float]:
-    """Adam over ``params`` for ``schedule.iters`` steps of ``loss_fn(step)``; returns the losses."""
-    optimiser = torch.optim.Adam(params, lr=schedule.lr)
-    losses = []
-    bar = tqdm(range(schedule.iters), desc=desc, unit="it", mininterval=5.0)
-    for step in bar:
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(schedule, step)
-        loss = loss_fn(step)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4g}")
-    return losses
-
-
 def psnr_torch(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """Mean PSNR (dB, peak 1) over a batch (B, 1, H, W)."""
     mse = (reference - estimate.clamp(0, 1)).square().flatten(1).mean(1).clamp(min=1e-10)
@@ -216,7 +199,7 @@ class Trainer:
             blurry, sharp, edi = random_crops(data, p.enhance.batch, p.crop, g)
             return (model.enhance(edi) * sharp - blurry).square().mean()
 
-        losses = optimise(list(model.enhance.parameters()), p.enhance, loss_fn, "enhance f(E)")
+        losses = optimise(list(model.enhance.parameters()), p.enhance, loss_fn, "enhance f(E)", lr_at=lr_at)
         with torch.no_grad():
             raw, enhanced = [], []
             for i in range(0, len(data), 128):
@@ -251,7 +234,7 @@ class Trainer:
             return loss_x + loss_r
 
         params = [*model.prior_x.parameters(), *model.prior_r.parameters()]
-        losses = optimise(params, p.priors, loss_fn, "priors x, r")
+        losses = optimise(params, p.priors, loss_fn, "priors x, r", lr_at=lr_at)
         self.save(model, weights)
         return {"losses": losses[::10], "final_loss": float(np.mean(losses[-20:]))}
 
@@ -300,7 +283,8 @@ class Trainer:
             out = model.student_sample(blurry, edi, torch.zeros_like(blurry), steps)
             return (out - target_all[index]).square().mean()
 
-        losses = optimise(list(model.student.parameters()), p.distill, loss_fn, f"distill {steps}-step student")
+        losses = optimise(list(model.student.parameters()), p.distill, loss_fn, f"distill {steps}-step student",
+                          lr_at=lr_at)
         model.requires_grad_(False)
         self.save(model, weights)
         return {"pairs": len(target_all), "student_steps": steps, "losses": losses[::10],

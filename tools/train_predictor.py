@@ -56,6 +56,7 @@ from evpipe.nodes.predict.checkpoint import CHECKPOINTS, load_module, load_part,
 from evpipe.nodes.predict.export import cache_dir
 from evpipe.nodes.predict.models import Dessert, ModelConfig, kl_to_standard_normal, sample_posterior
 from evpipe.nodes.predict.presets import PRESETS, Preset, StageSchedule, get_preset
+from evpipe.tools.training import optimise
 
 STAGES = ("ae", "ervae", "diffusion", "distill", "ablations")
 ABLATION_STEPS = 16  # DDIM steps the ablations and their reference are evaluated with
@@ -155,29 +156,6 @@ def cosine_lr(schedule: StageSchedule, step: int) -> float:
     return warmup_lr(schedule, step) * 0.5 * (1 + math.cos(math.pi * step / schedule.iters))
 
 
-def optimise(params: list[torch.nn.Parameter], schedule: StageSchedule, loss_fn: Callable[[int], torch.Tensor],
-             desc: str, lr_at: Callable[[StageSchedule, int], float] = cosine_lr,
-             on_step: Callable[[int], None] | None = None) -> list[float]:
-    """Adam over ``schedule.iters`` steps of ``loss_fn(step)``; returns the loss per step."""
-    opt = torch.optim.Adam(params, lr=schedule.lr)
-    losses = []
-    bar = tqdm(range(schedule.iters), desc=desc, unit="it")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(schedule, step)
-        loss = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    return losses
-
-
 class Ema:
     """Exponential moving average of a module's parameters (the copy is what gets saved)."""
 
@@ -252,7 +230,7 @@ class Trainer:
             kl = kl_to_standard_normal(mean, logvar) / img[0].numel()
             return (rec - img).abs().mean() + p.ae_kl_weight * kl
 
-        losses = optimise(list(ae.parameters()), p.ae, loss_fn, "ae")
+        losses = optimise(list(ae.parameters()), p.ae, loss_fn, "ae", lr_at=cosine_lr)
         ae.eval()
         latents = in_chunks(lambda x: ae.encode(x)[0], frames)
         latent_scale = 1.0 / float(latents.std())
@@ -291,7 +269,7 @@ class Trainer:
             kl = kl_to_standard_normal(mean, logvar) / mean[0].numel()
             return F.mse_loss(z_event, z_res[idx]) + p.ervae_kl_weight * kl
 
-        losses = optimise(list(encoder.parameters()), p.ervae, loss_fn, "er-vae")
+        losses = optimise(list(encoder.parameters()), p.ervae, loss_fn, "er-vae", lr_at=cosine_lr)
         baseline = float((z_res**2).mean())
         print(f"er-vae: alignment+KL loss {np.mean(losses[-50:]):.4f} (predicting zero residual: {baseline:.4f})",
               file=sys.stderr)
@@ -383,7 +361,7 @@ class Trainer:
             # half the iterations there.
             schedule = p.distill if steps <= max(p.student_steps) else replace(p.distill, iters=p.distill.iters // 2)
             losses += optimise(list(unet.parameters()), schedule, loss_fn, f"distill {2 * steps}->{steps}",
-                               on_step=lambda step, ema=ema: ema.update())
+                               lr_at=cosine_lr, on_step=lambda step, ema=ema: ema.update())
             teacher = self.with_unet(student, ema.module)
             if steps in p.student_steps:
                 self.save_unet(teacher, f"{steps}step", steps)
