@@ -53,9 +53,9 @@ from tqdm import tqdm
 
 from evpipe.nodes import diffusion
 from evpipe.nodes.predict.checkpoint import CHECKPOINTS, load_module, load_part, save_part
-from evpipe.nodes.predict.export import cache_dir
 from evpipe.nodes.predict.models import Dessert, ModelConfig, kl_to_standard_normal, sample_posterior
 from evpipe.nodes.predict.presets import PRESETS, Preset, StageSchedule, get_preset
+from evpipe.runtime.engines.onnx_export import export_cache_dir
 from evpipe.tools.training import optimise
 
 STAGES = ("ae", "ervae", "diffusion", "distill", "ablations")
@@ -130,7 +130,7 @@ def pairs_cache(root: Path, split: str, max_gap: int, bins: int) -> Path:
     with every rebuild), the split, gaps and bins, under ``$EVPIPE_CACHE`` (or ~/.cache/evpipe)."""
     digest = hashlib.sha256((root / "dataset.json").read_bytes())
     digest.update(f"{root.resolve()}|{split}|{max_gap}|{bins}|v1".encode())
-    return cache_dir() / "pairs" / f"{digest.hexdigest()[:16]}.pt"
+    return export_cache_dir("predict") / "pairs" / f"{digest.hexdigest()[:16]}.pt"
 
 
 # -- helpers ---------------------------------------------------------------------------------------

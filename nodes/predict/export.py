@@ -13,24 +13,18 @@ checkpoint files, the variant and the composition, so a node exports once per ma
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from evpipe.nodes.predict.checkpoint import load_model, resolve_dir
 from evpipe.nodes.predict.models import Dessert, FusedPredictor
+from evpipe.runtime.engines.onnx_export import cached_export, export_onnx, onnx_parity
 
 INPUT_NAMES = ("anchor", "voxel", "noise")
 OUTPUT_NAME = "prediction"
-OPSET = 18
 # Bump when the exported graph changes for the same checkpoint (invalidates cached exports).
 _EXPORT_VERSION = "1"
-
-log = logging.getLogger(__name__)
 
 
 def example_inputs(model: Dessert, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -44,41 +38,19 @@ def example_inputs(model: Dessert, height: int, width: int, seed: int = 0) -> tu
 
 def export_fused(model: Dessert, steps: int, path: Path) -> Path:
     """Write the fused ``steps``-step graph of ``model`` to ``path`` (ONNX opset 18, dynamic H and W)."""
-    fused = FusedPredictor(model, steps).eval()
     unit = torch.export.Dim("blocks_h", min=1, max=512), torch.export.Dim("blocks_w", min=1, max=512)
     mult, down = model.multiple, model.latent_downsample
     frame_axes = {2: mult * unit[0], 3: mult * unit[1]}
     latent_axes = {2: (mult // down) * unit[0], 3: (mult // down) * unit[1]}
-    dynamic = {"anchor": frame_axes, "voxel": frame_axes, "noise": latent_axes}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # The exporter warns about merged axis names and deprecated pytree internals; neither matters here.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(fused, example_inputs(model, 2 * mult, 2 * mult), str(path), dynamo=True,
-                          opset_version=OPSET, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          dynamic_shapes=dynamic, external_data=False, verbose=False)
-    return path
+    return export_onnx(FusedPredictor(model, steps).eval(), example_inputs(model, 2 * mult, 2 * mult), path,
+                       INPUT_NAMES, OUTPUT_NAME, {"anchor": frame_axes, "voxel": frame_axes, "noise": latent_axes})
 
 
 def parity(model: Dessert, steps: int, path: Path, sizes: tuple[tuple[int, int], ...] = ((128, 128), (272, 352))
            ) -> float:
     """Max abs difference between torch and ONNX Runtime (CPU) outputs over random inputs of ``sizes``."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    fused = FusedPredictor(model, steps).eval()
-    worst = 0.0
-    for i, (h, w) in enumerate(sizes):
-        inputs = example_inputs(model, h, w, seed=i + 1)
-        with torch.no_grad():
-            expected = fused(*inputs).numpy()
-        got = session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, (x.numpy() for x in inputs), strict=True)))[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EVPIPE_CACHE", Path.home() / ".cache" / "evpipe")) / "predict"
+    return onnx_parity(FusedPredictor(model, steps).eval(), lambda h, w, seed: example_inputs(model, h, w, seed),
+                       path, INPUT_NAMES, OUTPUT_NAME, sizes)
 
 
 def _checkpoint_hash(directory: Path, variant: str) -> str:
@@ -95,10 +67,4 @@ def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: st
     directory = resolve_dir(checkpoint)
     model, steps = load_model(variant, directory, compose)
     name = f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}.onnx"
-    path = cache_dir() / name
-    if not path.is_file():
-        log.info("exporting %s (%s, %d steps) to %s", directory, variant, steps, path)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        export_fused(model, steps, partial)
-        partial.replace(path)  # atomic: a concurrent reader never sees half a file
-    return path
+    return cached_export("predict", name, lambda path: export_fused(model, steps, path))
