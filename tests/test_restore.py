@@ -142,10 +142,6 @@ def test_dds_rejects_mismatched_measurements() -> None:
 
 
 def test_dds_on_a_tiny_clip_beats_the_measurement() -> None:
-    try:
-        resolve_checkpoint("tiny")
-    except FileNotFoundError as error:
-        pytest.skip(f"no shipped prior: {error}")
     from evpipe.nodes.restore.evaluation import MODELS
     from evpipe.tools.evaluate import ModelContext
 
@@ -161,11 +157,8 @@ def test_dds_on_a_tiny_clip_beats_the_measurement() -> None:
     assert np.mean((restored - clip) ** 2) < 0.5 * np.mean((degraded - clip) ** 2)
 
 
-def _needs_prior() -> None:
-    try:
-        resolve_checkpoint("tiny")
-    except FileNotFoundError as error:
-        pytest.skip(f"no shipped prior: {error}")
+def test_the_tiny_prior_ships() -> None:
+    assert resolve_checkpoint("tiny").is_file()  # the prior is committed; its absence is a failure, not a skip
 
 
 def _run_restore_node(clip: np.ndarray, **params: object) -> list:
@@ -185,7 +178,6 @@ def _run_restore_node(clip: np.ndarray, **params: object) -> list:
 
 
 def test_restore_node_windows_cover_the_clip_in_order() -> None:
-    _needs_prior()
     clip = np.random.default_rng(0).random((15, 16, 12), dtype=np.float32)
     out = _run_restore_node(clip, window=6, overlap=2)
     frames, report = [m.frame() for m in out[:-1]], out[-1]
@@ -201,7 +193,6 @@ def test_restore_node_windows_cover_the_clip_in_order() -> None:
 
 
 def test_restore_node_super_resolves_with_sr4() -> None:
-    _needs_prior()
     clip = np.random.default_rng(1).random((5, 6, 5), dtype=np.float32)  # padded to 8 x 8 inside
     out = _run_restore_node(clip, spatial="sr4", window=5, overlap=1)
     assert [m.frame().image.shape for m in out[:-1]] == [(24, 20)] * 5
