@@ -212,7 +212,6 @@ edges:
 SHIPPED = CHECKPOINTS / "tiny"
 
 
-@pytest.mark.skipif(not (SHIPPED / FILE).is_file(), reason="no shipped tiny checkpoint (tools/train_deblur.py)")
 def test_shipped_checkpoint_loads_and_stays_small():
     assert (SHIPPED / FILE).stat().st_size < 8e6
     model, info = load_model("tiny")
