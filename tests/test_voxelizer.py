@@ -11,7 +11,7 @@ import pytest
 import evpipe.nodes.transforms.voxelizer as voxelizer_module
 from evpipe.kernels import voxel_grid
 from evpipe.nodes.sources.replay import Replay
-from evpipe.nodes.transforms.voxelizer import EventBuffer, Voxelizer
+from evpipe.nodes.transforms.voxelizer import EventBuffer, EventIntake, Voxelizer
 from evpipe.runtime.events import Events, Frame
 from evpipe.runtime.wire import Message
 from tests.data_fixtures.recordings import random_events
@@ -170,7 +170,7 @@ def test_memory_stays_bounded_and_drops_are_counted(stream):
     held = []
     for port, msg in packets(long, 2_000):  # no frames at all: events wait for an anchor, at most 50 ms of them
         node.process(port, msg)
-        held.append(len(node.buffer))
+        held.append(len(node.stream.buffer))
     assert max(held) < 2 * 50_000 * 0.3 + 2_000
     node.process(*frame_message(1_000))  # far behind the events: its windows' events are gone
     node.stop()
@@ -225,3 +225,18 @@ def test_event_buffer_appends_and_releases_in_amortised_constant_time():
         np.testing.assert_array_equal(buffer.t, events.t[kept:start + 777])
     assert max(capacities) <= 4 * (3_000 + 2 * 777)  # bounded by what is live, not by what went through
     assert kept + len(buffer) == len(events)
+
+
+def test_event_intake_keeps_order_counts_drops_and_tracks_the_watermark():
+    intake = EventIntake()
+    first = Events.from_arrays(t=[10, 20, 15, 30], x=[1, 2, 3, 50], y=[1, 2, 3, 4], p=[1, -1, 1, 1])
+    kept, n_back, n_outside = intake.accept(Message.from_events(first, width=W, height=H), (W, H))
+    assert (n_back, n_outside) == (1, 1)  # t=15 goes back in time; x=50 is outside the 40-px-wide sensor
+    np.testing.assert_array_equal(kept.t, [10, 20])
+    assert intake.t_last == 20 and intake.watermark == 29  # the packet's newest event (30) proves t <= 29
+    late = Events.from_arrays(t=[19, 25], x=[0, 0], y=[0, 0], p=[1, 1])
+    kept, n_back, _ = intake.accept(Message.from_events(late, width=W, height=H, watermark_us=40))
+    assert n_back == 1 and kept.t.tolist() == [25] and intake.watermark == 40
+    assert intake.known_until(final=False) == 40 and intake.buffer.t.tolist() == [10, 20, 25]
+    assert intake.release_before(21).tolist() == [10, 20] and intake.released_before == 21
+    assert len(intake.release_before(5)) == 0 and intake.released_before == 21  # never moves back

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 "large_motion": args.large_motion, "large_motion_threshold_px": threshold,
                 "motion_px_median": float(np.median(motion)), "real_recordings": [],
                 "checkpoint": str(args.checkpoint or "tiny")}
-    paths = ev.write_reports(args.out, args.name, "upsample", "hifi (base, cascade x2, x3)", results, settings)
+    paths = ev.write_reports(args.out, args.name, "upsample", [m for m in METHODS if m.startswith("hifi")], results,
+                             settings)
     paths["md"].write_text(
         paths["md"].read_text().replace("python -m evpipe.tools.evaluate", "python -m evpipe.tools.bench_upsample")
         + f"\nLarge motion: the {args.large_motion} triplets of the split with the largest global shift between "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evpipe.nodes.predict.node import gray_unit
-from evpipe.nodes.transforms.voxelizer import EventBuffer, event_watermark
+from evpipe.nodes.transforms.voxelizer import EventIntake
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
@@ -58,11 +58,8 @@ class Deblur(Node):
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
         self.exposure_edi = exposure_edi
         self.c = p.edi_c or self.deblurrer.c
-        self.buffer = EventBuffer()
+        self.stream = EventIntake()
         self.pending: list[Frame] = []
-        self.watermark: int | None = None
-        self.t_last: int | None = None
-        self.released_before = np.iinfo(np.int64).min
         self.counts = {"frames_in": 0, "deblurred": 0, "no_exposure": 0, "late": 0, "events_dropped": 0}
 
     def process(self, port: str, msg: Message) -> None:
@@ -81,31 +78,16 @@ class Deblur(Node):
             if self.counts["no_exposure"] == 0:
                 self.log.warning("frame at t=%d has no exposure time; frames without one are skipped", frame.t)
             self.counts["no_exposure"] += 1
-        elif frame.exposure_start < self.released_before:
+        elif frame.exposure_start < self.stream.released_before:
             self.counts["late"] += 1
         else:
             self.pending.append(frame)
 
     def _on_events(self, msg: Message) -> None:
-        events = msg.events()
-        mark = event_watermark(msg)
-        if len(events):
-            floor = self.t_last if self.t_last is not None else np.iinfo(np.int64).min
-            keep = events.t >= np.maximum(np.maximum.accumulate(events.t), floor)
-            if not keep.all():
-                self.counts["events_dropped"] += int(len(events) - np.count_nonzero(keep))
-                events = events[keep]
-        if len(events):
-            self.buffer.append(events)
-            self.t_last = int(events.t[-1])
-            mark = max(mark, self.t_last - 1) if mark is not None else self.t_last - 1
-        if mark is not None and (self.watermark is None or mark > self.watermark):
-            self.watermark = mark
+        self.counts["events_dropped"] += self.stream.accept(msg)[1]
 
     def _emit_ready(self, final: bool) -> None:
-        limit = self.watermark if self.watermark is not None else np.iinfo(np.int64).min
-        if final and self.t_last is not None:
-            limit = max(limit, self.t_last)
+        limit = self.stream.known_until(final)
         ready = [f for f in self.pending if final or f.exposure_end - 1 <= limit]
         self.pending = [f for f in self.pending if not (final or f.exposure_end - 1 <= limit)]
         for frame in sorted(ready, key=lambda f: f.t):
@@ -114,8 +96,9 @@ class Deblur(Node):
     def _deblur(self, frame: Frame) -> None:
         blurry = gray_unit(frame.image)
         height, width = blurry.shape
-        lo, hi = np.searchsorted(self.buffer.t, [frame.exposure_start, frame.exposure_end], side="left")
-        events = self.buffer.events(int(lo), int(hi))
+        buffer = self.stream.buffer
+        lo, hi = np.searchsorted(buffer.t, [frame.exposure_start, frame.exposure_end], side="left")
+        events = buffer.events(int(lo), int(hi))
         inside = (events.x < width) & (events.y < height)
         if not inside.all():
             self.counts["events_dropped"] += int(len(events) - np.count_nonzero(inside))
@@ -132,17 +115,15 @@ class Deblur(Node):
 
     def _release(self) -> None:
         """Keep events from the oldest pending exposure, and ``max_buffer_us`` behind the watermark."""
-        if self.watermark is None:
+        if self.stream.watermark is None:
             return
-        cut = self.watermark - self.params.max_buffer_us
+        cut = self.stream.watermark - self.params.max_buffer_us
         if self.pending:
             cut = min(cut, min(f.exposure_start for f in self.pending))
-        if cut > self.released_before:
-            self.buffer.release_before(cut)
-            self.released_before = cut
+        self.stream.release_before(cut)
 
     def stop(self) -> None:
-        if hasattr(self, "buffer"):
+        if hasattr(self, "stream"):
             self._emit_ready(final=True)
         if hasattr(self, "deblurrer"):
             self.deblurrer.close()

@@ -91,6 +91,63 @@ class EventBuffer:
         return released
 
 
+class EventIntake:
+    """A node's received event stream: time-ordered events in an :class:`EventBuffer` and how far the
+    stream is known to be complete.
+
+    ``accept`` drops events that go back in time (older than the newest kept one) and, given a sensor
+    ``size`` (width, height), events outside it, then buffers the rest. ``watermark``: every event at or
+    before this sensor time has arrived (:func:`event_watermark`, at least the newest kept event - 1).
+    ``released_before``: every event older than this has been dropped from the buffer.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = EventBuffer()
+        self.watermark: int | None = None
+        self.t_last: int | None = None  # newest event time kept (later events must not be older)
+        self.released_before = np.iinfo(np.int64).min
+
+    def accept(self, msg: Message, size: tuple[int, int] | None = None) -> tuple[Events, int, int]:
+        """Buffer the in-order events of ``msg`` and advance the watermark. Returns (the events kept,
+        how many went back in time, how many in-order ones fell outside ``size``)."""
+        events = msg.events()
+        mark = event_watermark(msg)
+        n_back = n_outside = 0
+        if len(events):
+            floor = self.t_last if self.t_last is not None else np.iinfo(np.int64).min
+            running = np.maximum.accumulate(events.t)
+            keep = events.t >= np.maximum(np.concatenate(([floor], running[:-1])), floor)
+            n_back = len(events) - int(np.count_nonzero(keep))
+            if size is not None:
+                inside = (events.x < size[0]) & (events.y < size[1])
+                n_outside = int(np.count_nonzero(keep & ~inside))
+                keep &= inside
+            events = events if keep.all() else events[keep]
+        if len(events):
+            self.buffer.append(events)
+            self.t_last = int(events.t[-1])
+            mark = max(mark, self.t_last - 1) if mark is not None else self.t_last - 1
+        if mark is not None and (self.watermark is None or mark > self.watermark):
+            self.watermark = mark
+        return events, n_back, n_outside
+
+    def known_until(self, final: bool) -> int:
+        """Every event at or before this time has arrived: the watermark, or at the end of the stream
+        (``final``) the last event too; the int64 minimum before anything is known."""
+        limit = self.watermark if self.watermark is not None else np.iinfo(np.int64).min
+        if final and self.t_last is not None:
+            limit = max(limit, self.t_last)
+        return limit
+
+    def release_before(self, cut: int) -> np.ndarray:
+        """Drop the events older than ``cut`` if that advances ``released_before``; returns the dropped
+        events' timestamps (empty if nothing was dropped; a view valid until the next append)."""
+        if cut <= self.released_before:
+            return self.buffer.t[:0]
+        self.released_before = cut
+        return self.buffer.release_before(cut)
+
+
 @dataclass
 class _Window:
     """Events with lo <= t < hi (µs) become one voxel grid; ``meta`` goes into its message."""
@@ -173,12 +230,9 @@ class Voxelizer(Node):
             self.size = (p.sensor_size[0], p.sensor_size[1])
         # Load every compiled path of the kernel now, not on the first batch of windows (about a second).
         warm_up_voxel_grid()
-        self.buffer = EventBuffer()
+        self.stream = EventIntake()
         self.pending: list[_Window] = []
         self.emitted_spans: list[tuple[int, int]] = []  # [lo, hi) of emitted windows that may cover buffered events
-        self.watermark: int | None = None
-        self.t_last: int | None = None  # newest event time kept (later events must not be older)
-        self.released_before = np.iinfo(np.int64).min  # every event older than this has been released
         self.last_frame_t: int | None = None
         self.previous_anchor_t: int | None = None
         self.max_exposure_us = 0
@@ -200,32 +254,13 @@ class Voxelizer(Node):
     def _on_events(self, msg: Message) -> None:
         if self.size is None and "width" in msg.meta and "height" in msg.meta:
             self.size = (int(msg.meta["width"]), int(msg.meta["height"]))
-        events = msg.events()
-        self.counts["events_in"] += len(events)
-        mark = event_watermark(msg)
-        if len(events):
-            events = self._clean(events)
-        if len(events):
-            if self.params.mode == "window" and self.next_window_k is None and not self.params.window_events:
-                self.next_window_k = int(events.t[0]) // self.params.window_us
-            self.buffer.append(events)
-            self.t_last = int(events.t[-1])
-            mark = max(mark, self.t_last - 1) if mark is not None else self.t_last - 1
-        if mark is not None and (self.watermark is None or mark > self.watermark):
-            self.watermark = mark
-
-    def _clean(self, events: Events) -> Events:
-        """Drop (and count) events going back in time or outside the sensor."""
-        floor = self.t_last if self.t_last is not None else np.iinfo(np.int64).min
-        running = np.maximum.accumulate(events.t)
-        keep = events.t >= np.maximum(np.concatenate(([floor], running[:-1])), floor)
-        n_back = len(events) - int(np.count_nonzero(keep))
-        if self.size is not None:
-            inside = (events.x < self.size[0]) & (events.y < self.size[1])
-            self.counts["events_outside_sensor"] += int(np.count_nonzero(keep & ~inside))
-            keep &= inside
+        self.counts["events_in"] += len(msg.arrays["t"])
+        events, n_back, n_outside = self.stream.accept(msg, self.size)
         self.counts["events_out_of_order"] += n_back
-        return events if keep.all() else events[keep]
+        self.counts["events_outside_sensor"] += n_outside
+        if (len(events) and self.params.mode == "window" and self.next_window_k is None
+                and not self.params.window_events):
+            self.next_window_k = int(events.t[0]) // self.params.window_us
 
     def _on_frame(self, frame: Frame) -> None:
         p = self.params
@@ -254,7 +289,7 @@ class Voxelizer(Node):
         else:
             self.counts["frames_ignored"] += 1
         for window in windows:
-            if window.lo < self.released_before:  # its first events were released while the frame was delayed
+            if window.lo < self.stream.released_before:  # its first events were released while the frame was delayed
                 self.counts["windows_skipped_late"] += 1
             else:
                 self.pending.append(window)
@@ -267,9 +302,10 @@ class Voxelizer(Node):
         if self.next_window_k is None:
             return
         if final:
-            last_k = self.t_last // w if self.t_last is not None else self.next_window_k - 1
+            last_k = self.stream.t_last // w if self.stream.t_last is not None else self.next_window_k - 1
         else:
-            last_k = (self.watermark + 1) // w - 1 if self.watermark is not None else self.next_window_k - 1
+            mark = self.stream.watermark
+            last_k = (mark + 1) // w - 1 if mark is not None else self.next_window_k - 1
         for k in range(self.next_window_k, last_k + 1):
             self.pending.append(_Window(k * w, (k + 1) * w, {"mode": "window", "t_anchor": k * w,
                                                               "t_target": (k + 1) * w}))
@@ -287,9 +323,7 @@ class Voxelizer(Node):
         if final and p.mode == "window":
             ready, self.pending = self.pending, []
         else:
-            limit = self.watermark if self.watermark is not None else np.iinfo(np.int64).min
-            if final and self.t_last is not None:  # the stream has ended: every event up to the last one is known
-                limit = max(limit, self.t_last)
+            limit = self.stream.known_until(final)
             ready = [w for w in self.pending if w.hi - 1 <= limit]
             self.pending = [w for w in self.pending if w.hi - 1 > limit]
             if final:
@@ -297,7 +331,7 @@ class Voxelizer(Node):
                 self.pending = []
         if not ready:
             return
-        t = self.buffer.t
+        t = self.stream.buffer.t
         bounds = np.array([[w.lo, w.hi] for w in ready], np.int64)
         index = np.searchsorted(t, bounds, side="left").astype(np.int64)
         if p.mode == "window" and not p.emit_empty:
@@ -308,18 +342,18 @@ class Voxelizer(Node):
 
     def _emit_count_windows(self, final: bool) -> None:
         n = self.params.window_events
-        count = len(self.buffer) // n
+        count = len(self.stream.buffer) // n
         index = np.arange(count, dtype=np.int64)[:, None] * n + np.array([0, n], np.int64)
-        if final and len(self.buffer) % n:
-            index = np.concatenate([index, [[count * n, len(self.buffer)]]]).astype(np.int64)
+        if final and len(self.stream.buffer) % n:
+            index = np.concatenate([index, [[count * n, len(self.stream.buffer)]]]).astype(np.int64)
         if not len(index):
             return
-        t = self.buffer.t
+        t = self.stream.buffer.t
         ready = [_Window(int(t[lo]), int(t[hi - 1]) + 1, {"mode": "window", "t_anchor": int(t[lo]),
                                                            "t_target": int(t[hi - 1]) + 1})
                  for lo, hi in index.tolist()]
         self._emit_windows(ready, index)
-        self.buffer.release(int(index[-1, 1]))
+        self.stream.buffer.release(int(index[-1, 1]))
 
     def _emit_windows(self, windows: list[_Window], index: np.ndarray) -> None:
         """Compute and send the voxel grids of ``windows`` (event index ranges ``index`` into the buffer)."""
@@ -330,7 +364,7 @@ class Voxelizer(Node):
                              "set parameter 'sensor_size' to [width, height]")
         width, height = self.size
         bins = self.params.bins
-        ev = self.buffer.events()
+        ev = self.stream.buffer.events()
         for start in range(0, len(windows), self.params.max_batch):
             batch = index[start:start + self.params.max_batch]
             grids = voxel_grid(ev.t, ev.x, ev.y, ev.p, bins, height, width, windows=np.ascontiguousarray(batch))
@@ -354,18 +388,15 @@ class Voxelizer(Node):
             future = None
             if self.last_frame_t is not None:
                 future = self.last_frame_t + 1 - (self.max_exposure_us if p.mode == "exposure" else 0)
-            if self.watermark is not None:
-                expiry = self.watermark - p.max_buffer_us
+            if self.stream.watermark is not None:
+                expiry = self.stream.watermark - p.max_buffer_us
                 future = expiry if future is None else max(future, expiry)
             cut = future
         if cut is None:
             return
         if self.pending:
             cut = min(cut, min(w.lo for w in self.pending))
-        if cut <= self.released_before:
-            return
-        self.released_before = cut
-        self._count_unused(self.buffer.release_before(cut))
+        self._count_unused(self.stream.release_before(cut))
         self.emitted_spans = [(lo, hi) for lo, hi in self.emitted_spans if hi > cut]
 
     def _count_unused(self, released: np.ndarray) -> None:
@@ -378,8 +409,8 @@ class Voxelizer(Node):
         self.counts["events_unused"] += int(len(released) - np.count_nonzero(covered))
 
     def stop(self) -> None:
-        if hasattr(self, "buffer"):
+        if hasattr(self, "stream"):
             self._emit_ready(final=True)
             if not (self.params.mode == "window" and self.params.window_events):
-                self._count_unused(self.buffer.release(len(self.buffer)))
+                self._count_unused(self.stream.buffer.release(len(self.stream.buffer)))
         self.report(dict(self.counts))
