@@ -29,14 +29,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-
-@dataclass(frozen=True)
-class StageSchedule:
-    """Optimiser schedule of one training stage: ``iters`` Adam steps of ``batch`` samples."""
-
-    iters: int
-    batch: int
-    lr: float
+from evpipe.nodes.predict.presets import StageSchedule  # one schedule type for every trainer
 
 
 @dataclass(frozen=True)
