@@ -76,9 +76,14 @@ def small_preset(iters: int = 30):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
-    """Every stage, briefly, on three short sequences: a complete checkpoint directory and the losses."""
+    """Every stage, briefly, on three short sequences: a complete checkpoint directory and the losses.
+    The residual is taken from the anchor here: on these clean 1-px pans event integration is nearly
+    exact, so the residual from it is noise a 60-step run cannot learn and its loss would not show
+    whether training works (``test_training_is_reproducible_for_a_seed`` trains the tiny preset's
+    event-integration base)."""
     out = tmp_path_factory.mktemp("checkpoint")
-    trainer = Trainer(small_preset(), out, None, seed=0, bins=BINS, pairs=make_pairs())
+    trainer = Trainer(dataclasses.replace(small_preset(), base="anchor"), out, None, seed=0, bins=BINS,
+                      pairs=make_pairs())
     losses = {stage: getattr(trainer, f"stage_{stage}")() for stage in ("ae", "ervae", "diffusion", "distill",
                                                                         "ablations")}
     return out, losses
@@ -91,7 +96,8 @@ def small_model(**overrides) -> Dessert:
     return Dessert(config).eval()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"events": "raw"}, {"mode": "regression"}, {"compose": "latent"}])
+@pytest.mark.parametrize("overrides", [{}, {"events": "raw"}, {"mode": "regression"}, {"compose": "latent"},
+                                       {"base": "event-integration"}])
 @pytest.mark.parametrize("size", [(32, 32), (48, 80)])
 def test_model_shapes(overrides, size):
     model = small_model(**overrides)
@@ -124,6 +130,26 @@ def test_model_config_rejects_unknown_choices():
         small_model(events="spikes")
     with pytest.raises(ValueError, match="prediction"):
         small_model(prediction="score")
+    with pytest.raises(ValueError, match="base"):
+        small_model(base="optical-flow")
+
+
+def test_event_integration_base_is_the_baseline_and_a_zero_residual_returns_it():
+    from evpipe.tools.evaluate import integrate_events
+
+    model = small_model(base="event-integration", mode="regression")  # its U-Net starts as the zero function
+    model.set_stats(1.0, 1.0, 1.0, ei_c=0.25, ei_eps=0.05, ei_residual_scale=2.0)
+    assert float(model.residual_scale) == 2.0  # the scale of the configured base's residual
+    g = torch.Generator().manual_seed(1)
+    anchor = torch.rand(2, 1, 32, 32, generator=g)
+    voxel = torch.randint(-3, 4, (2, BINS, 32, 32), generator=g).float() / BINS
+    expected = integrate_events(anchor[:, 0].numpy(), voxel.sum(1).numpy(), 0.25, 0.05)
+    with torch.no_grad():
+        base = model.base_image(anchor, voxel)
+        predicted = model.predict(anchor, voxel, torch.zeros(2, 4, 8, 8), 1)
+    np.testing.assert_allclose(base[:, 0].numpy(), expected, atol=1e-5)
+    assert not np.allclose(expected, anchor[:, 0].numpy(), atol=1e-2)  # the events did move it
+    np.testing.assert_allclose(predicted.numpy(), base.numpy(), atol=1e-5)  # pixel compose: base + 0
 
 
 @pytest.mark.slow  # the shared training fixture takes 30-80 s on two busy cores
@@ -142,6 +168,7 @@ def test_training_is_reproducible_for_a_seed(tmp_path):
     for name, tensor in first["state"].items():
         assert torch.equal(tensor, second["state"][name]), name
     assert first["stats"] == second["stats"]
+    assert first["stats"]["ei_c"] > 0 and first["stats"]["ei_residual_scale"] > 0  # the event-integration base
 
 
 @pytest.mark.slow  # the shared training fixture takes 30-80 s on two busy cores
@@ -320,3 +347,19 @@ def test_default_graph_predicts_and_writes_the_side_by_side_video(tmp_path):
     assert video["panels"] == ["pred.predictions", "sim.truth"] and video["size"] == [256, 128]
     with av.open(str(tmp_path / "runs" / "default" / "prediction.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == video["frames"] > 0
+
+
+def test_event_integration_calibration_reaches_the_model_and_needs_both_parameters():
+    model, _ = load_model("4step", "tiny", integration=(0.3, 0.05))
+    assert float(model.ei_c) == pytest.approx(0.3) and float(model.ei_eps) == pytest.approx(0.05)
+    shipped, _ = load_model("4step", "tiny")
+    assert float(shipped.ei_c) != pytest.approx(0.3)
+    with pytest.raises(CheckpointError, match="c > 0"):
+        load_model("4step", "tiny", integration=(0.0, 0.05))
+    from evpipe.nodes.predict.node import Predictor
+    from evpipe.runtime.node import NodeError
+
+    params = {"backend": "onnxruntime", "variant": "4step", "checkpoint": "tiny", "contrast_threshold": 0.2,
+              "integration_eps": 0.0}
+    with pytest.raises(NodeError, match="integration_eps"):
+        Predictor.prepare(params)

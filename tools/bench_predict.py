@@ -95,8 +95,11 @@ def markdown(results: list[dict], roll: dict, steps: int, settings: dict) -> str
     for name, r in roll.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in r["psnr_per_step"])
                      + f" | {np.mean(r['ssim_per_step']):.3f} |")
-    lines += ["", "Variants: teacher = 64-step DDIM; 4/2/1step = progressive-distillation students (the node runs "
-              "4step); 4step-latent = the paper's decode(z_anchor + ẑ_res) instead of the pixel-space residual; "
+    lines += ["", "Every DESSERT model takes its residual from the event-integration estimate of the target "
+              "(ModelConfig.base), calibrated like the event-integration baseline on the same fitting samples. "
+              "Variants: teacher = 64-step DDIM; 4/2/1step = progressive-distillation students (the node runs "
+              "4step); 4step-latent = decode(z_base + ẑ_res) (the paper's composition) instead of the "
+              "pixel-space residual; "
               "short = the full model trained as long as the ablations (their reference, 16 DDIM steps); "
               "no-ervae = raw voxels (space-to-depth) into the U-Net; no-dlt = trained on 1-frame gaps only; "
               "regression = the same U-Net trained deterministically (one pass).", "",

@@ -211,7 +211,12 @@ def fit_event_integration(cases: list[Case], height: int, width: int) -> tuple[f
     anchors = np.stack([case["anchor"] for case in cases])
     targets = np.stack([case["target"] for case in cases])
     sums = np.stack([_expand(polarity_sum(case["events"], height, width), case["anchor"]) for case in cases])
+    return fit_integration(anchors, targets, sums)
 
+
+def fit_integration(anchors: np.ndarray, targets: np.ndarray, sums: np.ndarray) -> tuple[float, float, float]:
+    """(c, eps, MSE) of :func:`integrate_events` fitted to anchors/targets (N, H, W[, 3]) in [0, 1] with
+    polarity sums ``sums`` of the same shape: a grid over c and eps, then a finer grid over c."""
     def mse(c: float, eps: float) -> float:
         return float(np.mean((integrate_events(anchors, sums, c, eps) - targets) ** 2))
 
@@ -227,8 +232,20 @@ def _copy_last(context: ModelContext) -> ModelFn:
     return lambda anchor, events, t_anchor, t_target: anchor.copy()
 
 
+_INTEGRATION_FITS: dict[int, tuple[list[Case], tuple[float, float, float]]] = {}
+
+
+def context_event_integration(context: ModelContext) -> tuple[float, float, float]:
+    """:func:`fit_event_integration` on the context's fitting samples, fitted once per sample list (the
+    baseline and every model calibrated like it share one fit)."""
+    cases = context.fit_samples()
+    if id(cases) not in _INTEGRATION_FITS:  # the list is kept with its fit, so its id is not reused
+        _INTEGRATION_FITS[id(cases)] = (cases, fit_event_integration(cases, context.height, context.width))
+    return _INTEGRATION_FITS[id(cases)][1]
+
+
 def _event_integration(context: ModelContext) -> ModelFn:
-    c, eps, fit_mse = fit_event_integration(context.fit_samples(), context.height, context.width)
+    c, eps, fit_mse = context_event_integration(context)
     context.options["fitted"] = {"c": c, "eps": eps, "fit_mse": fit_mse}
 
     def predict(anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:

@@ -31,7 +31,6 @@ Stage recipes:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -52,7 +51,7 @@ from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule
 from evpipe.nodes.deblur.sampler import exposure_edi
 from evpipe.nodes.predict.checkpoint import load_part, save_part
 from evpipe.tools.dataset import DeblurView, EventDataset
-from evpipe.tools.training import optimise
+from evpipe.tools.training import optimise, stage_parser, with_iters
 
 STAGES = ("enhance", "priors", "tune", "distill")
 WARMUP_ITERS = 30
@@ -292,23 +291,11 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--stage", required=True, choices=[*STAGES, "all"])
-    parser.add_argument("--dataset", default=None, help="dataset directory (default: the tiny dataset's location)")
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iters", type=int, default=None, help="override every stage's iteration count (tests)")
+    parser = stage_parser(__doc__, PRESETS, STAGES)
     parser.add_argument("--distill-pairs", type=int, default=None, help="override the teacher samples to distil from")
     parser.add_argument("--tune-samples", type=int, default=32, help="val crops scored per guidance setting")
     args = parser.parse_args(argv)
-    preset = get_preset(args.preset)
-    if args.iters is not None:
-        if args.iters < 1:
-            parser.error(f"--iters must be >= 1, got {args.iters}")
-        preset = dataclasses.replace(preset, **{name: dataclasses.replace(getattr(preset, name), iters=args.iters)
-                                                for name in ("enhance", "priors", "distill")})
+    preset = with_iters(get_preset(args.preset), ("enhance", "priors", "distill"), args.iters, parser)
     if args.distill_pairs is not None:
         if args.distill_pairs < 1:
             parser.error(f"--distill-pairs must be >= 1, got {args.distill_pairs}")

@@ -18,11 +18,13 @@ reproduces a checkpoint.
 Stage recipes:
 - ae: random ``ae_crop`` crops of the train split's APS frames with random flips, loss
   L1 + ``ae_kl_weight`` KL; then the latent statistics (``latent_scale``, ``residual_scale``,
-  ``voxel_scale``: reciprocal standard deviations over the train split) are stored with it.
+  ``voxel_scale``: reciprocal standard deviations over the train split) are stored with it, and the
+  event-integration base: (c, eps) fitted on 400 train pairs and ``ei_residual_scale``.
 - ervae: z_event ~ q(z | voxel); loss mean (z_event - z_res)² + ``ervae_kl_weight`` KL, z_res the
-  normalised residual latent of every DLT pair (gaps 1..max_gap).
-- diffusion: v-prediction denoising loss on z_res conditioned on (z_event, z_anchor), cosine
-  schedule, constant learning rate after a short warm-up, EMA weights saved.
+  normalised residual latent z_target - z_anchor of every DLT pair (gaps 1..max_gap).
+- diffusion: v-prediction denoising loss on the residual from the preset's ``base`` (z_target -
+  z_base; ``event-integration`` for both presets, see ``ModelConfig``) conditioned on (z_event,
+  z_base), cosine schedule, constant learning rate after a short warm-up, EMA weights saved.
 - distill: progressive distillation (Salimans & Ho, 2022) from the ``teacher_steps``-step DDIM
   teacher, halving the steps each round (``distill.iters`` per round, half that for the rounds
   above 4 steps); the 4-, 2- and 1-step students are saved. Chosen over
@@ -34,7 +36,6 @@ Stage recipes:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
@@ -56,11 +57,12 @@ from evpipe.nodes.predict.checkpoint import CHECKPOINTS, load_module, load_part,
 from evpipe.nodes.predict.models import Dessert, ModelConfig, kl_to_standard_normal, sample_posterior
 from evpipe.nodes.predict.presets import PRESETS, Preset, StageSchedule, get_preset
 from evpipe.runtime.engines.onnx_export import export_cache_dir
-from evpipe.tools.training import optimise
+from evpipe.tools.training import optimise, stage_parser, with_iters
 
 STAGES = ("ae", "ervae", "diffusion", "distill", "ablations")
 ABLATION_STEPS = 16  # DDIM steps the ablations and their reference are evaluated with
 WARMUP_ITERS = 50
+EI_FIT_PAIRS = 400
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -135,9 +137,10 @@ def pairs_cache(root: Path, split: str, max_gap: int, bins: int) -> Path:
 
 # -- helpers ---------------------------------------------------------------------------------------
 def model_config(preset: Preset, bins: int, **overrides: object) -> ModelConfig:
+    settings: dict[str, object] = {"base": preset.base, **overrides}
     return ModelConfig(bins=bins, ae_channels=preset.ae_channels, latent_channels=preset.latent_channels,
                        unet_channels=preset.unet_channels, unet_mult=preset.unet_mult,
-                       unet_attention=preset.unet_attention, **overrides)
+                       unet_attention=preset.unet_attention, **settings)
 
 
 def batches(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -241,20 +244,53 @@ class Trainer:
         mse = float(((rec - frames.float()) ** 2).mean())
         print(f"ae: train reconstruction PSNR {10 * math.log10(1 / mse):.2f} dB; latent_scale {latent_scale:.4f}, "
               f"residual_scale {residual_scale:.4f}, voxel_scale {voxel_scale:.4f}", file=sys.stderr)
-        save_part(self.out / "ae.pt", ae, preset=p.name, bins=self.bins,
-                  stats={"latent_scale": latent_scale, "residual_scale": residual_scale, "voxel_scale": voxel_scale})
+        stats = {"latent_scale": latent_scale, "residual_scale": residual_scale, "voxel_scale": voxel_scale}
+        stats.update(self.integration_stats(ae, stats))
+        save_part(self.out / "ae.pt", ae, preset=p.name, bins=self.bins, stats=stats)
         return losses
 
-    def latents(self, model: Dessert) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_anchor, normalised z_res) of every pair, each (P, zc, h, w)."""
-        z = in_chunks(model.encode_image, self.pairs.frames)
+    def integration_stats(self, ae: torch.nn.Module, stats: dict[str, float]) -> dict[str, float]:
+        """The event-integration base (``ModelConfig.base``): (c, eps) fitted on up to
+        ``EI_FIT_PAIRS`` evenly spaced train pairs (the evaluation baseline's fit), and the reciprocal
+        standard deviation of the residual latent from it over every pair."""
+        from evpipe.tools.evaluate import fit_integration
+
         d = self.pairs
-        return z[d.anchor], (z[d.target] - z[d.anchor]) * model.residual_scale
+        pick = torch.linspace(0, len(d.k) - 1, min(EI_FIT_PAIRS, len(d.k))).round().long()
+        c, eps, fit_mse = fit_integration(d.frames[d.anchor[pick], 0].float().numpy(),
+                                          d.frames[d.target[pick], 0].float().numpy(),
+                                          d.voxels[pick].float().sum(1).numpy())
+        model = self.new_model(base="event-integration")
+        model.ae.load_state_dict(ae.state_dict())
+        model.set_stats(**stats, ei_c=c, ei_eps=eps)
+        z_base, z_target = self.base_latents(model)
+        scale = 1.0 / float((z_target - z_base).std())
+        print(f"ae: event integration c {c:.4f}, eps {eps:.4g} (fit MSE {fit_mse:.3g}); its residual_scale "
+              f"{scale:.4f}", file=sys.stderr)
+        return {"ei_c": c, "ei_eps": eps, "ei_residual_scale": scale}
+
+    def base_latents(self, model: Dessert) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_base, z_target) of every pair, each (P, zc, h, w): the latents of the pair's base frame
+        (``model.config.base``) and of its target, normalised by ``latent_scale``."""
+        d = self.pairs
+        z = in_chunks(model.encode_image, d.frames)
+        if model.config.base == "anchor":
+            return z[d.anchor], z[d.target]
+        def encode_base(pair: torch.Tensor) -> torch.Tensor:
+            pair = pair.long()
+            return model.encode_image(model.base_image(d.frames[d.anchor[pair]].float(), d.voxels[pair].float()))
+
+        return in_chunks(encode_base, torch.arange(len(d.k))), z[d.target]
+
+    def latents(self, model: Dessert) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_base, normalised z_res = (z_target - z_base) · residual_scale) of every pair, each (P, zc, h, w)."""
+        z_base, z_target = self.base_latents(model)
+        return z_base, (z_target - z_base) * model.residual_scale
 
     # 2 ---------------------------------------------------------------------------------------------
     def stage_ervae(self) -> list[float]:
         p = self.preset
-        model = self.base_model(load_ervae=False)
+        model = self.base_model(load_ervae=False, base="anchor")  # z_event aligns to the paper's z_res
         z_res = self.latents(model)[1]
         encoder = model.event_encoder
         encoder.requires_grad_(True)
@@ -382,23 +418,11 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--stage", required=True, choices=[*STAGES, "all"])
-    parser.add_argument("--dataset", default=None, help="dataset directory (default: the tiny dataset's location)")
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
+    parser = stage_parser(__doc__, PRESETS, STAGES)
     parser.add_argument("--bins", type=int, default=5, help="voxel grid bins (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iters", type=int, default=None,
-                        help="override every stage's iteration count (quick runs and tests)")
     args = parser.parse_args(argv)
-    preset = get_preset(args.preset)
-    if args.iters is not None:
-        if args.iters < 1:
-            parser.error(f"--iters must be >= 1, got {args.iters}")
-        preset = replace(preset, **{name: replace(getattr(preset, name), iters=args.iters)
-                                    for name in ("ae", "ervae", "diffusion", "distill", "ablation")})
+    preset = with_iters(get_preset(args.preset), ("ae", "ervae", "diffusion", "distill", "ablation"), args.iters,
+                        parser)
     out = args.out or CHECKPOINTS / preset.name
     trainer = Trainer(preset, out, args.dataset, args.seed, args.bins)
     for stage in STAGES if args.stage == "all" else (args.stage,):

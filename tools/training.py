@@ -1,9 +1,13 @@
-"""The optimisation loop the model trainers in ``tools/`` share (predictor, deblurrer)."""
+"""What the staged model trainers in ``tools/`` share (predictor, deblurrer): the command line and the
+optimisation loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import argparse
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,3 +44,29 @@ def optimise(params: list[torch.nn.Parameter], schedule: Schedule, loss_fn: Call
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4g}")
     return losses
+
+
+def stage_parser(doc: str, presets: Sequence[str], stages: Sequence[str]) -> argparse.ArgumentParser:
+    """The arguments every staged trainer takes: --preset, --stage (one of ``stages`` or ``all``),
+    --dataset, --out, --seed and --iters; the module docstring ``doc`` is the help."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("--preset", default="tiny", choices=sorted(presets))
+    parser.add_argument("--stage", required=True, choices=[*stages, "all"])
+    parser.add_argument("--dataset", default=None, help="dataset directory (default: the tiny dataset's location)")
+    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (default: the shipped one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=int, default=None,
+                        help="override every stage's iteration count (quick runs and tests)")
+    return parser
+
+
+def with_iters(preset: Any, schedules: Sequence[str], iters: int | None, parser: argparse.ArgumentParser) -> Any:
+    """``preset`` (a frozen dataclass) with every schedule field named in ``schedules`` set to ``iters``
+    steps (unchanged when ``iters`` is None; a parser error when it is below 1)."""
+    if iters is None:
+        return preset
+    if iters < 1:
+        parser.error(f"--iters must be >= 1, got {iters}")
+    return dataclasses.replace(preset, **{name: dataclasses.replace(getattr(preset, name), iters=iters)
+                                          for name in schedules})

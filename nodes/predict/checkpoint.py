@@ -4,7 +4,8 @@ A checkpoint directory (``nodes/predict/checkpoints/<preset>/`` for the shipped 
 file per trained part, each a ``torch.save`` dict with fp16 weights (half the size on disk; they
 are loaded as float32, and every number reported was measured with the loaded weights)::
 
-    ae.pt            {"state", "stats": {latent_scale, residual_scale, voxel_scale}, "preset", "bins"}
+    ae.pt            {"state", "stats": {latent_scale, residual_scale, voxel_scale, ei_c, ei_eps,
+                      ei_residual_scale}, "preset", "bins"}
     ervae.pt         {"state"}                                  the ER-VAE event encoder
     unet-<variant>.pt {"state", "config": ModelConfig dict, "steps": sampler steps}
 
@@ -74,11 +75,13 @@ def load_module(module: torch.nn.Module, path: Path) -> dict[str, Any]:
     return data
 
 
-def load_model(variant: str = "4step", checkpoint: str | Path = "tiny", compose: str | None = None
-               ) -> tuple[Dessert, int]:
+def load_model(variant: str = "4step", checkpoint: str | Path = "tiny", compose: str | None = None,
+               integration: tuple[float, float] | None = None) -> tuple[Dessert, int]:
     """Assemble the ``variant`` model from a checkpoint directory; returns (model in eval mode, steps).
 
-    ``compose`` overrides how the prediction is formed from the residual (``latent`` or ``pixel``).
+    ``compose`` overrides how the prediction is formed from the residual (``latent`` or ``pixel``);
+    ``integration`` = (c, eps) recalibrates the event-integration base for another sensor (the
+    checkpoint's were fitted on its training data).
     """
     if variant not in VARIANTS:
         raise CheckpointError(f"unknown predictor variant {variant!r} (known: {', '.join(VARIANTS)})")
@@ -90,6 +93,12 @@ def load_model(variant: str = "4step", checkpoint: str | Path = "tiny", compose:
     model = Dessert(config)
     ae = load_module(model.ae, directory / "ae.pt")
     model.set_stats(**ae["stats"])
+    if integration is not None:
+        c, eps = integration
+        if not (c > 0 and eps > 0):
+            raise CheckpointError(f"event-integration calibration needs c > 0 and eps > 0, got c={c}, eps={eps}")
+        model.ei_c.fill_(c)
+        model.ei_eps.fill_(eps)
     if model.event_encoder is not None:
         load_module(model.event_encoder, directory / "ervae.pt")
     try:

@@ -10,9 +10,11 @@ checkpoint directory (default: the shipped ``tiny``). Every variant runs in eage
 intra-op thread: one runtime for all rows, so ms/call compares the models; no per-variant ONNX
 export (the 64-step teacher's takes over ten minutes here); and one thread because torch's default
 two stall each other on this busy 2-core machine (teacher 21 s per frame instead of 0.5 s). The
-students' deployment backend, ONNX Runtime, gives the same frames (max abs difference 6e-7 for the
+students' deployment backend, ONNX Runtime, gives the same frames (max abs difference 7.5e-7 for the
 4-step graph, ``tests/test_predict.py``); its latency is in ``benchmarks/latency.md``. Each factory
-seeds its sampler with 0.
+seeds its sampler with 0. The event-integration base (``ModelConfig.base``) of every variant is
+calibrated like the event-integration baseline: (c, eps) fitted on the same fitting samples (the train
+split for the synthetic data, the first half of a real recording).
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ def factory(variant: str, compose: str | None = None, temperature: float = 0.0
         if context.channels != 1:
             raise ValueError(f"dessert-{variant}: the predictor is gray-only; the data has {context.channels} "
                              "channels")
+        from evpipe.tools.evaluate import context_event_integration
+
+        c, eps, _ = context_event_integration(context)  # calibrated on the baseline's data, as the baseline is
         predictor = FramePredictor(variant, context.checkpoint or "tiny", "torch", compose=compose,
-                                   temperature=temperature, threads=1, seed=0)
+                                   integration=(c, eps), temperature=temperature, threads=1, seed=0)
 
         def predict(anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:
             return predictor.predict_events(anchor, events, t_anchor, t_target)

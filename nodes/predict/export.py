@@ -62,9 +62,12 @@ def _checkpoint_hash(directory: Path, variant: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None) -> Path:
-    """Path of the fused ONNX graph of a checkpoint's ``variant``; exported on first use."""
+def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None,
+                      integration: tuple[float, float] | None = None) -> Path:
+    """Path of the fused ONNX graph of a checkpoint's ``variant`` (``compose`` and ``integration`` as
+    in :func:`~evpipe.nodes.predict.checkpoint.load_model`); exported on first use."""
     directory = resolve_dir(checkpoint)
-    model, steps = load_model(variant, directory, compose)
-    name = f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}.onnx"
+    model, steps = load_model(variant, directory, compose, integration)
+    calibration = "" if integration is None else f"-c{integration[0]:.6g}-eps{integration[1]:.6g}"
+    name = f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}{calibration}.onnx"
     return cached_export("predict", name, lambda path: export_fused(model, steps, path))

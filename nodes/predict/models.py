@@ -226,6 +226,9 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm(h)))
 
 
+BASES = ("anchor", "event-integration")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and conditioning of one trained DESSERT model (saved inside every checkpoint).
@@ -235,6 +238,13 @@ class ModelConfig:
     called once with x_t = 0, t = 0, trained to output the residual directly). ``compose``:
     ``latent`` (the paper: decode(z_anchor + ẑ_res)) or ``pixel`` (anchor + decode(z_anchor + ẑ_res)
     - decode(z_anchor), which cancels the autoencoder's reconstruction error where nothing moved).
+    ``base``: the frame the residual is taken from, and the U-Net's second condition: ``anchor`` (the
+    paper) or ``event-integration`` (the anchor moved by the events: exp(log(anchor + eps) + c·Σp) - eps
+    with c, eps fitted on the train split; Σp is the voxel grid summed over its bins). With the latter
+    the diffusion model only corrects what event integration gets wrong (threshold mismatch, changes
+    below the threshold, noise events) at full resolution, instead of re-deriving every edge the events
+    already give through the 4x-downsampled latent, whose reconstruction caps the prediction.
+    In either case ``compose`` forms the image from the base: ``base`` replaces ``anchor`` above.
     """
 
     bins: int
@@ -247,11 +257,12 @@ class ModelConfig:
     mode: str = "diffusion"
     prediction: str = "v"
     compose: str = "pixel"
+    base: str = "anchor"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unet_mult", tuple(self.unet_mult))
         for name, allowed in (("events", ("ervae", "raw")), ("mode", ("diffusion", "regression")),
-                              ("compose", ("latent", "pixel"))):
+                              ("compose", ("latent", "pixel")), ("base", BASES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}: {getattr(self, name)!r} is not one of {allowed}")
         diffusion.check_prediction(self.prediction)
@@ -279,18 +290,24 @@ class Dessert(nn.Module):
         event_channels = zc if config.events == "ervae" else config.bins * self.latent_downsample**2
         self.unet = UNet(zc, event_channels + zc, config.unet_channels, config.unet_mult, config.unet_attention)
         self.schedule = diffusion.CosineSchedule()
-        for name in ("latent_scale", "residual_scale", "voxel_scale"):
+        for name in ("latent_scale", "residual_scale", "voxel_scale", "ei_eps"):
             self.register_buffer(name, torch.ones(()))
+        self.register_buffer("ei_c", torch.zeros(()))
 
     @property
     def multiple(self) -> int:
         """H and W must be multiples of this."""
         return self.latent_downsample * 2 ** (len(self.config.unet_mult) - 1)
 
-    def set_stats(self, latent_scale: float, residual_scale: float, voxel_scale: float) -> None:
+    def set_stats(self, latent_scale: float, residual_scale: float, voxel_scale: float, ei_c: float = 0.0,
+                  ei_eps: float = 1.0, ei_residual_scale: float = 1.0) -> None:
+        """The train split's statistics (stored with the autoencoder): latent and voxel scales, the
+        event-integration fit (c, eps) and the residual scale of the configured ``base``."""
         self.latent_scale.fill_(latent_scale)
-        self.residual_scale.fill_(residual_scale)
+        self.residual_scale.fill_(ei_residual_scale if self.config.base == "event-integration" else residual_scale)
         self.voxel_scale.fill_(voxel_scale)
+        self.ei_c.fill_(ei_c)
+        self.ei_eps.fill_(ei_eps)
 
     # -- the pieces -------------------------------------------------------------------------------
     def encode_image(self, image: Tensor) -> Tensor:
@@ -300,6 +317,16 @@ class Dessert(nn.Module):
     def decode_latent(self, z: Tensor) -> Tensor:
         """Image (B, 1, H, W) from a normalised latent (not clamped)."""
         return self.ae.decode(z / self.latent_scale)
+
+    def event_integration(self, anchor: Tensor, voxel: Tensor) -> Tensor:
+        """exp(log(anchor + eps) + c·Σ_bins voxel) - eps in [0, 1], (B, 1, H, W): the anchor moved by the
+        events (a bin-summed voxel grid is each pixel's polarity sum)."""
+        moved = torch.exp(torch.log(anchor + self.ei_eps) + self.ei_c * voxel.sum(1, keepdim=True)) - self.ei_eps
+        return moved.clamp(0.0, 1.0)
+
+    def base_image(self, anchor: Tensor, voxel: Tensor) -> Tensor:
+        """The frame the residual is taken from (``config.base``), (B, 1, H, W) in [0, 1]."""
+        return self.event_integration(anchor, voxel) if self.config.base == "event-integration" else anchor
 
     def event_posterior(self, voxel: Tensor) -> tuple[Tensor, Tensor]:
         """ER-VAE posterior (mean, logvar) of z_event, (B, zc, H/4, W/4), in normalised residual units."""
@@ -328,7 +355,8 @@ class Dessert(nn.Module):
                                      cond={"z_anchor": z_anchor, "z_event": z_event})
 
     def compose(self, anchor: Tensor, z_anchor: Tensor, residual: Tensor) -> Tensor:
-        """Predicted frame (B, 1, H, W) in [0, 1] from the anchor, its latent and a normalised residual."""
+        """Predicted frame (B, 1, H, W) in [0, 1] from the base frame (``anchor``: the anchor or its event
+        integration, per ``config.base``), its latent and a normalised residual."""
         z_target = z_anchor + residual / self.residual_scale
         if self.config.compose == "latent":
             image = self.decode_latent(z_target)
@@ -339,9 +367,10 @@ class Dessert(nn.Module):
         return image.clamp(0.0, 1.0)
 
     def predict(self, anchor: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> Tensor:
-        z_anchor = self.encode_image(anchor)
-        residual = self.residual(z_anchor, self.event_condition(voxel), noise, steps)
-        return self.compose(anchor, z_anchor, residual)
+        base = self.base_image(anchor, voxel)
+        z_base = self.encode_image(base)
+        residual = self.residual(z_base, self.event_condition(voxel), noise, steps)
+        return self.compose(base, z_base, residual)
 
 
 class FusedPredictor(nn.Module):

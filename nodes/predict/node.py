@@ -9,7 +9,7 @@ import numpy as np
 
 from evpipe.nodes.predict.checkpoint import VARIANTS
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 # Luma weights of linear RGB (Rec. 709), as evpipe.tools.dataset uses for its gray frames.
@@ -29,6 +29,15 @@ def gray_unit(image: np.ndarray) -> np.ndarray:
     if image.ndim != 2:
         raise ValueError(f"frame image must be (H, W) gray or (H, W, 3) colour, got shape {image.shape}")
     return image
+
+
+def _integration(params: dict[str, Any]) -> tuple[float, float] | None:
+    """(contrast_threshold, integration_eps) when the graph calibrates the event-integration base, else None."""
+    c, eps = params["contrast_threshold"], params["integration_eps"]
+    if (c > 0) != (eps > 0):
+        raise NodeError(f"predictor: parameters 'contrast_threshold' ({c}) and 'integration_eps' ({eps}) calibrate "
+                        "the event-integration base together: set both, or neither to keep the checkpoint's")
+    return (c, eps) if c > 0 else None
 
 
 class Predictor(Node):
@@ -61,6 +70,11 @@ class Predictor(Node):
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
                    doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence (temperature > 0)")
+        spec.param("contrast_threshold", float, default=0.0, minimum=0.0,
+                   doc="c of the event-integration base, exp(log(I + eps) + c·Σp) - eps, for this sensor; "
+                   "0 = the checkpoint's (fitted on its training data). Set it with integration_eps")
+        spec.param("integration_eps", float, default=0.0, minimum=0.0,
+                   doc="eps of the event-integration base (with contrast_threshold); 0 = the checkpoint's")
         spec.param("anchor_history_us", int, default=1_000_000, minimum=1,
                    doc="sensor time of real frames kept as anchors for windows that arrive late (µs); "
                    "longer than the predictor's compute time, so a slow predictor still finds its anchors")
@@ -73,14 +87,14 @@ class Predictor(Node):
             return []
         from evpipe.nodes.predict.export import cached_fused_onnx
 
-        return [str(cached_fused_onnx(params["variant"], params["checkpoint"]))]
+        return [str(cached_fused_onnx(params["variant"], params["checkpoint"], integration=_integration(params)))]
 
     def start(self) -> None:
         from evpipe.nodes.predict.sampler import FramePredictor  # torch loads only when a graph runs this node
 
         p = self.params
-        self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, temperature=p.temperature,
-                                        threads=p.threads or None, seed=p.seed)
+        self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, integration=_integration(vars(p)),
+                                        temperature=p.temperature, threads=p.threads or None, seed=p.seed)
         self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
         self.frame_times: deque[int] = deque()  # real frames within anchor_history_us, oldest first
         self.pending: list[Message] = []

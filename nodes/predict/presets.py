@@ -41,17 +41,19 @@ class Preset:
     ablation: StageSchedule  # each ablation, and the full model's snapshot at the same budget
     ema_decay: float = 0.995
     student_steps: tuple[int, ...] = field(default=(4, 2, 1))
+    base: str = "anchor"  # what the residual is taken from (ModelConfig.base)
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny", image_size=128, ae_channels=16, latent_channels=4, unet_channels=32, unet_mult=(1, 2, 2),
         unet_attention=False, max_gap=4, teacher_steps=64,
-        ae=StageSchedule(iters=900, batch=16, lr=2e-3), ae_crop=64, ae_kl_weight=1e-6,
-        ervae=StageSchedule(iters=300, batch=16, lr=2e-3), ervae_kl_weight=1e-4,
-        diffusion=StageSchedule(iters=1200, batch=32, lr=1e-3),
+        ae=StageSchedule(iters=3000, batch=16, lr=2e-3), ae_crop=64, ae_kl_weight=1e-6,
+        ervae=StageSchedule(iters=1000, batch=16, lr=2e-3), ervae_kl_weight=1e-4,
+        diffusion=StageSchedule(iters=3000, batch=32, lr=1e-3),
         distill=StageSchedule(iters=100, batch=24, lr=3e-4),
         ablation=StageSchedule(iters=300, batch=32, lr=1e-3),
+        base="event-integration",
     ),
     "base": Preset(
         name="base", image_size=256, ae_channels=32, latent_channels=4, unet_channels=96, unet_mult=(1, 2, 3, 4),
@@ -61,7 +63,7 @@ PRESETS: dict[str, Preset] = {
         diffusion=StageSchedule(iters=200_000, batch=64, lr=2e-4),
         distill=StageSchedule(iters=10_000, batch=64, lr=1e-4),
         ablation=StageSchedule(iters=50_000, batch=64, lr=2e-4),
-        ema_decay=0.9999,
+        ema_decay=0.9999, base="event-integration",
     ),
 }
 

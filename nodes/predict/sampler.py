@@ -45,25 +45,27 @@ class FramePredictor:
     ``temperature`` scales the sampler's initial noise: 1 draws true samples from the model; 0 (the
     default) starts every DDIM trajectory at the prior's mean, a deterministic prediction close to
     the conditional mean: less texture, measurably higher PSNR (see benchmarks/predict.md).
-    ``seed`` fixes the noise sequence when the temperature is above 0. ``threads`` sets the intra-op
-    threads of ONNX Runtime, or of torch for the whole process (``torch.set_num_threads``): on a busy
-    2-core machine torch's default of one thread per core stalls in its barriers (the 64-step teacher
-    measured 21 s per frame with two threads, 0.5 s with one).
+    ``integration`` = (c, eps) calibrates the event-integration base to the sensor (default: the
+    checkpoint's fit on its training data). ``seed`` fixes the noise sequence when the temperature is
+    above 0. ``threads`` sets the intra-op threads of ONNX Runtime, or of torch for the whole process
+    (``torch.set_num_threads``): on a busy 2-core machine torch's default of one thread per core stalls
+    in its barriers (the 64-step teacher measured 21 s per frame with two threads, 0.5 s with one).
     """
 
     def __init__(self, variant: str = "4step", checkpoint: str | Path = "tiny", backend: str = "onnxruntime",
-                 *, compose: str | None = None, temperature: float = 0.0, device: str = "cpu",
-                 threads: int | None = None, seed: int = 0) -> None:
+                 *, compose: str | None = None, integration: tuple[float, float] | None = None,
+                 temperature: float = 0.0, device: str = "cpu", threads: int | None = None, seed: int = 0) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not 0.0 <= temperature <= 1.0:
             raise ValueError(f"temperature must be in [0, 1], got {temperature!r}")
         self.temperature = float(temperature)
-        self.model, self.steps = load_model(variant, checkpoint, compose)
+        self.model, self.steps = load_model(variant, checkpoint, compose, integration)
         self.variant, self.backend, self.device, self.threads = variant, backend, device, threads
         self.bins = self.model.config.bins
         self.multiple = self.model.multiple
-        self._onnx = cached_fused_onnx(variant, checkpoint, compose) if backend == "onnxruntime" else None
+        self._onnx = (cached_fused_onnx(variant, checkpoint, compose, integration) if backend == "onnxruntime"
+                      else None)
         self._torch_threads = threads if backend == "torch" else None
         self._engines: dict[tuple[int, int], Engine] = {}
         self._rng = np.random.default_rng(seed)
