@@ -114,11 +114,13 @@ def test_destroying_a_writer_with_a_connected_client_deadlocks():
     client = socket.create_connection(("127.0.0.1", port))
     try:
         assert writer.stdout.readline().strip() == "written"
-        client.close()  # even a client that leaves first leaves the writer stuck in its destructor
+        # The client stays connected through the destructor. (When it disconnects first, the destructor
+        # sometimes returns and sometimes hangs: a race, seen once on this machine under load; not asserted.)
         time.sleep(5.0)
         stuck = writer.poll() is None
         line = _read_line_now(writer)
     finally:
+        client.close()
         writer.kill()
         writer.wait()
     assert stuck and line != "destroyed"
