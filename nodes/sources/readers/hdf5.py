@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -61,6 +62,13 @@ _UNIT_FACTORS = {
 _ACCEL_TO_G = {"g": 1.0, "ms2": 1 / 9.80665, "mps2": 1 / 9.80665}
 _GYRO_TO_DPS = {"dps": 1.0, "degs": 1.0, "rads": float(np.degrees(1.0)), "rad_s": float(np.degrees(1.0))}
 _IMU_CHUNK = 100_000
+
+
+def _member(group: h5py.Group, name: str) -> Any:
+    """``group[name]``, or None when it has no such member. Not ``Group.get``: for a missing name it
+    raised UnicodeDecodeError instead of returning None once (h5py decoding HDF5's error message, which
+    held undecodable bytes), so membership is tested first."""
+    return group[name] if name in group else None  # noqa: SIM401 (the point is not to call get)
 
 
 def time_unit_factor(dataset: h5py.Dataset, *holders: h5py.HLObject) -> int:
@@ -110,8 +118,8 @@ class Hdf5Recording(Recording):
             self._check_filters(dataset)
         t = self._columns["t"]
         self._t_factor = time_unit_factor(t, t.parent, self._h5)
-        self._ms_to_idx = self._h5["ms_to_idx"] if isinstance(self._h5.get("ms_to_idx"), h5py.Dataset) else None
-        offset = self._h5.get("t_offset")
+        self._ms_to_idx = self._h5["ms_to_idx"] if isinstance(_member(self._h5, "ms_to_idx"), h5py.Dataset) else None
+        offset = _member(self._h5, "t_offset")
         if isinstance(offset, h5py.Dataset):
             self._declared_t_offset = int(np.asarray(offset[()]).reshape(-1)[0])
         elif "t_offset" in self._h5.attrs:
@@ -130,13 +138,13 @@ class Hdf5Recording(Recording):
     def _find_event_datasets(self) -> dict[str, h5py.Dataset]:
         best: tuple[str, dict[str, h5py.Dataset]] = ("/", {})
         for group_name in ("events", "/"):
-            group = self._h5.get(group_name)
+            group = _member(self._h5, group_name)
             if not isinstance(group, h5py.Group):
                 continue
             found = {}
             for field, aliases in FIELD_ALIASES.items():
                 for alias in aliases:
-                    if isinstance(group.get(alias), h5py.Dataset):
+                    if isinstance(_member(group, alias), h5py.Dataset):
                         found[field] = group[alias]
                         break
             if len(found) == len(FIELD_ALIASES):
@@ -217,7 +225,7 @@ class Hdf5Recording(Recording):
         frame_t = self._frame_times()
         if frame_t is not None and len(frame_t):
             times += [int(frame_t.min()), int(frame_t.max())]
-        imu = self._h5.get("imu/data")
+        imu = _member(self._h5, "imu/data")
         if isinstance(imu, h5py.Dataset) and len(imu):
             column = self._imu_columns()[0]
             offset = self._declared_t_offset or 0
@@ -230,10 +238,10 @@ class Hdf5Recording(Recording):
 
     def _frame_times(self) -> np.ndarray | None:
         """Frame timestamps as stored (start of exposure when exposures are given), µs."""
-        group = self._h5.get("frames")
+        group = _member(self._h5, "frames")
         if not isinstance(group, h5py.Group):
             return None
-        if not isinstance(group.get("t"), h5py.Dataset):
+        if not isinstance(_member(group, "t"), h5py.Dataset):
             raise self.error("frames/ has no t dataset (frame timestamps)", kind="missing_dataset")
         t = group["t"]
         return to_microseconds(t[()], time_unit_factor(t, group, self._h5)) + (self._declared_t_offset or 0)
@@ -307,7 +315,7 @@ class Hdf5Recording(Recording):
         )
 
     def _read_imu(self, t_start: int | None, t_stop: int | None) -> Iterator[Imu]:
-        data = self._h5.get("imu/data")
+        data = _member(self._h5, "imu/data")
         if not isinstance(data, h5py.Dataset) or len(data) == 0:
             return
         t_col, accel_cols, gyro_cols, to_g, to_dps = self._imu_columns()
