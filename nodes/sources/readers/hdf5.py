@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -63,12 +63,15 @@ _ACCEL_TO_G = {"g": 1.0, "ms2": 1 / 9.80665, "mps2": 1 / 9.80665}
 _GYRO_TO_DPS = {"dps": 1.0, "degs": 1.0, "rads": float(np.degrees(1.0)), "rad_s": float(np.degrees(1.0))}
 _IMU_CHUNK = 100_000
 
+T = TypeVar("T")
 
-def _member(group: h5py.Group, name: str) -> Any:
-    """``group[name]``, or None when it has no such member. Not ``Group.get``: for a missing name it
-    raised UnicodeDecodeError instead of returning None once (h5py decoding HDF5's error message, which
-    held undecodable bytes), so membership is tested first."""
-    return group[name] if name in group else None  # noqa: SIM401 (the point is not to call get)
+
+def _member(group: h5py.Group, name: str, kind: type[T]) -> T | None:
+    """``group[name]`` when it exists and is a ``kind`` (h5py.Dataset or h5py.Group), else None. Not
+    ``Group.get``: for a missing name it raised UnicodeDecodeError instead of returning None once (h5py
+    decoding HDF5's error message, which held undecodable bytes), so membership is tested first."""
+    member = group[name] if name in group else None  # noqa: SIM401 (the point is not to call get)
+    return member if isinstance(member, kind) else None
 
 
 def time_unit_factor(dataset: h5py.Dataset, *holders: h5py.HLObject) -> int:
@@ -118,9 +121,9 @@ class Hdf5Recording(Recording):
             self._check_filters(dataset)
         t = self._columns["t"]
         self._t_factor = time_unit_factor(t, t.parent, self._h5)
-        self._ms_to_idx = self._h5["ms_to_idx"] if isinstance(_member(self._h5, "ms_to_idx"), h5py.Dataset) else None
-        offset = _member(self._h5, "t_offset")
-        if isinstance(offset, h5py.Dataset):
+        self._ms_to_idx = _member(self._h5, "ms_to_idx", h5py.Dataset)
+        offset = _member(self._h5, "t_offset", h5py.Dataset)
+        if offset is not None:
             self._declared_t_offset = int(np.asarray(offset[()]).reshape(-1)[0])
         elif "t_offset" in self._h5.attrs:
             self._declared_t_offset = int(np.asarray(self._h5.attrs["t_offset"]).reshape(-1)[0])
@@ -138,14 +141,15 @@ class Hdf5Recording(Recording):
     def _find_event_datasets(self) -> dict[str, h5py.Dataset]:
         best: tuple[str, dict[str, h5py.Dataset]] = ("/", {})
         for group_name in ("events", "/"):
-            group = _member(self._h5, group_name)
-            if not isinstance(group, h5py.Group):
+            group = _member(self._h5, group_name, h5py.Group)
+            if group is None:
                 continue
             found = {}
             for field, aliases in FIELD_ALIASES.items():
                 for alias in aliases:
-                    if isinstance(_member(group, alias), h5py.Dataset):
-                        found[field] = group[alias]
+                    dataset = _member(group, alias, h5py.Dataset)
+                    if dataset is not None:
+                        found[field] = dataset
                         break
             if len(found) == len(FIELD_ALIASES):
                 return found
@@ -225,8 +229,8 @@ class Hdf5Recording(Recording):
         frame_t = self._frame_times()
         if frame_t is not None and len(frame_t):
             times += [int(frame_t.min()), int(frame_t.max())]
-        imu = _member(self._h5, "imu/data")
-        if isinstance(imu, h5py.Dataset) and len(imu):
+        imu = _member(self._h5, "imu/data", h5py.Dataset)
+        if imu is not None and len(imu):
             column = self._imu_columns()[0]
             offset = self._declared_t_offset or 0
             times += [round(float(imu[0, column])) + offset, round(float(imu[len(imu) - 1, column])) + offset]
@@ -238,12 +242,12 @@ class Hdf5Recording(Recording):
 
     def _frame_times(self) -> np.ndarray | None:
         """Frame timestamps as stored (start of exposure when exposures are given), µs."""
-        group = _member(self._h5, "frames")
-        if not isinstance(group, h5py.Group):
+        group = _member(self._h5, "frames", h5py.Group)
+        if group is None:
             return None
-        if not isinstance(_member(group, "t"), h5py.Dataset):
+        t = _member(group, "t", h5py.Dataset)
+        if t is None:
             raise self.error("frames/ has no t dataset (frame timestamps)", kind="missing_dataset")
-        t = group["t"]
         return to_microseconds(t[()], time_unit_factor(t, group, self._h5)) + (self._declared_t_offset or 0)
 
     def _read_frames(self, t_start: int | None, t_stop: int | None) -> Iterator[tuple[str, int, Frame]]:
@@ -315,8 +319,8 @@ class Hdf5Recording(Recording):
         )
 
     def _read_imu(self, t_start: int | None, t_stop: int | None) -> Iterator[Imu]:
-        data = _member(self._h5, "imu/data")
-        if not isinstance(data, h5py.Dataset) or len(data) == 0:
+        data = _member(self._h5, "imu/data", h5py.Dataset)
+        if data is None or len(data) == 0:
             return
         t_col, accel_cols, gyro_cols, to_g, to_dps = self._imu_columns()
         sample = data[: min(len(data), 2000)]
