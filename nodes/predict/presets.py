@@ -1,7 +1,7 @@
 """Training presets of the DESSERT predictor: architecture plus every stage's schedule.
 
-``tiny``: 128x128 gray, trains all stages on two CPU cores in 42 minutes (34 without the ablations;
-measured 2026-11-24); its checkpoints ship in ``nodes/predict/checkpoints/``. ``base``: 256x256
+``tiny``: 128x128 gray, trains all stages on two CPU cores in about 45 minutes (36 without the
+ablations; measured 2026-11-24); its checkpoints ship in ``nodes/predict/checkpoints/``. ``base``: 256x256
 gray, wider networks, attention at the coarsest U-Net level, longer schedules, meant for a GPU (code
 and configuration only; it was not trained in this repository).
 """
