@@ -16,12 +16,13 @@ from evpipe.nodes.deblur.models import DiffEvent, ModelConfig
 from evpipe.nodes.deblur.presets import Guidance, StageSchedule
 from evpipe.nodes.predict.checkpoint import save_part
 from evpipe.runtime.events import Events
-from evpipe.tools.train_deblur import DeblurData, lr_at, random_crops
+from evpipe.tools.train_deblur import DeblurData, log_mse, lr_at, random_crops
 from evpipe.tools.training import optimise
 from tests.conftest import run_graph
 
 STREET = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / "davis346_street_first1.8s.h5"
-SMALL = ModelConfig(enhance_channels=4, unet_channels=8, unet_mult=(1, 2), edi_c=0.3, edi_samples=8)
+SMALL = ModelConfig(enhance_channels=4, unet_channels=8, unet_mult=(1, 2), edi_c=0.3, edi_samples=8,
+                    student_channels=8, student_mult=(1, 2), event_bins=2)
 
 
 def random_model(seed: int = 0) -> DiffEvent:
@@ -111,10 +112,11 @@ def test_short_training_lowers_the_losses():
     g = torch.Generator().manual_seed(0)
     sharp = torch.nn.functional.avg_pool2d(torch.rand(8, 1, 36, 36, generator=g), 5, 1).clone()
     edi = 1.0 + 0.3 * torch.rand(8, 1, 32, 32, generator=g)
-    data = DeblurData(1.3 * edi * sharp, sharp, edi)
+    voxel = torch.randn(8, SMALL.event_bins, 32, 32, generator=g)
+    data = DeblurData(1.3 * edi * sharp, sharp, edi, voxel)
     torch.manual_seed(0)
     model = DiffEvent(SMALL)
-    blurry, sharp_c, edi_c = random_crops(data, 8, 32, g)
+    blurry, sharp_c, edi_c, voxel_c = random_crops(data, 8, 32, g)
 
     def enhance_loss(step: int) -> torch.Tensor:
         return (model.enhance(edi_c) * sharp_c - blurry).square().mean()
@@ -139,6 +141,26 @@ def test_short_training_lowers_the_losses():
         after = float(np.mean([float(prior_loss(s)) for s in range(4)]))
     assert after < 0.95 * before, (before, after)  # measured: 0.529 -> 0.482
 
+    def student_loss(step: int) -> torch.Tensor:  # the distill stage's data term
+        return log_mse(model.student_sample(blurry, edi_c, voxel_c, torch.zeros_like(blurry), 1), sharp_c)
+
+    with torch.no_grad():
+        before = float(student_loss(0))
+    optimise(list(model.student.parameters()), StageSchedule(iters=60, batch=8, lr=3e-3), student_loss, "test",
+             lr_at=lr_at)
+    with torch.no_grad():
+        after = float(student_loss(0))
+    assert after < before - 0.1, (before, after)  # log10 units: 1 dB of mean PSNR per 0.1
+
+
+def test_log_mse_is_minus_a_tenth_of_the_mean_psnr():
+    g = torch.Generator().manual_seed(1)
+    reference = torch.rand(3, 1, 8, 8, generator=g)
+    estimate = reference + torch.tensor([0.03, 0.1, 0.3]).view(3, 1, 1, 1) * torch.randn(3, 1, 8, 8, generator=g)
+    mse = (estimate - reference).square().flatten(1).mean(1)
+    assert float(log_mse(estimate, reference)) == pytest.approx(-float((10 * torch.log10(1 / mse)).mean()) / 10,
+                                                                abs=1e-3)
+
 
 def test_onnx_student_matches_torch_and_the_sampler_backends_agree(checkpoint_dir, tmp_path, monkeypatch):
     from evpipe.nodes.deblur.export import cached_student_onnx, parity
@@ -152,12 +174,17 @@ def test_onnx_student_matches_torch_and_the_sampler_backends_agree(checkpoint_di
     rng = np.random.default_rng(0)
     blurry = rng.random((30, 45), dtype=np.float32)  # not a multiple of the stride: padded and cropped
     edi = np.exp(rng.normal(0, 0.2, (30, 45))).astype(np.float32)
-    outputs = [Deblurrer("student", checkpoint_dir, backend).deblur(blurry, edi) for backend in ("torch",
-                                                                                                  "onnxruntime")]
+    voxel = rng.normal(0, 2, (SMALL.event_bins, 30, 45)).astype(np.float32)
+    outputs = [Deblurrer("student", checkpoint_dir, backend).deblur(blurry, edi, voxel) for backend in ("torch",
+                                                                                                         "onnxruntime")]
     assert outputs[0].shape == (30, 45) and outputs[0].dtype == np.float32
     assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
+    # The student sees the events' timing: the same E with another voxel grid gives another frame.
+    assert not np.allclose(outputs[0], Deblurrer("student", checkpoint_dir, "torch").deblur(blurry, edi, -voxel))
     with pytest.raises(ValueError, match="edi shape"):
-        Deblurrer("student", checkpoint_dir, "torch").deblur(blurry, edi[:-1])
+        Deblurrer("student", checkpoint_dir, "torch").deblur(blurry, edi[:-1], voxel)
+    with pytest.raises(ValueError, match="voxel shape"):
+        Deblurrer("student", checkpoint_dir, "torch").deblur(blurry, edi, voxel[:1])
 
 
 def test_deblur_events_uses_the_exposure_events(checkpoint_dir):

@@ -17,6 +17,16 @@ frames carry their 500 µs exposure: nearly sharp) and ECD slider_depth (a camer
 give no exposure, so ``--ecd-exposure-us`` is assumed, centred on the frame time). For the frames with
 the most events in their exposure: the frame, its exposure's events, EDI (blurry / E) and the student.
 No ground truth there, so no PSNR.
+
+    python -m evpipe.tools.bench_deblur --latency benchmarks/deblur_latency.json
+
+instead measures the deblur node's latency in a real graph (JSON, and a histogram PNG beside it), by the
+runtime's tracing: ``replay`` (the
+DAVIS346 street recording cropped to its centre 128x128, paced in real time, its frames carrying their
+exposure) -> ``deblur`` (the student on ONNX Runtime) -> ``metrics``, each a process. Recorded: end-to-end
+p50/p99 (newest event available -> sharp frame delivered; a frame waits for the events of its whole
+exposure, so this includes the exposure's second half), the node's compute p50 (E, voxel grid, student),
+and the target of the issue (p50 <= 50 ms).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -33,6 +44,9 @@ from evpipe.tools.evaluate import build_sources, evaluate_source, resolve_model,
 
 DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STREET = Path("davis346_street") / "davis346_street_first1.8s.h5"
+STREET_ROI = [109, 66, 237, 194]  # the centre 128x128 of the DAVIS346's 346x260
+LATENCY_PATH = "src -> deblur -> metrics"
+TARGET_P50_MS = 50.0  # issue #8: deblur node, ONNX Runtime, 128x128, student, on this CPU
 METHODS = ("blurry", "edi", "diffevent-teacher-Ex", "diffevent-teacher-fEx", "diffevent-teacher", "diffevent")
 
 
@@ -83,7 +97,7 @@ def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ec
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi
+    from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi, exposure_voxel
     from evpipe.tools.evaluate import polarity_sum
 
     cases = _real_cases(data_dir, ecd_exposure_us, rows)
@@ -96,7 +110,7 @@ def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ec
         edi = exposure_edi(window, case["start"], case["end"], case["t"], height, width, deblurrer.c,
                            deblurrer.samples)
         edi_out = np.clip(blurry / edi, 0.0, 1.0)
-        ours = deblurrer.deblur(blurry, edi)
+        ours = deblurrer.deblur(blurry, edi, exposure_voxel(window, height, width, deblurrer.bins))
         facts.append({"frame": case["label"], "events_in_exposure": len(window),
                       "mean_abs_change_edi": float(np.abs(edi_out - blurry).mean()),
                       "mean_abs_change_ours": float(np.abs(ours - blurry).mean())})
@@ -119,6 +133,60 @@ def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ec
     return facts
 
 
+def node_latency(recording: Path, checkpoint: Path | None, loops: int) -> dict:
+    """Latency of the deblur node in a real graph (see the module docstring), from the runtime's report."""
+    from rich.console import Console
+
+    from evpipe.runtime.graph import build_graph
+    from evpipe.runtime.supervisor import Supervisor
+
+    doc = {
+        "name": "deblur-latency",
+        "nodes": {
+            "src": {"type": "replay", "params": {"path": str(recording), "roi": STREET_ROI, "pace": "realtime",
+                                                 "loops": loops, "imu": False, "checksum": False}},
+            "deblur": {"type": "deblur", "params": {"checkpoint": str(checkpoint or "tiny"),
+                                                    "backend": "onnxruntime"}},
+            "metrics": {"type": "metrics", "params": {"warmup": 3, "checksum": False}},
+        },
+        "edges": ["src.events -> deblur.events", "src.frames -> deblur.frames", "deblur.frames -> metrics.in"],
+    }
+    load_before = os.getloadavg()
+    result = Supervisor(build_graph(doc, "<bench_deblur --latency>"), console=Console(stderr=True, quiet=True)).run()
+    if result.exit_code != 0:
+        raise RuntimeError(f"graph {doc['name']} failed: {result.report['nodes']}")
+    latency = result.report["latency"]
+    path = latency["paths"].get(LATENCY_PATH, {})
+    p50 = path.get("p50")
+    return {"graph": doc, "frames": path.get("count", 0), "p50_ms": p50, "p99_ms": path.get("p99"),
+            "max_ms": path.get("max"),
+            "deblur_compute_p50_ms": latency["nodes"].get("deblur", {}).get("compute", {}).get("p50"),
+            "target_p50_ms": TARGET_P50_MS, "target_met": p50 is not None and p50 <= TARGET_P50_MS,
+            "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+            "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                        "cpus": os.cpu_count()}, "series_ms": path.get("series_ms", [])}
+
+
+def latency_histogram(result: dict, out_png: Path) -> None:
+    """Histogram of the end-to-end latencies of :func:`node_latency`'s run, with p50 and the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(result["series_ms"], bins=40, color="tab:blue")
+    ax.axvline(result["p50_ms"], color="black", label=f"p50 {result['p50_ms']:.1f} ms")
+    ax.axvline(TARGET_P50_MS, color="tab:red", linestyle="--", label=f"target p50 {TARGET_P50_MS:g} ms")
+    ax.set_xlabel("end-to-end latency per sharp frame (ms)")
+    ax.set_ylabel("frames")
+    ax.set_title(f"deblur node, ONNX Runtime, 128x128 ({result['frames']} frames)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, help="dataset folder (default: the tiny dataset)")
@@ -132,9 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="deblur")
     parser.add_argument("--real-png", type=Path, help="draw the before/after grid on the real recording here instead")
     parser.add_argument("--real-data", type=Path, default=DEFAULT_REAL, help="folder of the real recordings")
+    parser.add_argument("--latency", type=Path, help="measure the node's latency in a real graph; write JSON here")
+    parser.add_argument("--loops", type=int, default=3, help="--latency: times the recording is replayed")
     parser.add_argument("--ecd-exposure-us", type=int, default=10_000,
                         help="exposure assumed for ECD slider_depth frames (its files give none), µs")
     args = parser.parse_args(argv)
+    if args.latency is not None:
+        try:
+            result = node_latency(args.real_data / STREET, args.checkpoint, args.loops)
+        except (FileNotFoundError, ValueError, OSError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        args.latency.parent.mkdir(parents=True, exist_ok=True)
+        args.latency.write_text(json.dumps(result, indent=1))
+        latency_histogram(result, args.latency.with_suffix(".png"))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("graph", "machine", "series_ms")}))
+        print(f"wrote {args.latency} and {args.latency.with_suffix('.png')}")
+        return 0 if result["target_met"] else 1
     if args.real_png is not None:
         try:
             facts = real_before_after(args.real_data, args.checkpoint, args.real_png, args.ecd_exposure_us)

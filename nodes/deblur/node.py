@@ -20,15 +20,16 @@ class Deblur(Node):
     stream's watermark has passed its exposure [t - e//2, t + e - e//2) — in a live graph the events of
     the exposure are usually buffered already when the frame arrives — then E (the EDI double integral
     of those events, ``evpipe.kernels.edi_integral``) is computed and the frame is deblurred:
-    ``method: diffevent`` runs the student (:class:`evpipe.nodes.deblur.sampler.Deblurrer`), ``method:
-    edi`` divides by E (the EDI baseline, with ``edi_c``). Output: float32 (H, W) in [0, 1] at time t,
-    meta ``deblurred`` (the method), ``exposure_us`` (of the input). Colour frames are deblurred as
-    their luma. Frames without an exposure time get ``exposure_us`` when it is set, else they are counted
-    (``no_exposure``) and skipped. Events are
-    kept from the oldest pending exposure and for ``max_buffer_us`` behind the watermark; a frame whose
-    exposure starts before that is counted (``late``) and skipped. At the end of the stream the frames
-    still pending are deblurred with the events there are. Events outside the frame or going back in
-    time are dropped and counted. Reports frames_in, deblurred, no_exposure, late, events_dropped.
+    ``method: diffevent`` runs the student (:class:`evpipe.nodes.deblur.sampler.Deblurrer`) on the frame,
+    E and the voxel grid of the exposure's events, ``method: edi`` divides by E (the EDI baseline, with
+    ``edi_c``). Output: float32 (H, W) in [0, 1] at time t, meta ``deblurred`` (the method),
+    ``exposure_us`` (of the input). Colour frames are deblurred as their luma. Frames without an
+    exposure time get ``exposure_us`` when it is set, else they are counted (``no_exposure``) and
+    skipped. Events are kept from the oldest pending exposure and for ``max_buffer_us`` behind the
+    watermark; a frame whose exposure starts before that is counted (``late``) and skipped. At the end of
+    the stream the frames still pending are deblurred with the events there are. Events outside the
+    frame or going back in time are dropped and counted. Reports frames_in, deblurred, no_exposure, late,
+    events_dropped.
     """
 
     @classmethod
@@ -49,14 +50,15 @@ class Deblur(Node):
                    minimum=1)
 
     def start(self) -> None:
-        from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi  # torch loads only when a graph runs this
+        # torch loads only when a graph runs this node
+        from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi, exposure_voxel
 
         p = self.params
         try:
             self.deblurrer = Deblurrer("student", p.checkpoint, p.backend, threads=p.threads or None)
         except ValueError as error:
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
-        self.exposure_edi = exposure_edi
+        self.exposure_edi, self.exposure_voxel = exposure_edi, exposure_voxel
         self.c = p.edi_c or self.deblurrer.c
         self.stream = EventIntake()
         self.pending: list[Frame] = []
@@ -108,7 +110,8 @@ class Deblur(Node):
         if self.params.method == "edi":
             sharp = np.clip(blurry / edi, 0.0, 1.0).astype(np.float32)
         else:
-            sharp = self.deblurrer.deblur(blurry, edi)
+            voxel = self.exposure_voxel(events, height, width, self.deblurrer.bins)
+            sharp = self.deblurrer.deblur(blurry, edi, voxel)
         self.counts["deblurred"] += 1
         meta = {"deblurred": self.params.method, "exposure_us": frame.exposure_us}
         self.emit("frames", Message.from_frame(Frame(sharp, frame.t, 0, meta)))

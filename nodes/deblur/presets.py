@@ -60,31 +60,37 @@ class Preset:
     enhance_channels: int
     unet_channels: int
     unet_mult: tuple[int, ...]
+    student_channels: int
+    student_mult: tuple[int, ...]
+    event_bins: int  # voxel bins of the exposure's events in the student's condition
     teacher_steps: int
     student_steps: tuple[int, ...]
     enhance: StageSchedule
     priors: StageSchedule
     distill: StageSchedule
     distill_pairs: int  # teacher samples (random training crops) the students learn from
+    distill_weight: float  # weight of the teacher term beside the data term in the student's loss
     guidance: Guidance
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny", image_size=128, crop=64, edi_c=0.3, edi_samples=32, enhance_channels=16,
-        unet_channels=32, unet_mult=(1, 2), teacher_steps=8, student_steps=(1,),
+        unet_channels=32, unet_mult=(1, 2), student_channels=64, student_mult=(1, 2), event_bins=4,
+        teacher_steps=8, student_steps=(1,),
         enhance=StageSchedule(iters=200, batch=16, lr=2e-3),
         priors=StageSchedule(iters=500, batch=16, lr=1e-3),
-        distill=StageSchedule(iters=250, batch=16, lr=3e-4),
-        distill_pairs=256, guidance=Guidance(),
+        distill=StageSchedule(iters=4000, batch=16, lr=1e-3),
+        distill_pairs=256, distill_weight=0.25, guidance=Guidance(),
     ),
     "base": Preset(
         name="base", image_size=256, crop=128, edi_c=0.3, edi_samples=32, enhance_channels=32,
-        unet_channels=96, unet_mult=(1, 2, 3), teacher_steps=50, student_steps=(4,),
+        unet_channels=96, unet_mult=(1, 2, 3), student_channels=128, student_mult=(1, 2, 3), event_bins=5,
+        teacher_steps=50, student_steps=(4,),
         enhance=StageSchedule(iters=20_000, batch=32, lr=5e-4),
         priors=StageSchedule(iters=200_000, batch=64, lr=2e-4),
         distill=StageSchedule(iters=20_000, batch=64, lr=1e-4),
-        distill_pairs=50_000, guidance=Guidance(),
+        distill_pairs=50_000, distill_weight=0.25, guidance=Guidance(),
     ),
 }
 

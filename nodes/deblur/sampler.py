@@ -8,6 +8,9 @@ opened per padded size.
 
     deblurrer = Deblurrer("student", checkpoint="tiny", backend="onnxruntime")
     sharp = deblurrer.deblur_events(blurry, events, exposure_start, exposure_end, t_ref)  # (H, W) in [0, 1]
+
+The model's inputs besides the frame are the raw E of the exposure (:func:`exposure_edi`) and the
+voxel grid of the exposure's events (:func:`exposure_voxel`, the student's extra condition).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evpipe.kernels import edi_integral
+from evpipe.kernels import edi_integral, voxel_grid
 from evpipe.nodes.deblur.checkpoint import load_model
 from evpipe.nodes.deblur.models import DEGRADATIONS, FusedStudent, GuidedTeacher
 from evpipe.nodes.deblur.presets import Guidance
@@ -26,7 +29,7 @@ from evpipe.runtime.events import Events
 
 VARIANTS = ("student", "teacher")
 BACKENDS = ("torch", "onnxruntime")
-INPUT_NAMES = ("blurry", "edi", "noise")
+INPUT_NAMES = ("blurry", "edi", "voxel", "noise")
 OUTPUT_NAME = "sharp"
 
 
@@ -35,6 +38,11 @@ def exposure_edi(events: Events, exposure_start: int, exposure_end: int, t_ref: 
     """Raw EDI double integral E float32 (H, W) at ``t_ref`` of the events with start <= t < end (µs)."""
     return edi_integral(events.t, events.x, events.y, events.p, c, exposure_start, exposure_end, samples, height,
                         width, t_ref)
+
+
+def exposure_voxel(events: Events, height: int, width: int, bins: int) -> np.ndarray:
+    """Voxel grid float32 (bins, H, W) of the exposure's events (E2VID bins over their time span)."""
+    return voxel_grid(events.t, events.x, events.y, events.p, bins, height, width)
 
 
 class Deblurrer:
@@ -63,6 +71,7 @@ class Deblurrer:
             self.module = GuidedTeacher(self.model, self.info["teacher_steps"], guidance or self.info["guidance"],
                                         degradation).eval()
         self.c, self.samples = self.model.config.edi_c, self.model.config.edi_samples
+        self.bins = self.model.config.event_bins
         self.multiple = self.model.multiple
         self._engines: dict[tuple[int, int], Engine] = {}
 
@@ -73,16 +82,18 @@ class Deblurrer:
 
                 source = ModelSource(onnx=cached_student_onnx(self.checkpoint))
             else:
-                specs = [TensorSpec(name, (1, 1, height, width), np.dtype(np.float32)) for name in INPUT_NAMES]
+                specs = [TensorSpec(name, (1, self.bins if name == "voxel" else 1, height, width),
+                                    np.dtype(np.float32)) for name in INPUT_NAMES]
                 source = ModelSource(torch=self.module, inputs=specs, output_names=[OUTPUT_NAME])
             options = {"threads": self.threads} if self.threads else None
             self._engines[(height, width)] = open_engine(source, backend=self.backend, device=self.device,
                                                          onnxruntime=options)
         return self._engines[(height, width)]
 
-    def deblur(self, blurry: np.ndarray, edi: np.ndarray) -> np.ndarray:
+    def deblur(self, blurry: np.ndarray, edi: np.ndarray, voxel: np.ndarray) -> np.ndarray:
         """Sharp frame float32 (H, W) in [0, 1] from a blurry gray frame (H, W) in [0, 1] (uint8 is
-        scaled by 1/255) and the raw E (H, W) of its exposure (:func:`exposure_edi` with the model's c)."""
+        scaled by 1/255), the raw E (H, W) of its exposure (:func:`exposure_edi` with the model's c)
+        and the exposure's voxel grid (bins, H, W) (:func:`exposure_voxel` with :attr:`bins`)."""
         blurry = np.asarray(blurry)
         if blurry.dtype == np.uint8:
             blurry = blurry.astype(np.float32) / 255.0
@@ -91,10 +102,13 @@ class Deblurrer:
         h, w = blurry.shape
         if np.shape(edi) != (h, w):
             raise ValueError(f"edi shape {np.shape(edi)} does not match the frame's {(h, w)}")
+        if np.shape(voxel) != (self.bins, h, w):
+            raise ValueError(f"voxel shape {np.shape(voxel)} does not match ({self.bins} bins, frame {(h, w)})")
         hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
         pad = ((0, hp - h), (0, wp - w))
         feeds = {"blurry": np.pad(blurry.astype(np.float32, copy=False), pad, mode="edge")[None, None],
                  "edi": np.pad(np.asarray(edi, np.float32), pad, mode="edge")[None, None],
+                 "voxel": np.pad(np.asarray(voxel, np.float32), ((0, 0), *pad))[None],
                  "noise": np.zeros((1, 1, hp, wp), np.float32)}
         return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
 
@@ -103,7 +117,7 @@ class Deblurrer:
         """The evaluation protocol: the sharp frame at ``t_ref`` from the blurry frame and its exposure's events."""
         h, w = np.asarray(blurry).shape[:2]
         return self.deblur(blurry, exposure_edi(events, exposure_start, exposure_end, t_ref, h, w, self.c,
-                                                self.samples))
+                                                self.samples), exposure_voxel(events, h, w, self.bins))
 
     def close(self) -> None:
         for engine in self._engines.values():
