@@ -16,8 +16,8 @@ from evpipe.nodes.deblur.models import DiffEvent, ModelConfig
 from evpipe.nodes.deblur.presets import Guidance, StageSchedule
 from evpipe.nodes.predict.checkpoint import save_part
 from evpipe.runtime.events import Events
-from evpipe.tools.train_deblur import DeblurData, log_mse, lr_at, random_crops
-from evpipe.tools.training import optimise
+from evpipe.tools.train_deblur import DeblurData, lr_at, random_crops
+from evpipe.tools.training import log_mse, optimise
 from tests.conftest import run_graph
 
 STREET = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / "davis346_street_first1.8s.h5"

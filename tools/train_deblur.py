@@ -28,7 +28,7 @@ Stage recipes:
   to reproduce its output in ``student_steps`` unguided DDIM steps (output distillation, Luhman &
   Luhman 2021: the guidance is paid for once, at training time) with weight ``distill_weight``,
   beside a data term on fresh training crops against the sharp frames, so the student is not capped
-  at the teacher's quality. Both terms are the log of the per-sample MSE (see :func:`log_mse`).
+  at the teacher's quality. Both terms are the log of the per-sample MSE (:func:`evpipe.tools.training.log_mse`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule
 from evpipe.nodes.deblur.sampler import exposure_edi
 from evpipe.nodes.predict.checkpoint import load_part, save_part
 from evpipe.tools.dataset import DeblurView, EventDataset
-from evpipe.tools.training import optimise, stage_parser, with_iters
+from evpipe.tools.training import log_mse, optimise, stage_parser, with_iters
 
 STAGES = ("enhance", "priors", "tune", "distill")
 WARMUP_ITERS = 30
@@ -77,8 +77,6 @@ class DeblurData:
 
 
 FIELDS = ("blurry", "sharp", "edi", "voxel")
-# Floor of the per-sample MSE in log_mse: 60 dB, about where the stillest stored frames are.
-LOG_FLOOR = 1e-6
 
 
 def cache_path(root: Path, split: str, c: float, samples: int, bins: int, exposure: tuple[float, float] | None
@@ -162,14 +160,6 @@ def psnr_torch(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """Mean PSNR (dB, peak 1) over a batch (B, 1, H, W)."""
     mse = (reference - estimate.clamp(0, 1)).square().flatten(1).mean(1).clamp(min=1e-10)
     return float((10 * torch.log10(1.0 / mse)).mean())
-
-
-def log_mse(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of log10(per-sample MSE + LOG_FLOOR): -PSNR / 10 above the floor, so the loss
-    weighs every frame as the mean-PSNR evaluation does. A plain MSE is dominated by the blurriest
-    frames: an MSE-trained probe of the student lost 8.5 dB on the stillest 10% of the tiny test
-    frames (which the input already has at 55-67 dB)."""
-    return torch.log10((estimate - reference).square().flatten(1).mean(1) + LOG_FLOOR).mean()
 
 
 class Trainer:

@@ -7,7 +7,8 @@ align with the residual latent z_res = z_target - z_anchor; a U-Net, conditioned
 z_anchor by channel concatenation, denoises z_res (v-prediction, cosine schedule, DDIM); the
 prediction is the anchor plus the decoded residual. Diverse-Length Temporal (DLT) training on gaps of
 1..K frames lets the node also roll out several frames ahead. Progressive distillation turns the
-64-step teacher into 4-, 2- and 1-step students.
+64-step teacher into 4-, 2- and 1-step students; the 4-step one (the node's) is then refined on the
+frames themselves (a data term on its decoded predictions, ``--stage refine``).
 
 Modules: :mod:`.models` (networks and the composite ``Dessert``), :mod:`evpipe.nodes.diffusion` (the
 shared schedule, sampler and losses), :mod:`.presets` (``tiny``, ``base``), :mod:`.checkpoint`
@@ -22,6 +23,7 @@ The shipped ``tiny`` checkpoints (``checkpoints/tiny/``) were made, in this orde
     python tools/train_predictor.py --preset tiny --stage ervae
     python tools/train_predictor.py --preset tiny --stage diffusion    # also writes unet-short.pt
     python tools/train_predictor.py --preset tiny --stage distill
+    python tools/train_predictor.py --preset tiny --stage refine       # rewrites unet-4step.pt
     python tools/train_predictor.py --preset tiny --stage ablations
 
 ``base`` (256x256, for a GPU) is configuration and code only; it has not been trained here.

@@ -68,7 +68,8 @@ class Predictor(Node):
         spec.param("threads", int, default=0, minimum=0,
                    doc="intra-op threads of onnxruntime or torch; 0 = the backend's default (all usable cores)")
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
-                   doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples")
+                   doc="scale of the sampler's initial noise: 0 deterministic (highest PSNR), 1 true samples; "
+                   "the tiny 4step student is refined for 0 (use variant 2step or teacher to sample)")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise sequence (temperature > 0)")
         spec.param("contrast_threshold", float, default=0.0, minimum=0.0,
                    doc="c of the event-integration base, exp(log(I + eps) + c·Σp) - eps, for this sensor; "

@@ -1,9 +1,10 @@
 """Training presets of the DESSERT predictor: architecture plus every stage's schedule.
 
-``tiny``: 128x128 gray, trains all stages on two CPU cores in about 45 minutes (36 without the
-ablations; measured 2026-11-24); its checkpoints ship in ``nodes/predict/checkpoints/``. ``base``: 256x256
-gray, wider networks, attention at the coarsest U-Net level, longer schedules, meant for a GPU (code
-and configuration only; it was not trained in this repository).
+``tiny``: 128x128 gray, trains all stages on two CPU cores in about 58 minutes (49 without the
+ablations; measured 2026-11-24: the refine stage took 12.6 of them); its checkpoints ship in
+``nodes/predict/checkpoints/``. ``base``: 256x256 gray, wider networks, attention at the coarsest U-Net
+level, longer schedules, meant for a GPU (code and configuration only; it was not trained in this
+repository).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ class Preset:
     ervae_kl_weight: float
     diffusion: StageSchedule
     distill: StageSchedule  # per halving round
+    refine: StageSchedule  # each refined student: the data term on its predicted frames
     ablation: StageSchedule  # each ablation, and the full model's snapshot at the same budget
     ema_decay: float = 0.995
     student_steps: tuple[int, ...] = field(default=(4, 2, 1))
+    refine_steps: tuple[int, ...] = field(default=(4,))  # the students the refine stage trains (the node's)
     base: str = "anchor"  # what the residual is taken from (ModelConfig.base)
 
 
@@ -52,6 +55,7 @@ PRESETS: dict[str, Preset] = {
         ervae=StageSchedule(iters=1000, batch=16, lr=2e-3), ervae_kl_weight=1e-4,
         diffusion=StageSchedule(iters=3000, batch=32, lr=1e-3),
         distill=StageSchedule(iters=100, batch=24, lr=3e-4),
+        refine=StageSchedule(iters=1200, batch=8, lr=3e-4),
         ablation=StageSchedule(iters=300, batch=32, lr=1e-3),
         base="event-integration",
     ),
@@ -62,6 +66,7 @@ PRESETS: dict[str, Preset] = {
         ervae=StageSchedule(iters=30_000, batch=32, lr=5e-4), ervae_kl_weight=1e-4,
         diffusion=StageSchedule(iters=200_000, batch=64, lr=2e-4),
         distill=StageSchedule(iters=10_000, batch=64, lr=1e-4),
+        refine=StageSchedule(iters=20_000, batch=32, lr=5e-5),
         ablation=StageSchedule(iters=50_000, batch=64, lr=2e-4),
         ema_decay=0.9999, base="event-integration",
     ),
