@@ -21,12 +21,11 @@ No ground truth there, so no PSNR.
     python -m evpipe.tools.bench_deblur --latency benchmarks/deblur_latency.json
 
 instead measures the deblur node's latency in a real graph (JSON, and a histogram PNG beside it), by the
-runtime's tracing: ``replay`` (the
-DAVIS346 street recording cropped to its centre 128x128, paced in real time, its frames carrying their
-exposure) -> ``deblur`` (the student on ONNX Runtime) -> ``metrics``, each a process. Recorded: end-to-end
-p50/p99 (newest event available -> sharp frame delivered; a frame waits for the events of its whole
-exposure, so this includes the exposure's second half), the node's compute p50 (E, voxel grid, student),
-and the target of the issue (p50 <= 50 ms).
+runtime's tracing: ``replay`` (the DAVIS346 street recording cropped to its centre 128x128, paced in
+real time, its frames carrying their exposure) -> ``deblur`` (the student on ONNX Runtime) ->
+``metrics``, each a process. Recorded: end-to-end p50/p99 (newest event available -> sharp frame
+delivered; a frame waits for the events of its whole exposure, so this includes the exposure's second
+half), the node's compute p50 (E, voxel grid, student), and the target of the issue (p50 <= 50 ms).
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from evpipe.tools.evaluate import build_sources, evaluate_source, resolve_model,
 
 DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STREET = Path("davis346_street") / "davis346_street_first1.8s.h5"
-STREET_ROI = [109, 66, 237, 194]  # the centre 128x128 of the DAVIS346's 346x260
 LATENCY_PATH = "src -> deblur -> metrics"
 TARGET_P50_MS = 50.0  # issue #8: deblur node, ONNX Runtime, 128x128, student, on this CPU
 METHODS = ("blurry", "edi", "diffevent-teacher-Ex", "diffevent-teacher-fEx", "diffevent-teacher", "diffevent")
@@ -135,15 +133,12 @@ def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ec
 
 def node_latency(recording: Path, checkpoint: Path | None, loops: int) -> dict:
     """Latency of the deblur node in a real graph (see the module docstring), from the runtime's report."""
-    from rich.console import Console
-
-    from evpipe.runtime.graph import build_graph
-    from evpipe.runtime.supervisor import Supervisor
+    from evpipe.tools.bench_latency import DEFAULT_ROI, run_traced
 
     doc = {
         "name": "deblur-latency",
         "nodes": {
-            "src": {"type": "replay", "params": {"path": str(recording), "roi": STREET_ROI, "pace": "realtime",
+            "src": {"type": "replay", "params": {"path": str(recording), "roi": DEFAULT_ROI, "pace": "realtime",
                                                  "loops": loops, "imu": False, "checksum": False}},
             "deblur": {"type": "deblur", "params": {"checkpoint": str(checkpoint or "tiny"),
                                                     "backend": "onnxruntime"}},
@@ -152,10 +147,7 @@ def node_latency(recording: Path, checkpoint: Path | None, loops: int) -> dict:
         "edges": ["src.events -> deblur.events", "src.frames -> deblur.frames", "deblur.frames -> metrics.in"],
     }
     load_before = os.getloadavg()
-    result = Supervisor(build_graph(doc, "<bench_deblur --latency>"), console=Console(stderr=True, quiet=True)).run()
-    if result.exit_code != 0:
-        raise RuntimeError(f"graph {doc['name']} failed: {result.report['nodes']}")
-    latency = result.report["latency"]
+    latency = run_traced(doc, "<bench_deblur --latency>")["latency"]
     path = latency["paths"].get(LATENCY_PATH, {})
     p50 = path.get("p50")
     return {"graph": doc, "frames": path.get("count", 0), "p50_ms": p50, "p99_ms": path.get("p99"),

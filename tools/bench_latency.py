@@ -48,6 +48,15 @@ PATH = "src -> vox -> pred -> metrics"
 TARGET_P50_MS = 40.0  # issue #6: predictor node, ONNX Runtime, 128x128, 4-step student, on this CPU
 
 
+def run_traced(doc: dict, origin: str) -> dict:
+    """Run the graph ``doc`` (``origin`` names it in errors) quietly; its report, with the runtime's latency
+    tracing under ``report["latency"]``. RuntimeError when the graph fails."""
+    result = Supervisor(build_graph(doc, origin), console=Console(stderr=True, quiet=True)).run()
+    if result.exit_code != 0:
+        raise RuntimeError(f"graph {doc['name']} failed: {result.report['nodes']}")
+    return result.report
+
+
 def graph_run(recording: str, roi: list[int] | None, backend: str, speed: float, loops: int, variant: str,
               per_frame: int) -> dict:
     doc = {
@@ -70,10 +79,7 @@ def graph_run(recording: str, roi: list[int] | None, backend: str, speed: float,
             "pred.predictions -> metrics.in",
         ],
     }
-    result = Supervisor(build_graph(doc, "<bench_latency>"), console=Console(stderr=True, quiet=True)).run()
-    if result.exit_code != 0:
-        raise RuntimeError(f"graph {doc['name']} failed: {result.report['nodes']}")
-    report = result.report
+    report = run_traced(doc, "<bench_latency>")
     path = report["latency"]["paths"].get(PATH, {})
     windows = next(e for e in report["edges"] if e["edge"] == "vox.voxels->pred.voxels")
     return {"backend": backend, "speed": speed, "p50_ms": path.get("p50"), "p99_ms": path.get("p99"),
