@@ -159,25 +159,30 @@ def test_training_a_few_steps_lowers_the_loss(tmp_path: Path) -> None:
     preset = tu.TrainPreset("test", HiFIConfig(width=8, mult=(1, 2), patch=16), iters=150, batch=8, lr=3e-3,
                             warmup=5)
     result = tu.train(preset, sequences, tmp_path / "hifi.pt", progress=False)
-    assert result["iters"] == 150 and result["final_loss"] < 0.4  # starts at ~0.6 (the zero network's |v|)
+    # Starts at ~0.8: the zero network's mean |v| on unit-variance data (sqrt(2 / pi)); 0.51 after 150 steps.
+    assert result["iters"] == 150 and result["final_loss"] < 0.6
     assert load_checkpoint(tmp_path / "hifi.pt").config.width == 8
 
 
-def test_shipped_checkpoint_runs_the_cascade_and_is_trained() -> None:
-    """The shipped tiny model runs a 2-level cascade on a translating texture and lands far closer to the
-    true middle frame than the untrained network (whose zero output decodes to mid-gray). It does NOT beat
-    frame blending on this pattern (see benchmarks/upsample.md: the 20-minute CPU model is undertrained)."""
+def test_shipped_checkpoint_runs_the_cascade_and_beats_blending() -> None:
+    """The shipped tiny model's 2-level cascade on a real photo (scikit-image's coffee, a test-split
+    source of the tiny dataset) translating 4 px per half interval lands closer to the true middle frame
+    than blending the two frames, which ghosts every edge (measured: 0.86 of blending's mean error)."""
+    from skimage.transform import resize
+
+    from evpipe.nodes.sources.scenes import load_photo
+
     model = load_checkpoint("tiny")
-    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    photo = resize(load_photo("coffee"), (200, 300), anti_aliasing=True).astype(np.float32)
 
-    def frame(shift: float) -> torch.Tensor:
-        return torch.from_numpy(0.5 + 0.35 * np.sin((xx - shift) / 4.0) * np.cos(yy / 6.0))[None]
+    def frame(shift: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(photo[40:104, 100 + shift:164 + shift]))[None]
 
-    frame0, middle, frame1 = frame(0.0), frame(3.0), frame(6.0)
-    out = interpolate(model, frame0, frame1, CascadeSettings(levels=2, steps=4, samples=1))
+    frame0, middle, frame1 = frame(0), frame(4), frame(8)
+    out = interpolate(model, frame0, frame1, CascadeSettings(levels=2, steps=8, samples=2))
     assert out.shape == middle.shape
-    untrained_error = (middle - 0.5).abs().mean()
-    assert (out - middle).abs().mean() < 0.6 * untrained_error
+    blend_error = (middle - 0.5 * (frame0 + frame1)).abs().mean()
+    assert (out - middle).abs().mean() < 0.95 * blend_error
 
 
 def _checkpoint(tmp_path: Path) -> Path:

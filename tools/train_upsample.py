@@ -12,8 +12,10 @@ upsampled back, plus Gaussian noise of standard deviation U(0, ``estimate_noise`
 augmentation: at inference the estimate is the previous level's imperfect prediction); it is
 replaced by zeros for ``drop`` (0.5) of the samples so one model also does the base level. HiFI
 computes its estimates with the trained base model offline; ground truth plus noise is our cheaper
-stand-in. Loss: L1 on v (``evpipe.nodes.diffusion.diffusion_loss(norm="l1")``), Adam with linear
-warm-up, EMA weights saved (float16) every ``--save-every`` steps and at the end.
+stand-in. The diffusion data is the middle frame's residual from the blend of its two inputs
+(``HiFI.to_data``; ``residual_scale`` is measured on 32 training batches before the first step).
+Loss: L1 on v (``evpipe.nodes.diffusion.diffusion_loss(norm="l1")``), Adam with linear warm-up and
+a cosine decay to a tenth of the rate, EMA weights saved (float16) every ``--save-every`` steps and at the end.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ class TrainPreset:
 
 
 PRESETS: dict[str, TrainPreset] = {
-    # Fits the 20-25 minute CPU budget of this repository (2 shared cores); its checkpoint ships.
+    # About 25 minutes on this repository's 2 CPU cores (6 it/s with nothing beside it); its checkpoint ships.
     "tiny": TrainPreset("tiny", HiFIConfig(channels=1, width=24, mult=(1, 2, 2), attention=False, patch=32),
-                        iters=2500, batch=24, lr=1e-3),
+                        iters=9000, batch=24, lr=1e-3),
     # For a GPU (not trained here): wider, one more level, attention at the bottom, larger patches.
     "base": TrainPreset("base", HiFIConfig(channels=1, width=96, mult=(1, 2, 3, 4), attention=True, patch=128),
                         iters=200_000, batch=64, lr=1e-4, warmup=5000, ema_decay=0.9999),
@@ -106,6 +108,14 @@ def low_res_estimate(middle: torch.Tensor, noise_std: torch.Tensor, generator: t
     return up + noise
 
 
+def residual_scale(sampler: TripletSampler, batch: int, batches: int = 32) -> float:
+    """1 / the standard deviation of the middle frame's residual from the blend (model range) over
+    ``batches`` batches of ``sampler``: the scale that gives the diffusion data unit variance."""
+    residuals = [to_model(middle) - to_model(0.5 * (frame0 + frame1))
+                 for frame0, middle, frame1 in (sampler.batch(batch) for _ in range(batches))]
+    return float(1.0 / torch.cat(residuals).std().clamp(min=1e-4))
+
+
 def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int = 0, save_every: int = 250,
           max_minutes: float | None = None, progress: bool = True, source: str = "") -> dict[str, float]:
     """Train on ``sequences`` (see :func:`load_sequences`; ``source`` names them in the checkpoint) and save
@@ -121,6 +131,9 @@ def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int
                          f"{preset.name!r}")
     sampler = TripletSampler(sequences, preset.spacings, config.patch, seed)
     model = HiFI(config)
+    # Its own sampler (seed + 1): the training batches stay the same draws as without this step.
+    model.residual_scale.fill_(residual_scale(TripletSampler(sequences, preset.spacings, config.patch, seed + 1),
+                                              preset.batch))
     ema = HiFI(config)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -131,15 +144,18 @@ def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int
     bar = tqdm(range(preset.iters), desc=f"train HiFI {preset.name}", unit="it", disable=not progress, mininterval=5)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = preset.lr * min(1.0, (step + 1) / preset.warmup)
+            # Linear warm-up, then a cosine decay to a tenth: the last steps fit the fine residual.
+            group["lr"] = (preset.lr * min(1.0, (step + 1) / preset.warmup)
+                           * (0.55 + 0.45 * math.cos(math.pi * step / preset.iters)))
         frame0, middle, frame1 = sampler.batch(preset.batch)
         size = middle.shape[0]
         estimate = low_res_estimate(middle, torch.rand(size, generator=generator) * preset.estimate_noise, generator)
         available = (torch.rand(size, generator=generator) >= preset.drop).float()
-        estimate = to_model(estimate) * available[:, None, None, None]
-        cond = {"frame0": to_model(frame0), "frame1": to_model(frame1), "estimate": estimate, "available": available}
-        loss = diffusion.diffusion_loss(model, to_model(middle), model.schedule, prediction="v", cond=cond,
-                                        generator=generator, norm="l1")
+        frame0, frame1 = to_model(frame0), to_model(frame1)
+        estimate = model.to_data(to_model(estimate), frame0, frame1) * available[:, None, None, None]
+        cond = {"frame0": frame0, "frame1": frame1, "estimate": estimate, "available": available}
+        loss = diffusion.diffusion_loss(model, model.to_data(to_model(middle), frame0, frame1), model.schedule,
+                                        prediction="v", cond=cond, generator=generator, norm="l1")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -147,7 +163,7 @@ def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int
             for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1.0 - preset.ema_decay)
         smoothed = loss.item() if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.4f}")
+        bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
         minutes = (time.monotonic() - start) / 60
         if (step + 1) % save_every == 0:
             save_checkpoint(ema, out, {"preset": preset.name, "iters": step + 1, "loss": smoothed})

@@ -6,6 +6,8 @@
    pyramid by ×2 area downsampling (level ``levels - 1`` is the coarsest).
 2. At the coarsest level the estimate is zeros (availability 0): the model does base interpolation.
    At each finer level the estimate is the previous level's prediction upsampled ×2 (bilinear).
+   The sampler works in the model's data units (the residual from the level's blend of the two
+   frames, :meth:`HiFI.to_data`), the estimate is given in the same units.
 3. At every level the image is covered by overlapping patches of the training size
    (``settings.patch``); each DDIM step denoises all patches (batched, ``patch_batch`` at a time) and
    merges their v predictions by averaging where they overlap (MultiDiffusion). With the
@@ -111,7 +113,8 @@ def multidiffusion_denoiser(model: HiFI, frame0: Tensor, frame1: Tensor, estimat
                             patch: int | None, overlap: float, patch_batch: int) -> Callable[[Tensor, Tensor], Tensor]:
     """A whole-image v predictor ``fn(z_t (1, C, H, W), t (1,)) -> v`` for ``evpipe.nodes.diffusion``'s
     sampler: the network's v on overlapping patches, averaged where they overlap. Conditions are
-    (1, C, H, W) in the model range; ``patch`` None evaluates the whole image in one call."""
+    (1, C, H, W): frames in the model range, ``estimate`` in data units; ``patch`` None evaluates the
+    whole image in one call."""
     height, width = z_shape = frame0.shape[-2:]
     if patch is None:
         size, origins = (height, width), [(0, 0)]
@@ -168,8 +171,8 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
         if estimate is None:
             cond, available = torch.zeros_like(f0), False
         else:
-            cond = F.interpolate(estimate, size=f0.shape[-2:], mode="bilinear", align_corners=False)
-            available = True
+            upsampled = F.interpolate(estimate, size=f0.shape[-2:], mode="bilinear", align_corners=False)
+            cond, available = model.to_data(upsampled, f0, f1), True
         denoise = multidiffusion_denoiser(model, f0, f1, cond, available, settings.patch, settings.overlap,
                                           settings.patch_batch)
         mean = torch.zeros_like(f0)
@@ -177,7 +180,7 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
             generator = torch.Generator().manual_seed(settings.seed + i)
             noise = torch.randn(f0.shape, generator=generator)
             mean += diffusion.ddim_sample(denoise, noise, model.schedule, settings.steps, prediction="v")
-        estimate = (mean / settings.samples).clamp(-1.0, 1.0)
+        estimate = model.from_data(mean / settings.samples, f0, f1).clamp(-1.0, 1.0)
     return from_model(estimate)[0, :, :height, :width]
 
 

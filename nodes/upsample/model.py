@@ -6,7 +6,14 @@ map (1 where an estimate is given, 0 for the base level where the estimate is al
 estimate is dropped (zeros, availability 0) for half of the training samples, so the same weights
 predict from scratch at the coarsest level and refine an estimate at every finer level (HiFI,
 "single model for all stages"). The availability map is our addition: a zero estimate is otherwise
-indistinguishable from a mid-gray one in the [-1, 1] data range.
+indistinguishable from "no change" in the residual units below.
+
+Diffusion data units (our choice for a small CPU-trained model; HiFI denoises the frame itself): the
+middle frame relative to the blend of its two inputs, ``(x - (x0 + x1) / 2) · residual_scale``
+(``residual_scale`` = 1 / the residual's standard deviation on training crops, so the data has unit
+variance), and the estimate enters in the same units. The network only learns what blending gets
+wrong (the motion), and a network that predicts zero residual returns the blend: it starts at the
+baseline's quality instead of re-synthesising every pixel.
 
 Tensors are NCHW float32; images enter as [0, 1] and are mapped to [-1, 1] inside (``to_model`` /
 ``from_model``); h and w must be multiples of ``HiFI.multiple``. The U-Net is the predictor's
@@ -43,7 +50,8 @@ class HiFIConfig:
 
 class HiFI(nn.Module):
     """``forward(z_t, t, frame0, frame1, estimate, available) -> v`` (all (B, C, h, w) but ``t`` (B,)
-    in [0, 1] and ``available`` (B,) float 0/1); images in the model range [-1, 1]."""
+    in [0, 1] and ``available`` (B,) float 0/1); frames in the model range [-1, 1], ``z_t`` and
+    ``estimate`` in data units (:meth:`to_data`)."""
 
     def __init__(self, config: HiFIConfig) -> None:
         super().__init__()
@@ -51,6 +59,7 @@ class HiFI(nn.Module):
         c = config.channels
         self.unet = UNet(c, 3 * c + 1, config.width, tuple(config.mult), config.attention)
         self.schedule = diffusion.CosineSchedule()
+        self.register_buffer("residual_scale", torch.ones(()))
 
     @property
     def multiple(self) -> int:
@@ -61,6 +70,16 @@ class HiFI(nn.Module):
                 available: Tensor) -> Tensor:
         mask = available.to(z_t.dtype)[:, None, None, None].expand(-1, 1, *z_t.shape[-2:])
         return self.unet(z_t, t, torch.cat([frame0, frame1, estimate, mask], dim=1))
+
+    # In-place arithmetic on fresh temporaries: at 2048² every full-size copy is 16 MB per channel, and
+    # the cascade's peak memory must stay flat in resolution.
+    def to_data(self, x: Tensor, frame0: Tensor, frame1: Tensor) -> Tensor:
+        """Middle frame (model range) -> diffusion data: its residual from the blend, scaled."""
+        return x.sub(torch.add(frame0, frame1).mul_(0.5)).mul_(self.residual_scale)
+
+    def from_data(self, data: Tensor, frame0: Tensor, frame1: Tensor) -> Tensor:
+        """Diffusion data -> middle frame in the model range (not clipped)."""
+        return torch.add(frame0, frame1).mul_(0.5).add_(data / self.residual_scale)
 
 
 def to_model(image: Tensor) -> Tensor:
