@@ -11,8 +11,9 @@ Each stage reads and rewrites ``diffevent.pt`` in ``--out`` (default: the shippe
 there. Data: :class:`evpipe.tools.dataset.DeblurView` (the stored blurry frames) of the dataset built
 by ``python -m evpipe.tools.make_dataset --preset tiny``; the raw E of every sample is computed once
 with ``evpipe.kernels.edi_integral`` (the preset's c and sample count) and cached as float16 under
-``~/.cache/evpipe/deblur/``. Training uses the train split; ``tune`` uses the val split. Seeded
-(``--seed``): a rerun on the same machine and thread count reproduces a checkpoint.
+``$EVPIPE_CACHE/deblur/`` (default ``~/.cache/evpipe/deblur/``). Training uses the train split;
+``tune`` uses the val split. Seeded (``--seed``): a rerun on the same machine and thread count
+reproduces a checkpoint.
 
 Stage recipes:
 - enhance: random ``crop`` crops with random flips/rotations; loss mean (f(E) x - y)² (the
@@ -52,6 +53,7 @@ from evpipe.nodes.deblur.models import E_MAX, E_MIN, DiffEvent, GuidedTeacher, M
 from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule, get_preset
 from evpipe.nodes.deblur.sampler import exposure_edi
 from evpipe.nodes.predict.checkpoint import load_part, save_part
+from evpipe.runtime.engines.onnx_export import export_cache_dir
 from evpipe.tools.dataset import DeblurView, EventDataset
 from evpipe.tools.training import log_mse, optimise, stage_parser, with_iters
 
@@ -84,7 +86,7 @@ def cache_path(root: Path, split: str, c: float, samples: int, bins: int, exposu
     meta = (root / "dataset.json").read_bytes()
     key = hashlib.sha256(meta + f"{split}-{c}-{samples}-{bins}".encode()).hexdigest()[:16]
     suffix = "" if exposure is None else f"-exposure{exposure[0]}-{exposure[1]}"
-    return Path.home() / ".cache" / "evpipe" / "deblur" / f"{root.name}-{split}-{key}{suffix}.npz"
+    return export_cache_dir("deblur") / f"{root.name}-{split}-{key}{suffix}.npz"
 
 
 def load_split(dataset: str | Path | None, split: str, c: float, samples: int, bins: int,
