@@ -108,12 +108,13 @@ def low_res_estimate(middle: torch.Tensor, noise_std: torch.Tensor, generator: t
     return up + noise
 
 
-def residual_scale(sampler: TripletSampler, batch: int, batches: int = 32) -> float:
-    """1 / the standard deviation of the middle frame's residual from the blend (model range) over
-    ``batches`` batches of ``sampler``: the scale that gives the diffusion data unit variance."""
-    residuals = [to_model(middle) - to_model(0.5 * (frame0 + frame1))
-                 for frame0, middle, frame1 in (sampler.batch(batch) for _ in range(batches))]
-    return float(1.0 / torch.cat(residuals).std().clamp(min=1e-4))
+def residual_scale(model: HiFI, sampler: TripletSampler, batch: int, batches: int = 32) -> float:
+    """1 / the standard deviation of ``model``'s diffusion data at unit scale (:meth:`HiFI.to_data`: the
+    middle frame's residual from the blend) over ``batches`` batches of ``sampler``: the scale that
+    gives the data unit variance."""
+    unscaled = [model.to_data(to_model(middle), to_model(frame0), to_model(frame1)) / model.residual_scale
+                for frame0, middle, frame1 in (sampler.batch(batch) for _ in range(batches))]
+    return float(1.0 / torch.cat(unscaled).std().clamp(min=1e-4))
 
 
 def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int = 0, save_every: int = 250,
@@ -132,7 +133,7 @@ def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int
     sampler = TripletSampler(sequences, preset.spacings, config.patch, seed)
     model = HiFI(config)
     # Its own sampler (seed + 1): the training batches stay the same draws as without this step.
-    model.residual_scale.fill_(residual_scale(TripletSampler(sequences, preset.spacings, config.patch, seed + 1),
+    model.residual_scale.fill_(residual_scale(model, TripletSampler(sequences, preset.spacings, config.patch, seed + 1),
                                               preset.batch))
     ema = HiFI(config)
     ema.load_state_dict(model.state_dict())
