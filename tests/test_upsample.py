@@ -167,7 +167,8 @@ def test_training_a_few_steps_lowers_the_loss(tmp_path: Path) -> None:
 def test_shipped_checkpoint_runs_the_cascade_and_beats_blending() -> None:
     """The shipped tiny model's 2-level cascade on a real photo (scikit-image's coffee, a test-split
     source of the tiny dataset) translating 4 px per half interval lands closer to the true middle frame
-    than blending the two frames, which ghosts every edge (measured: 0.86 of blending's mean error)."""
+    than blending the two frames, which ghosts every edge (measured: 0.16 of blending's mean error; the
+    gain is mostly the global alignment's, which finds the translation)."""
     from skimage.transform import resize
 
     from evpipe.nodes.sources.scenes import load_photo
@@ -182,7 +183,7 @@ def test_shipped_checkpoint_runs_the_cascade_and_beats_blending() -> None:
     out = interpolate(model, frame0, frame1, CascadeSettings(levels=2, steps=8, samples=2))
     assert out.shape == middle.shape
     blend_error = (middle - 0.5 * (frame0 + frame1)).abs().mean()
-    assert (out - middle).abs().mean() < 0.95 * blend_error
+    assert (out - middle).abs().mean() < 0.4 * blend_error
 
 
 def _checkpoint(tmp_path: Path) -> Path:

@@ -4,12 +4,12 @@
 
 Runs ``evpipe.tools.evaluate``'s upsample protocol (``InterpolationView(context=True)`` triplets of
 the test split, the middle frame is the ground truth) with every method in one pass — the baselines
-``blend`` and ``cubic`` and the models ``hifi-base`` (the network on the whole frame, no cascade),
+``blend``, ``cubic`` and ``aligned-blend`` and the models ``hifi-base`` (the network on the whole frame, no cascade),
 ``hifi-cascade2`` and ``hifi-cascade3`` of ``evpipe.nodes.upsample.evaluation`` — on two blocks:
 
 * ``all``: ``--max-samples`` triplets evenly spaced over the split;
 * ``large motion``: the ``--large-motion`` triplets of the split with the largest global motion
-  between frame0 and frame1, measured by phase correlation (``skimage.registration``, pixels).
+  between frame0 and frame1, measured by phase correlation (``evpipe.nodes.upsample.alignment.global_shift``, pixels).
 
 Writes ``<name>.md``, ``.json``, ``_per_sequence.csv`` and ``.png`` through the harness's reports
 (plus the motion threshold in the Markdown and JSON).
@@ -26,15 +26,17 @@ import numpy as np
 from evpipe.tools import evaluate as ev
 from evpipe.tools.dataset import EventDataset, default_dataset_path
 
-METHODS = ("blend", "cubic", "hifi-base", "hifi-cascade2", "hifi-cascade3")
+METHODS = ("blend", "cubic", "aligned-blend", "hifi-base", "hifi-cascade2", "hifi-cascade3")
 
 
 def global_motion(frame0: np.ndarray, frame1: np.ndarray) -> float:
-    """Magnitude in pixels of the global translation between two (H, W) frames (phase correlation)."""
-    from skimage.registration import phase_cross_correlation
+    """Magnitude in pixels of the global translation between two (H, W) frames (the phase correlation
+    HiFI's alignment uses)."""
+    import torch
 
-    shift, _, _ = phase_cross_correlation(frame0, frame1, upsample_factor=4, normalization=None)
-    return float(np.hypot(*shift[:2]))
+    from evpipe.nodes.upsample.alignment import global_shift
+
+    return float(np.hypot(*global_shift(torch.from_numpy(frame0)[None], torch.from_numpy(frame1)[None])))
 
 
 def main(argv: list[str] | None = None) -> int:

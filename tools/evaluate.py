@@ -54,7 +54,9 @@ Baselines (always run with the model):
   the kernel bicubic image resizing applies per axis) through before, frame0, frame1, after:
   (-before + 9 frame0 + 9 frame1 - after) / 16. The HiFI paper compares against learned
   interpolators only; "bicubic" in our design is read as this per-pixel temporal cubic, the
-  classical non-learned interpolator beyond linear blending.
+  classical non-learned interpolator beyond linear blending. ``aligned-blend``: the blend after both
+  frames are moved halfway along their global translation (phase correlation,
+  ``evpipe.nodes.upsample.alignment``) — what HiFI's network starts from, so its own gain shows.
 * restore ``degraded``: the measurement itself (CG and ADMM-TV come from the DDS package).
 
 Metrics (``evpipe.kernels.quality``): PSNR (capped at 100 dB when an output equals the target),
@@ -98,7 +100,7 @@ TASKS = ("predict", "deblur", "upsample", "restore")
 BASELINES: dict[str, tuple[str, ...]] = {
     "predict": ("copy-last", "event-integration"),
     "deblur": ("blurry", "edi"),
-    "upsample": ("blend", "cubic"),
+    "upsample": ("blend", "cubic", "aligned-blend"),
     "restore": ("degraded",),
 }
 DEFAULT_REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -299,6 +301,19 @@ def _cubic(context: ModelContext) -> ModelFn:
     ).astype(np.float32)
 
 
+def _aligned_blend(context: ModelContext) -> ModelFn:
+    import torch
+
+    from evpipe.nodes.upsample.alignment import align_to_middle
+
+    def middle(frame0: np.ndarray, frame1: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        pair = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.atleast_3d(f), -1, 0))) for f in (frame0, frame1)]
+        aligned0, aligned1 = align_to_middle(*pair)
+        return _hwc((0.5 * (aligned0 + aligned1)).numpy().astype(np.float32))
+
+    return middle
+
+
 def _degraded(context: ModelContext) -> ModelFn:
     def measurement(degraded: np.ndarray, psf: np.ndarray, spatial: dict[str, Any] | None = None) -> np.ndarray:
         if spatial and spatial["kind"] == "sr4":  # nearest-neighbour back to the clip's size
@@ -315,6 +330,7 @@ for _task, _name, _factory, _text in (
     ("deblur", "edi", _edi, "EDI double integral, c fitted"),
     ("upsample", "blend", _blend, "mean of the two frames"),
     ("upsample", "cubic", _cubic, "temporal cubic convolution through four frames"),
+    ("upsample", "aligned-blend", _aligned_blend, "mean of the two frames moved halfway along their global shift"),
     ("restore", "degraded", _degraded, "the degraded clip"),
 ):
     register_model(_task, _name, _factory, _text)

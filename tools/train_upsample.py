@@ -3,17 +3,19 @@
     python -m evpipe.tools.train_upsample --preset tiny --out nodes/upsample/checkpoints/tiny.pt
 
 Data: ``InterpolationView`` triplets of the dataset's training split at APS spacings
-``preset.spacings`` (the middle frame is the target). Each sample is a random crop of side
-uniform in [patch, min(H, W)] resized (area) to ``patch`` × ``patch`` — HiFI's multi-resolution crop,
-so the model sees both native-resolution patches (what the finer cascade levels feed it) and whole
-downscaled frames (what the coarsest level feeds it) — with horizontal, vertical and temporal flips
-(each p = 0.5). The low-resolution estimate is the target downsampled ×2 (area) and bilinearly
-upsampled back, plus Gaussian noise of standard deviation U(0, ``estimate_noise``) (conditioning
-augmentation: at inference the estimate is the previous level's imperfect prediction); it is
-replaced by zeros for ``drop`` (0.5) of the samples so one model also does the base level. HiFI
-computes its estimates with the trained base model offline; ground truth plus noise is our cheaper
-stand-in. The diffusion data is the middle frame's residual from the blend of its two inputs
-(``HiFI.to_data``; ``residual_scale`` is measured on 32 training batches before the first step).
+``preset.spacings`` (the middle frame is the target), the two outer frames moved halfway along their
+global translation as the cascade moves them (``nodes/upsample/alignment.py``). Each sample is a
+random crop of side uniform in [patch, min(H, W)] resized (area) to ``patch`` × ``patch`` — HiFI's
+multi-resolution crop, so the model sees both native-resolution patches (what the finer cascade
+levels feed it) and whole downscaled frames (what the coarsest level feeds it) — with horizontal,
+vertical and temporal flips (each p = 0.5). The low-resolution estimate is the target downsampled ×2
+(area) and bilinearly upsampled back, plus Gaussian noise of standard deviation U(0,
+``estimate_noise``) (conditioning augmentation: at inference the estimate is the previous level's
+imperfect prediction); it is replaced by zeros for ``drop`` (0.5) of the samples so one model also
+does the base level. HiFI computes its estimates with the trained base model offline; ground truth
+plus noise is our cheaper stand-in. The diffusion data is the middle frame's residual from the blend
+of its two inputs (``HiFI.to_data``; ``residual_scale`` is measured on 32 training batches before
+the first step).
 Loss: L1 on v (``evpipe.nodes.diffusion.diffusion_loss(norm="l1")``), Adam with linear warm-up and
 a cosine decay to a tenth of the rate, EMA weights saved (float16) every ``--save-every`` steps and at the end.
 """
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 
 from evpipe.nodes import diffusion
+from evpipe.nodes.upsample.alignment import align_to_middle, global_shift
 from evpipe.nodes.upsample.model import HiFI, HiFIConfig, save_checkpoint, to_model
 from evpipe.tools.dataset import EventDataset, default_dataset_path
 
@@ -76,16 +79,28 @@ class TripletSampler:
             raise ValueError(f"no training triplets at spacings {spacings} (sequences too short or none)")
         self.patch = patch
         self.rng = np.random.default_rng(seed)
+        self.shifts: dict[tuple[int, int, int], tuple[float, float]] = {}
+
+    def aligned(self, sequence: int, first: int, spacing: int) -> torch.Tensor:
+        """Frames ``first``, ``first + spacing``, ``first + 2 * spacing`` of a sequence (3, C, H, W), the
+        outer two moved towards the middle as the cascade moves them (``alignment.align_to_middle``;
+        the shifts are cached: each triplet is drawn many times)."""
+        triplet = torch.from_numpy(self.frames[sequence][[first, first + spacing, first + 2 * spacing]])
+        key = (sequence, first, spacing)
+        if key not in self.shifts:
+            self.shifts[key] = global_shift(triplet[0], triplet[2])
+        frame0, frame1 = align_to_middle(triplet[0], triplet[2], self.shifts[key])
+        return torch.stack([frame0, triplet[1], frame1])
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(frame0, middle, frame1), each float32 (size, C, patch, patch) in [0, 1]."""
         out = []
         for s, a, d in self.triplets[self.rng.integers(0, len(self.triplets), size)]:
-            triplet = self.frames[s][[a, a + d, a + 2 * d]]  # (3, C, H, W)
+            triplet = self.aligned(s, a, d)  # (3, C, H, W)
             height, width = triplet.shape[-2:]
             side = int(self.rng.integers(self.patch, min(height, width) + 1))
             y, x = int(self.rng.integers(0, height - side + 1)), int(self.rng.integers(0, width - side + 1))
-            crop = torch.from_numpy(np.ascontiguousarray(triplet[..., y:y + side, x:x + side]))
+            crop = triplet[..., y:y + side, x:x + side]
             if side != self.patch:
                 crop = F.interpolate(crop, size=(self.patch, self.patch), mode="area")
             if self.rng.random() < 0.5:

@@ -2,7 +2,8 @@
 
 ``interpolate(model, frame0, frame1, settings)`` predicts the middle frame of two frames:
 
-1. Pad both frames (reflect) so every pyramid level divides evenly, and build an ``levels``-level
+1. Move both frames halfway along their global translation (``alignment.align_to_middle``, our
+   addition), pad them (reflect) so every pyramid level divides evenly, and build a ``levels``-level
    pyramid by ×2 area downsampling (level ``levels - 1`` is the coarsest).
 2. At the coarsest level the estimate is zeros (availability 0): the model does base interpolation.
    At each finer level the estimate is the previous level's prediction upsampled ×2 (bilinear).
@@ -33,7 +34,8 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import Tensor
 
 from evpipe.nodes import diffusion
-from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint, to_model
+from evpipe.nodes.upsample.alignment import align_to_middle
+from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
     height, width = frame0.shape[-2:]
     multiple = _pad_multiple(settings.levels, model)
     pad_h, pad_w = -height % multiple, -width % multiple
-    pair = to_model(torch.stack([frame0, frame1]).float())
+    pair = torch.stack(align_to_middle(frame0.float(), frame1.float())).mul_(2.0).sub_(1.0)  # to_model, in place
     if pad_h or pad_w:
         # Reflect needs the pad to be smaller than the side; replicate covers tiny frames.
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
