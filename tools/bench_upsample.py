@@ -4,12 +4,14 @@
 
 Runs ``evpipe.tools.evaluate``'s upsample protocol (``InterpolationView(context=True)`` triplets of
 the test split, the middle frame is the ground truth) with every method in one pass — the baselines
-``blend``, ``cubic`` and ``aligned-blend`` and the models ``hifi-base`` (the network on the whole frame, no cascade),
-``hifi-cascade2`` and ``hifi-cascade3`` of ``evpipe.nodes.upsample.evaluation`` — on two blocks:
+``blend``, ``cubic`` and ``aligned-blend``, and the models ``hifi-base`` (the network on the whole
+frame, no cascade), ``hifi-cascade2`` and ``hifi-cascade3`` of ``evpipe.nodes.upsample.evaluation`` —
+on two blocks:
 
 * ``all``: ``--max-samples`` triplets evenly spaced over the split;
 * ``large motion``: the ``--large-motion`` triplets of the split with the largest global motion
-  between frame0 and frame1, measured by phase correlation (``evpipe.nodes.upsample.alignment.global_shift``, pixels).
+  between frame0 and frame1, measured by phase correlation
+  (``evpipe.nodes.upsample.alignment.global_shift``, pixels).
 
 Writes ``<name>.md``, ``.json``, ``_per_sequence.csv`` and ``.png`` through the harness's reports
 (plus the motion threshold in the Markdown and JSON).

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from evpipe.nodes import diffusion
 from evpipe.nodes.upsample.alignment import align_to_middle
-from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint
+from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint, to_model
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
     height, width = frame0.shape[-2:]
     multiple = _pad_multiple(settings.levels, model)
     pad_h, pad_w = -height % multiple, -width % multiple
-    pair = torch.stack(align_to_middle(frame0.float(), frame1.float())).mul_(2.0).sub_(1.0)  # to_model, in place
+    pair = to_model(torch.stack(align_to_middle(frame0.float(), frame1.float())))
     if pad_h or pad_w:
         # Reflect needs the pad to be smaller than the side; replicate covers tiny frames.
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
