@@ -81,10 +81,16 @@ def test_patch_grid_covers_the_image_and_merge_of_identical_patches_is_identity(
     for size, overlap in ((16, 0.5), (16, 0.25), (32, 0.0), (64, 0.5)):
         origins = patch_grid(40, 56, size, overlap)
         shape = (min(size, 40), min(size, 56))
-        count = coverage(40, 56, origins, shape)
-        assert count.min() >= 1  # every pixel is covered
-        merged = merge_patches(cut_patches(image, origins, shape), origins, tuple(image.shape)) / count
+        rows, cols = coverage(40, 56, origins, shape)
+        direct = torch.zeros(1, 1, 40, 56)
+        for y, x in origins:
+            direct[..., y:y + shape[0], x:x + shape[1]] += 1.0
+        torch.testing.assert_close(rows * cols, direct, atol=0, rtol=0)  # the separable count is exact
+        assert direct.min() >= 1  # every pixel is covered
+        merged = merge_patches(cut_patches(image, origins, shape), origins, tuple(image.shape)) / (rows * cols)
         torch.testing.assert_close(merged, image, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        coverage(40, 56, [(0, 0), (8, 8)], (16, 16))
     assert len(patch_grid(128, 128, 32, 0.5)) == 49  # origins 0, 16, ..., 96 on each axis
 
 

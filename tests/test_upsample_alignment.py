@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
 
-from evpipe.nodes.upsample.alignment import align_to_middle, global_shift, translate
+from evpipe.nodes.upsample.alignment import align_to_middle, global_shift, motion_shift, translate
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +60,32 @@ def test_align_to_middle_brings_both_frames_onto_the_middle_frame(photo: torch.T
 def test_global_shift_rejects_frames_of_different_shapes() -> None:
     with pytest.raises(ValueError, match="same shape"):
         global_shift(torch.zeros(1, 8, 8), torch.zeros(1, 8, 9))
+
+
+def test_motion_shift_keeps_a_camera_translation(photo: torch.Tensor) -> None:
+    frame0 = photo[:, 100:228, 100:228]
+    frame1 = translate(photo, 3.0, -5.0)[:, 100:228, 100:228]
+    assert motion_shift(frame0, frame1) == global_shift(frame0, frame1)
+    assert np.allclose(motion_shift(frame0, frame1), (3.0, -5.0), atol=0.25)
+
+
+def test_motion_shift_leaves_a_still_background_when_only_an_object_moves(photo: torch.Tensor) -> None:
+    """A small high-contrast object moving over a still (smooth) background draws the correlation peak;
+    moving the whole frame after it would misplace the background, so no shift is applied."""
+    background = F.avg_pool2d(F.avg_pool2d(photo[None], 4), 3, stride=1, padding=1)[0]  # (1, 128, 128)
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = ((yy // 2 + xx // 2) % 2).float()
+    frames = []
+    for offset in (0, 5, 10):  # frame0, the true middle, frame1
+        frame = background.clone()
+        frame[0, 50:66, 40 + offset:56 + offset] = checker
+        frames.append(frame)
+    frame0, middle, frame1 = frames
+    assert global_shift(frame0, frame1) == pytest.approx((0.0, 10.0), abs=0.25)  # the object's motion
+    assert motion_shift(frame0, frame1) == (0.0, 0.0)
+
+    def error(shift: tuple[float, float]) -> float:
+        aligned0, aligned1 = align_to_middle(frame0, frame1, shift)
+        return float((((aligned0 + aligned1) / 2 - middle) ** 2).mean())
+
+    assert error(motion_shift(frame0, frame1)) < error(global_shift(frame0, frame1))

@@ -55,8 +55,9 @@ Baselines (always run with the model):
   (-before + 9 frame0 + 9 frame1 - after) / 16. The HiFI paper compares against learned
   interpolators only; "bicubic" in our design is read as this per-pixel temporal cubic, the
   classical non-learned interpolator beyond linear blending. ``aligned-blend``: the blend after both
-  frames are moved halfway along their global translation (phase correlation,
-  ``evpipe.nodes.upsample.alignment``) — what HiFI's network starts from, so its own gain shows.
+  frames are moved halfway along their global translation (phase correlation, kept where it explains
+  the frames' difference: ``evpipe.nodes.upsample.alignment.motion_shift``) — what HiFI's network
+  starts from, so its own gain shows.
 * restore ``degraded``: the measurement itself (CG and ADMM-TV come from the DDS package).
 
 Metrics (``evpipe.kernels.quality``): PSNR (capped at 100 dB when an output equals the target),

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 
 from evpipe.nodes import diffusion
-from evpipe.nodes.upsample.alignment import align_to_middle, global_shift
+from evpipe.nodes.upsample.alignment import align_to_middle, motion_shift
 from evpipe.nodes.upsample.model import HiFI, HiFIConfig, save_checkpoint, to_model
 from evpipe.tools.dataset import EventDataset, default_dataset_path
 
@@ -88,7 +88,7 @@ class TripletSampler:
         triplet = torch.from_numpy(self.frames[sequence][[first, first + spacing, first + 2 * spacing]])
         key = (sequence, first, spacing)
         if key not in self.shifts:
-            self.shifts[key] = global_shift(triplet[0], triplet[2])
+            self.shifts[key] = motion_shift(triplet[0], triplet[2])
         frame0, frame1 = align_to_middle(triplet[0], triplet[2], self.shifts[key])
         return torch.stack([frame0, triplet[1], frame1])
 

@@ -2,9 +2,10 @@
 
 ``interpolate(model, frame0, frame1, settings)`` predicts the middle frame of two frames:
 
-1. Move both frames halfway along their global translation (``alignment.align_to_middle``, our
-   addition), pad them (reflect) so every pyramid level divides evenly, and build a ``levels``-level
-   pyramid by ×2 area downsampling (level ``levels - 1`` is the coarsest).
+1. Move both frames halfway along their global translation where it explains their difference
+   (``alignment.align_to_middle`` with ``motion_shift``, our addition), pad them (reflect) so every
+   pyramid level divides evenly, and build a ``levels``-level pyramid by ×2 area downsampling (level
+   ``levels - 1`` is the coarsest).
 2. At the coarsest level the estimate is zeros (availability 0): the model does base interpolation.
    At each finer level the estimate is the previous level's prediction upsampled ×2 (bilinear).
    The sampler works in the model's data units (the residual from the level's blend of the two
@@ -98,12 +99,19 @@ def merge_patches(patches: Tensor, origins: list[tuple[int, int]], shape: tuple[
     return total
 
 
-def coverage(height: int, width: int, origins: list[tuple[int, int]], size: tuple[int, int]) -> Tensor:
-    """(1, 1, H, W) float32: how many patches cover each pixel."""
-    count = torch.zeros(1, 1, height, width)
-    for y, x in origins:
-        count[..., y:y + size[0], x:x + size[1]] += 1.0
-    return count
+def coverage(height: int, width: int, origins: list[tuple[int, int]], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """How many patches of a :func:`patch_grid` cover each row, (1, 1, H, 1), and each column, (1, 1, 1, W),
+    float32; a pixel's count is their product (the grid is every row origin with every column origin).
+    Two vectors rather than an image: at 2048² a full-size count would be one more 16 MiB buffer."""
+    ys, xs = sorted({y for y, _ in origins}), sorted({x for _, x in origins})
+    if len(ys) * len(xs) != len(origins):
+        raise ValueError("coverage: origins must be a grid (every row origin with every column origin)")
+    rows, cols = torch.zeros(1, 1, height, 1), torch.zeros(1, 1, 1, width)
+    for y in ys:
+        rows[..., y:y + size[0], :] += 1.0
+    for x in xs:
+        cols[..., x:x + size[1]] += 1.0
+    return rows, cols
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
@@ -123,7 +131,7 @@ def multidiffusion_denoiser(model: HiFI, frame0: Tensor, frame1: Tensor, estimat
     else:
         size = (min(patch, height), min(patch, width))
         origins = patch_grid(height, width, patch, overlap)
-    count = coverage(height, width, origins, size)
+    rows, cols = coverage(height, width, origins, size)
     flag = torch.full((1,), float(available))
     chunks = list(_chunks(origins, patch_batch))
     cond_patches = [(cut_patches(frame0, c, size), cut_patches(frame1, c, size), cut_patches(estimate, c, size))
@@ -137,7 +145,7 @@ def multidiffusion_denoiser(model: HiFI, frame0: Tensor, frame1: Tensor, estimat
             n = len(chunk)
             v = model(cut_patches(z_t, chunk, size), t.expand(n), f0, f1, est, flag.expand(n))
             merge_patches(v, chunk, total.shape, total)
-        return total / count
+        return total.div_(rows).div_(cols)
 
     return denoise
 
@@ -159,7 +167,10 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
     height, width = frame0.shape[-2:]
     multiple = _pad_multiple(settings.levels, model)
     pad_h, pad_w = -height % multiple, -width % multiple
-    pair = to_model(torch.stack(align_to_middle(frame0.float(), frame1.float())))
+    # Filled in place rather than stacked: at 2048² each full-size copy is 16 MiB per channel.
+    pair = frame0.new_empty((2, *frame0.shape), dtype=torch.float32)
+    pair[0], pair[1] = align_to_middle(frame0.float(), frame1.float())
+    pair = to_model(pair)
     if pad_h or pad_w:
         # Reflect needs the pad to be smaller than the side; replicate covers tiny frames.
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
@@ -173,16 +184,19 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
         if estimate is None:
             cond, available = torch.zeros_like(f0), False
         else:
-            upsampled = F.interpolate(estimate, size=f0.shape[-2:], mode="bilinear", align_corners=False)
-            cond, available = model.to_data(upsampled, f0, f1), True
+            cond = model.to_data(F.interpolate(estimate, size=f0.shape[-2:], mode="bilinear", align_corners=False),
+                                 f0, f1)
+            available, estimate = True, None  # the coarser estimate is not needed past its upsampled copy
         denoise = multidiffusion_denoiser(model, f0, f1, cond, available, settings.patch, settings.overlap,
                                           settings.patch_batch)
         mean = torch.zeros_like(f0)
         for i in range(settings.samples):
             generator = torch.Generator().manual_seed(settings.seed + i)
-            noise = torch.randn(f0.shape, generator=generator)
-            mean += diffusion.ddim_sample(denoise, noise, model.schedule, settings.steps, prediction="v")
-        estimate = model.from_data(mean / settings.samples, f0, f1).clamp(-1.0, 1.0)
+            mean += diffusion.ddim_sample(denoise, torch.randn(f0.shape, generator=generator), model.schedule,
+                                          settings.steps, prediction="v")
+        del denoise, cond  # their full-size buffers before the next ones are made
+        estimate = model.from_data(mean.div_(settings.samples), f0, f1).clamp_(-1.0, 1.0)
+        del mean
     return from_model(estimate)[0, :, :height, :width]
 
 
