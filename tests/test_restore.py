@@ -46,6 +46,16 @@ def test_adjoint(name: str) -> None:
     assert abs(float(lhs - rhs)) <= 1e-10 * max(1.0, abs(float(lhs)))
 
 
+def test_separable_gaussian_blur_equals_the_2d_convolution() -> None:
+    """The two 1-D passes are the 13 × 13 Gaussian convolution, zero-padded edges included."""
+    x = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    taps = ops.gaussian_taps(2.0, 13).double()
+    kernel = torch.outer(taps, taps)[None, None].expand(SHAPE[1], 1, 13, 13)
+    direct = torch.nn.functional.conv2d(x, kernel, padding=6, groups=SHAPE[1])
+    torch.testing.assert_close(ops.GaussianBlur(2.0, 13).forward(x), direct, atol=1e-12, rtol=0)
+    assert float(taps.sum()) == pytest.approx(1.0)
+
+
 def test_temporal_psf_matches_the_benchmark_degradation() -> None:
     clip = np.random.default_rng(0).random((16, 8, 8), dtype=np.float32)
     for name in ("uniform7", "uniform13", "gaussian1"):

@@ -8,8 +8,8 @@ Operators (the DDS paper's degradations, applied temporal first, then spatial):
 * :class:`TemporalPSF` — ``y[t] = sum_j psf[j] * x[clamp(t + j - w // 2, 0, L - 1)]``, edges
   replicated: exactly ``evpipe.tools.evaluate.degrade_clip``. Built as an (L, L) matrix, so the
   adjoint is its transpose.
-* :class:`GaussianBlur` — per frame, σ = 2 px, 13 taps, zero padding ('same' size); adjoint the
-  transposed convolution.
+* :class:`GaussianBlur` — per frame, σ = 2 px, 13 taps, zero padding ('same' size), as two 1-D passes
+  (the Gaussian is separable); self-adjoint: the kernel is symmetric and the padding zero.
 * :class:`AveragePool` — 4 × 4 mean; adjoint spreads each value / 16 over its block.
 * :class:`Inpaint` — multiply by a 0/1 mask (L, 1, H, W) (self-adjoint); :func:`random_mask` draws
   one keeping a fraction of the pixels, independently per frame.
@@ -81,31 +81,36 @@ class TemporalPSF(LinearOperator):
         return (self.matrix.to(y).T @ y.reshape(self.length, -1)).reshape(y.shape)
 
 
-def gaussian_kernel(sigma: float, size: int) -> Tensor:
-    """float32 (size, size) normalised 2-D Gaussian."""
+def gaussian_taps(sigma: float, size: int) -> Tensor:
+    """float32 (size,) normalised 1-D Gaussian; the 2-D kernel is their outer product."""
     axis = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     taps = torch.exp(-0.5 * (axis / sigma) ** 2)
-    kernel = torch.outer(taps, taps)
-    return (kernel / kernel.sum()).float()
+    return (taps / taps.sum()).float()
 
 
 class GaussianBlur(LinearOperator):
-    """Per-frame Gaussian blur (σ px, ``size`` taps, odd), zero padding, output the input's size."""
+    """Per-frame Gaussian blur (σ px, ``size`` taps, odd), zero padding, output the input's size.
+
+    Applied as a vertical then a horizontal 1-D pass: 2·size multiplications per pixel instead of
+    size², and the operator is self-adjoint (symmetric kernel, zero padding), so the adjoint is the same
+    two passes — torch's grouped transposed 2-D convolution took 290 ms per 16-frame 128² clip on this
+    CPU against 4 ms for the two passes, and CG applies both at every iteration."""
 
     def __init__(self, sigma: float = 2.0, size: int = 13) -> None:
         if sigma <= 0 or size < 1 or size % 2 == 0:
             raise ValueError(f"GaussianBlur: need sigma > 0 and an odd size, got {sigma=}, {size=}")
-        self.kernel = gaussian_kernel(sigma, size)[None, None]
+        self.taps = gaussian_taps(sigma, size)
         self.pad = size // 2
 
-    def _weight(self, x: Tensor) -> Tensor:
-        return self.kernel.to(x).expand(x.shape[1], 1, -1, -1)
-
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self._weight(x), padding=self.pad, groups=x.shape[1])
+        taps, channels = self.taps.to(x), x.shape[1]
+        vertical = F.conv2d(x, taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), padding=(self.pad, 0),
+                            groups=channels)
+        return F.conv2d(vertical, taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), padding=(0, self.pad),
+                        groups=channels)
 
     def adjoint(self, y: Tensor) -> Tensor:
-        return F.conv_transpose2d(y, self._weight(y), padding=self.pad, groups=y.shape[1])
+        return self.forward(y)
 
 
 class AveragePool(LinearOperator):
