@@ -331,7 +331,7 @@ for _task, _name, _factory, _text in (
     ("deblur", "edi", _edi, "EDI double integral, c fitted"),
     ("upsample", "blend", _blend, "mean of the two frames"),
     ("upsample", "cubic", _cubic, "temporal cubic convolution through four frames"),
-    ("upsample", "aligned-blend", _aligned_blend, "mean of the two frames moved halfway along their global shift"),
+    ("upsample", "aligned-blend", _aligned_blend, "mean of the two frames moved halfway along motion_shift"),
     ("restore", "degraded", _degraded, "the degraded clip"),
 ):
     register_model(_task, _name, _factory, _text)

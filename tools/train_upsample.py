@@ -4,7 +4,7 @@
 
 Data: ``InterpolationView`` triplets of the dataset's training split at APS spacings
 ``preset.spacings`` (the middle frame is the target), the two outer frames moved halfway along their
-global translation as the cascade moves them (``nodes/upsample/alignment.py``). Each sample is a
+global translation where it explains them, as the cascade moves them (``alignment.motion_shift``). Each sample is a
 random crop of side uniform in [patch, min(H, W)] resized (area) to ``patch`` × ``patch`` — HiFI's
 multi-resolution crop, so the model sees both native-resolution patches (what the finer cascade
 levels feed it) and whole downscaled frames (what the coarsest level feeds it) — with horizontal,

@@ -30,7 +30,7 @@ def _downsampled_pair(frame0: Tensor, frame1: Tensor) -> tuple[Tensor, int]:
     """The channel means of both frames area-downsampled by the smallest integer factor that brings
     them to at most ``ESTIMATE_SIDE`` a side: ((2, h, w) float64, factor)."""
     if frame0.shape != frame1.shape or frame0.ndim != 3:
-        raise ValueError(f"global_shift: frames must be (C, H, W) of the same shape, got {tuple(frame0.shape)} "
+        raise ValueError(f"phase correlation: frames must be (C, H, W) of the same shape, got {tuple(frame0.shape)} "
                          f"and {tuple(frame1.shape)}")
     factor = max(1, math.ceil(max(frame0.shape[-2:]) / ESTIMATE_SIDE))
     # One frame at a time, downsampled before the float64 copy: no full-size temporaries beyond one channel.
@@ -81,9 +81,9 @@ def motion_shift(frame0: Tensor, frame1: Tensor) -> tuple[float, float]:
     small, factor = _downsampled_pair(frame0, frame1)
     dy, dx = _phase_correlation_shift(small)
     margin = math.ceil(max(abs(dy), abs(dx))) + 1
-    inner = (slice(margin, -margin), slice(margin, -margin))
-    if 2 * margin >= min(small.shape[-2:]):
+    if 2 * margin >= min(small.shape[-2:]):  # the shift leaves no pixel to compare
         return 0.0, 0.0
+    inner = (slice(margin, -margin), slice(margin, -margin))
     moved = translate(small[0], dy, dx)[inner]
     if float(((moved - small[1][inner]) ** 2).mean()) < float(((small[0] - small[1])[inner] ** 2).mean()):
         return dy * factor, dx * factor
