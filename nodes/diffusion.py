@@ -48,11 +48,15 @@ class CosineSchedule:
         sigma = torch.sqrt((1.0 - alpha * alpha).clamp(min=0.0))
         return alpha, sigma
 
-    def timesteps(self, steps: int) -> Tensor:
-        """The ``steps + 1`` times of a ``steps``-step sampler, from 1 down to 0 (float32)."""
+    def timesteps(self, steps: int, power: float = 1.0) -> Tensor:
+        """The ``steps + 1`` times of a ``steps``-step sampler, from 1 down to 0 (float32):
+        ``(1 - i / steps) ** power``, evenly spaced for ``power`` 1; a larger power spends more of the
+        steps near t = 0."""
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
-        return torch.linspace(1.0, 0.0, steps + 1)
+        if not power > 0:
+            raise ValueError(f"power must be > 0, got {power!r}")
+        return torch.linspace(1.0, 0.0, steps + 1) ** power
 
 
 def _bcast(coef: Tensor, like: Tensor) -> Tensor:

@@ -147,3 +147,13 @@ def test_bad_arguments_are_named():
         diffusion.check_prediction("score")
     with pytest.raises(ValueError, match="steps"):
         CosineSchedule().timesteps(0)
+    with pytest.raises(ValueError, match="power"):
+        CosineSchedule().timesteps(4, power=0.0)
+
+
+def test_timestep_power_moves_the_grid_towards_zero_and_keeps_its_ends():
+    even, cubic = CosineSchedule().timesteps(4), CosineSchedule().timesteps(4, power=3.0)
+    assert torch.allclose(even, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    assert torch.allclose(cubic, even**3)
+    assert (cubic[0], cubic[-1]) == (1.0, 0.0)
+    assert bool((cubic[1:-1] < even[1:-1]).all())

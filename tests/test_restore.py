@@ -144,6 +144,8 @@ def test_batch_consistent_sampling_keeps_frames_identical_without_measurements()
 
 
 def test_dds_rejects_mismatched_measurements() -> None:
+    with pytest.raises(ValueError, match="time_power"):
+        DDSConfig(time_power=0.0)
     model = _random_prior()
     with pytest.raises(ValueError, match="measurements have shape"):
         dds_restore(model, ops.AveragePool(4), torch.zeros(2, 1, 8, 8), (2, 1, 8, 8))

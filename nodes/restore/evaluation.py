@@ -56,7 +56,7 @@ def _config(spatial: Spatial) -> DDSConfig:
 def _fitted(configs: DDSConfig | tuple[DDSConfig, DDSConfig]) -> dict[str, float]:
     temporal, spatial = configs if isinstance(configs, tuple) else (configs, configs)
     return {"nfe": temporal.nfe, "cg_steps": temporal.cg_steps, "eta": temporal.eta,
-            "nfe_spatial": spatial.nfe, "eta_spatial": spatial.eta}
+            "time_power": temporal.time_power, "nfe_spatial": spatial.nfe, "eta_spatial": spatial.eta}
 
 
 def problem(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial

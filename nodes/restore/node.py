@@ -92,6 +92,8 @@ class Restore(Node):
         spec.param("cg_steps", int, 5, "conjugate-gradient steps per sampler step", minimum=0)
         spec.param("eta", float, 0.15, "DDIM stochasticity (0.8 is the paper's choice with a spatial degradation)",
                    minimum=0.0, maximum=1.0)
+        spec.param("time_power", float, 3.0, "sampler time grid t_i = (1 - i/nfe)^time_power (1: the paper's even "
+                   "grid; 3 ends nearer t = 0, see evpipe.nodes.restore.sampler)", minimum=0.01)
         spec.param("batch_consistent", bool, True, "the same noise for every frame (DDS); false: per-frame noise")
         spec.param("window", int, 16, "frames restored together", minimum=2)
         spec.param("overlap", int, 4, "frames shared by consecutive windows (cross-faded)", minimum=0)
@@ -117,8 +119,8 @@ class Restore(Node):
             self.model, _ = load_prior(p.checkpoint, p.device)
         except (FileNotFoundError, ValueError) as error:
             raise NodeError(f"restore: {error}") from error
-        self.config = DDSConfig(nfe=p.nfe, cg_steps=p.cg_steps, eta=p.eta, batch_consistent=p.batch_consistent,
-                                seed=p.seed)
+        self.config = DDSConfig(nfe=p.nfe, cg_steps=p.cg_steps, eta=p.eta, time_power=p.time_power,
+                                batch_consistent=p.batch_consistent, seed=p.seed)
         self.psf = temporal_psf(p.degradation)
         self.buffer: list[tuple[np.ndarray, int]] = []  # (gray frame, time) not yet restored in a full window
         self.carry: np.ndarray | None = None  # the previous window's estimates of the buffer's first frames
