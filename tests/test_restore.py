@@ -143,7 +143,7 @@ def test_batch_consistent_sampling_keeps_frames_identical_without_measurements()
     assert float((measured[0] - measured[-1]).abs().max()) > 1e-3
 
 
-def test_dds_rejects_mismatched_measurements() -> None:
+def test_dds_rejects_bad_settings_and_mismatched_measurements() -> None:
     with pytest.raises(ValueError, match="time_power"):
         DDSConfig(time_power=0.0)
     model = _random_prior()
