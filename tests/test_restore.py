@@ -284,19 +284,11 @@ def test_cli_restores_a_video_end_to_end(tmp_path) -> None:
     import av
 
     from evpipe.runtime.cli import main
+    from tests.data_fixtures.recordings import write_video
 
-    source, out = tmp_path / "blurred.mp4", tmp_path / "restored.mp4"
-    clip = _moving_clip(8, 32)
-    degraded = degrade_clip(clip, temporal_psf("uniform7"))
-    with av.open(str(source), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for image in degraded:
-            gray = np.round(image * 255).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, 2), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    out = tmp_path / "restored.mp4"
+    gray = np.round(degrade_clip(_moving_clip(8, 32), temporal_psf("uniform7")) * 255).astype(np.uint8)
+    source = write_video(tmp_path / "blurred.mp4", np.repeat(gray[..., None], 3, axis=3), rate=25)
     status = main(["restore", str(source), str(out), "--degradation", "uniform7", "--nfe", "2", "--window", "4",
                    "--overlap", "1", "--time-power", "1"])
     assert status == 0

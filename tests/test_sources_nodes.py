@@ -8,7 +8,6 @@ import math
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -32,6 +31,7 @@ from tests.data_fixtures.recordings import (
     write_h5_dsec,
     write_h5_plain,
     write_rpg_text,
+    write_video,
 )
 
 # Real recordings in ../shared/data: (file, replay params beyond the path).
@@ -367,18 +367,10 @@ def test_simulator_blurred_aps_frame_is_the_mean_of_the_steps_in_its_exposure():
 
 
 def test_simulator_from_a_video_file_simulates_every_frame(tmp_path):
-    path = tmp_path / "moving.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=50)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        xs = np.arange(96)
-        for i in range(20):
-            row = (127 + 100 * np.sin((xs + 2 * i) / 6.0)).astype(np.uint8)
-            image = np.repeat(np.repeat(row[None, :, None], 64, axis=0), 3, axis=2)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    xs = np.arange(96)
+    rows = [(127 + 100 * np.sin((xs + 2 * i) / 6.0)).astype(np.uint8) for i in range(20)]
+    frames = np.stack([np.repeat(np.repeat(row[None, :, None], 64, axis=0), 3, axis=2) for row in rows])
+    path = write_video(tmp_path / "moving.mp4", frames, rate=50)
     out, report = run_source(Simulator, {"scene": str(path), "resolution": [48, 32], "duration_s": 0.0})
     truth = of_port(out, "truth")
     assert len(truth) == 20 and truth[1].meta["t"] == 20_000 and report["scene"]["video_fps"] == 50.0

@@ -58,9 +58,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     overrides = [f"clip.path={source}", f"video.path={args.output}", f"video.fps={fps}",
                  f"restore.degradation={args.degradation}", f"restore.spatial={args.spatial}", f"restore.nfe={nfe}",
                  f"restore.eta={eta}", f"restore.cg_steps={args.cg_steps}", f"restore.time_power={args.time_power}",
-                 f"restore.window={args.window}",
-                 f"restore.overlap={args.overlap}", f"restore.checkpoint={args.checkpoint}",
-                 f"restore.seed={args.seed}"]
+                 f"restore.window={args.window}", f"restore.overlap={args.overlap}",
+                 f"restore.checkpoint={args.checkpoint}", f"restore.seed={args.seed}"]
     config = Path(str(resources.files("evpipe.configs").joinpath(CONFIG)))
     return cmd_run(argparse.Namespace(config=str(config), set=overrides, view=False, view_port=0, host=None,
                                       log_level=getattr(args, "log_level", "INFO"),

@@ -1,4 +1,4 @@
-"""Writers for small event recordings in every format the readers support, for tests.
+"""Writers for small event recordings in every format the readers support, and for small videos, for tests.
 
 Each writer encodes from the format's description (not from the reader's code) so a round trip
 checks the decoder against the format. Events are given as sorted int64 µs ``t`` and integer
@@ -217,4 +217,19 @@ def write_aedat4(
     for t, exposure, image in frames:
         writer.writeFrame(dv.Frame(t, exposure, 0, 0, image, dv.FrameSource.SENSOR))
     del writer  # the writer completes the file (its packet index) when destroyed
+    return path
+
+
+def write_video(path: Path, frames: np.ndarray, rate: int) -> Path:
+    """An H.264 video of ``frames`` (N, H, W, 3) uint8 RGB (H, W even) at ``rate`` frames per second."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return path
