@@ -245,9 +245,18 @@ def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, c
                     "--dataset", str(dataset), "--clip-length", "6", "--max-samples", "2", "--fit-samples", "2",
                     "--out", str(tmp_path), "--name", "restore", "--examples", "1"])
     assert code == 0, capsys.readouterr().err
-    noisy = next(ev.dataset_cases("restore", EventDataset(dataset, "test"), clip_length=6, noise=0.05))
-    clean = next(ev.dataset_cases("restore", EventDataset(dataset, "test"), clip_length=6))
+    test_split = EventDataset(dataset, "test")
+    noisy = next(ev.dataset_cases("restore", test_split, clip_length=6, measurement=ev.Measurement(noise=0.05)))
+    clean = next(ev.dataset_cases("restore", test_split, clip_length=6))
     assert np.std(noisy["degraded"] - clean["degraded"]) == pytest.approx(0.05, rel=0.2)
+    # --bits 8: an 8-bit video's levels, at most half a level from the clean measurement
+    video = next(ev.dataset_cases("restore", test_split, clip_length=6, measurement=ev.Measurement(bits=8)))
+    np.testing.assert_allclose(video["degraded"] * 255, np.round(video["degraded"] * 255), atol=1e-3)
+    assert np.abs(video["degraded"] - clean["degraded"]).max() <= 0.5 / 255 + 1e-6
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        ev.main(["--task", "restore", "--model", "cg", "--dataset", str(dataset), "--bits", "0"])
+    assert "--bits must be in 1..16, got 0" in capsys.readouterr().err
     assert code == 0, capsys.readouterr().err
     import json
 

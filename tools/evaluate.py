@@ -24,7 +24,9 @@ Tasks, their data and their model protocol (images are float32 in [0, 1], (H, W)
 * ``restore`` — ``ClipView`` clips of ``--clip-length`` (16) APS frames degraded by a temporal PSF (``--degradation``,
   the DDS paper's settings): ``fn(degraded (L, H, W[, 3]), psf (w,) float32) -> (L, H, W[, 3])``,
   with ``degraded[t] = sum_j psf[j] * clip[min(max(t + j - w // 2, 0), L - 1)]`` (edges replicated),
-  plus, with ``--noise SIGMA``, Gaussian noise of that standard deviation (seeded by the clip's index).
+  plus, with ``--noise SIGMA``, Gaussian noise of that standard deviation (seeded by the clip's index),
+  and, with ``--bits N``, the result clipped to [0, 1] and rounded to 2^N − 1 levels (``--bits 8``: what
+  an 8-bit video file, the input of ``evpipe restore``, holds; see :class:`Measurement`).
   Spatio-temporal degradations ``uniform7+blur``, ``+sr4``, ``+inpaint`` (any PSF before the ``+``)
   follow the PSF with the DDS paper's spatial operator
   (``evpipe.nodes.restore.operators.spatial_operator``: Gaussian blur σ 2, 4× average pooling — the
@@ -405,6 +407,31 @@ def degrade_clip(clip: np.ndarray, psf: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """How a restore case's degraded clip is measured: ``noise`` std of additive Gaussian noise, then,
+    when ``bits`` is set, clipping to [0, 1] and rounding to ``2**bits - 1`` levels."""
+
+    noise: float = 0.0
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.noise >= 0:
+            raise ValueError(f"Measurement.noise must be >= 0, got {self.noise!r}")
+        if self.bits is not None and not 1 <= self.bits <= 16:
+            raise ValueError(f"Measurement.bits must be in 1..16, got {self.bits!r}")
+
+    def apply(self, degraded: np.ndarray, seed: int) -> np.ndarray:
+        """The measured clip (float32, ``degraded``'s shape); the noise is seeded by ``seed``."""
+        out = np.asarray(degraded, dtype=np.float32)
+        if self.noise:
+            out = out + (self.noise * np.random.default_rng(seed).standard_normal(out.shape)).astype(np.float32)
+        if self.bits is not None:
+            levels = 2**self.bits - 1
+            out = (np.round(np.clip(out, 0.0, 1.0) * levels) / levels).astype(np.float32)
+        return out
+
+
 def dataset_cases(
     task: str,
     dataset: EventDataset,
@@ -412,7 +439,7 @@ def dataset_cases(
     degradation: str = "uniform7",
     exposure_intervals: float | None = None,
     clip_length: int = CLIP_LENGTH,
-    noise: float = 0.0,
+    measurement: Measurement = Measurement(),
 ) -> Iterator[Case]:
     """Cases of ``task`` from a dataset split, ordered by sequence then time.
 
@@ -449,8 +476,7 @@ def dataset_cases(
             degraded = degrade_clip(clip, psf)
             if spatial:
                 degraded = degrade_spatially(degraded, spatial, seed=i)
-            if noise:
-                degraded += (noise * np.random.default_rng(i).standard_normal(degraded.shape)).astype(np.float32)
+            degraded = measurement.apply(degraded, seed=i)
             yield {"degraded": degraded, "psf": psf, "target": clip,
                    "spatial": {"kind": spatial, "seed": i} if spatial else None,
                    "sequence": names[int(sample["sequence"])], "index": int(sample["aps"])}
@@ -770,7 +796,7 @@ def build_sources(
     degradation: str | list[str] = "uniform7",
     exposure_intervals: float | None = None,
     clip_length: int = CLIP_LENGTH,
-    noise: float = 0.0,
+    measurement: Measurement = Measurement(),
 ) -> list[EvalSource]:
     """The evaluation blocks: the dataset split (one per k for predict, one per degradation for restore),
     then each real recording."""
@@ -781,7 +807,7 @@ def build_sources(
     def train_cases(degradation: str) -> list[Case]:
         if train is None or not train.sequences:
             raise ValueError("no training split to fit baseline parameters on")
-        return subsample(list(dataset_cases(task, train, 1, degradation, exposure_intervals, clip_length, noise)),
+        return subsample(list(dataset_cases(task, train, 1, degradation, exposure_intervals, clip_length, measurement)),
                          fit_samples)
 
     sources = []
@@ -790,7 +816,7 @@ def build_sources(
             sources.append(EvalSource(
                 dataset.meta["name"] + f"/{dataset.split}" + (f" {kind}" if task == "restore" else ""), k,
                 lambda k=k, kind=kind: subsample(
-                    list(dataset_cases(task, dataset, k or 1, kind, exposure_intervals, clip_length, noise)),
+                    list(dataset_cases(task, dataset, k or 1, kind, exposure_intervals, clip_length, measurement)),
                     max_samples),
                 lambda kind=kind: train_cases(kind), *sizes))
     for recording in real:
@@ -825,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
                         "+blur, +sr4 or +inpaint (one block each)")
     parser.add_argument("--clip-length", type=int, default=CLIP_LENGTH, help="restore: APS frames per clip")
     parser.add_argument("--noise", type=float, default=0.0, help="restore: std of Gaussian noise on the measurement")
+    parser.add_argument("--bits", type=int, help="restore: quantise the measurement to this many bits (8: a video "
+                        "file's levels; default: float)")
     parser.add_argument("--exposure-intervals", type=float,
                         help="deblur: exposure in APS intervals, < 2 (default: the stored blurry frames)")
     parser.add_argument("--max-samples", type=int, help="evaluate at most this many samples per block (evenly spaced)")
@@ -836,8 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.k):
         parser.error(f"--k: gaps must be >= 1, got {args.k}")
-    if args.noise < 0:
-        parser.error(f"--noise must be >= 0, got {args.noise}")
+    try:
+        measurement = Measurement(args.noise, args.bits)
+    except ValueError as error:
+        parser.error(str(error).replace("Measurement.", "--"))
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
     try:
@@ -855,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
         methods += [spec for spec in specs if spec.name not in BASELINES[args.task]]
         sources = build_sources(args.task, dataset, train, args.k, real, args.fit_samples, args.max_samples,
-                                args.degradation, args.exposure_intervals, args.clip_length, args.noise)
+                                args.degradation, args.exposure_intervals, args.clip_length, measurement)
         results = [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
                    for source in sources]
     except (FileNotFoundError, ValueError, OSError) as error:
@@ -872,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         "degradation": args.degradation if args.task == "restore" else None,
         "clip_length": args.clip_length if args.task == "restore" else None,
         "noise": args.noise if args.task == "restore" else None,
+        "bits": args.bits if args.task == "restore" else None,
         "exposure_intervals": args.exposure_intervals if args.task == "deblur" else None,
         "fit_samples": args.fit_samples,
         "max_samples": args.max_samples,
