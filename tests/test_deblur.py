@@ -12,7 +12,7 @@ import torch
 from evpipe.nodes import diffusion
 from evpipe.nodes.deblur import guidance as ebrd
 from evpipe.nodes.deblur.checkpoint import CHECKPOINTS, FILE, load_model
-from evpipe.nodes.deblur.models import DiffEvent, ModelConfig
+from evpipe.nodes.deblur.models import HEAD_LAYERS, DiffEvent, ModelConfig, PixelDenoiser
 from evpipe.nodes.deblur.presets import Guidance, StageSchedule
 from evpipe.nodes.predict.checkpoint import save_part
 from evpipe.runtime.events import Events
@@ -22,7 +22,7 @@ from tests.conftest import run_graph
 
 STREET = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / "davis346_street_first1.8s.h5"
 SMALL = ModelConfig(enhance_channels=4, unet_channels=8, unet_mult=(1, 2), edi_c=0.3, edi_samples=8,
-                    student_channels=8, student_mult=(1, 2), event_bins=2)
+                    student_channels=8, student_mult=(1, 2), event_bins=2, student_head=4)
 
 
 def random_model(seed: int = 0) -> DiffEvent:
@@ -31,6 +31,7 @@ def random_model(seed: int = 0) -> DiffEvent:
     model = DiffEvent(SMALL)
     for net in (model.prior_x, model.prior_r, model.student):
         torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
+    torch.nn.init.normal_(model.student.head[-1].weight, std=0.05)
     torch.nn.init.normal_(model.enhance.net[-1].weight, std=0.05)
     return model.eval().requires_grad_(False)
 
@@ -54,6 +55,24 @@ def test_ebrd_forward_model_by_hand():
     # Smoothed TV by hand: |0.5-0.2| + |0-1| across, |1-0.2| + |0-0.5| down, each sqrt(d² + ε²).
     expected = sum(np.sqrt(d * d + ebrd.SMOOTH**2) for d in (0.3, 1.0, 0.8, 0.5))
     assert float(ebrd.total_variation(x)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_student_head_starts_as_the_plain_denoiser_and_acts_per_pixel():
+    torch.manual_seed(0)
+    plain = PixelDenoiser(8, (1, 2), 5)
+    with_head = PixelDenoiser(8, (1, 2), 5, head_channels=4)
+    with_head.unet.load_state_dict(plain.unet.state_dict())
+    x, t, cond = torch.randn(1, 1, 16, 16), torch.rand(1), torch.randn(1, 5, 16, 16)
+    assert torch.equal(with_head(x, t, cond), plain(x, t, cond))  # zero-initialised last layer
+    torch.nn.init.normal_(with_head.head[-1].weight, std=0.1)
+    assert not torch.equal(with_head(x, t, cond), plain(x, t, cond))
+    # the head works on full-resolution pixels: one input pixel reaches HEAD_LAYERS pixels each way (3x3 convs)
+    head_input = torch.randn(1, 7, 24, 24)
+    nudged = head_input.clone()
+    nudged[..., 11, 11] += 1.0
+    changed = ((with_head.head(nudged) - with_head.head(head_input)).abs() > 0)[0, 0]
+    reach = slice(11 - HEAD_LAYERS, 12 + HEAD_LAYERS)
+    assert changed[reach, reach].all() and changed.sum() == (2 * HEAD_LAYERS + 1) ** 2
 
 
 def test_enhancement_starts_as_identity_and_stays_positive():

@@ -183,12 +183,22 @@ class Trainer:
     def config(self) -> ModelConfig:
         p = self.preset
         return ModelConfig(p.enhance_channels, p.unet_channels, p.unet_mult, p.edi_c, p.edi_samples,
-                           p.student_channels, p.student_mult, p.event_bins)
+                           p.student_channels, p.student_mult, p.event_bins, student_head=p.student_head)
 
-    def load(self) -> tuple[DiffEvent, Guidance]:
+    def load(self, new_student: bool = False) -> tuple[DiffEvent, Guidance]:
+        """The checkpoint's model and guidance; ``new_student``: an untrained student of the preset's
+        architecture instead of the checkpoint's (f(E) and the priors still loaded)."""
         data = load_part(self.out / FILE)
-        model = DiffEvent(ModelConfig(**data["config"]))
-        model.load_state_dict(data["state"])
+        config, state = ModelConfig(**data["config"]), data["state"]
+        if new_student:
+            p = self.preset
+            config = dataclasses.replace(config, student_channels=p.student_channels, student_mult=p.student_mult,
+                                         event_bins=p.event_bins, student_head=p.student_head)
+            state = {k: v for k, v in state.items() if not k.startswith("student.")}
+        model = DiffEvent(config)
+        missing = model.load_state_dict(state, strict=False).missing_keys
+        if any(not (new_student and k.startswith("student.")) for k in missing):
+            raise ValueError(f"{self.out / FILE}: checkpoint lacks {missing}")
         return model, Guidance(**data["guidance"])
 
     def save(self, model: DiffEvent, weights: Guidance) -> None:
@@ -272,7 +282,7 @@ class Trainer:
 
     def stage_distill(self) -> dict:
         torch.manual_seed(self.seed)
-        model, weights = self.load()
+        model, weights = self.load(new_student=True)  # distillation starts from an untrained student
         p, data = self.preset, self.train
         model.requires_grad_(False)
         g = self.generator(3)

@@ -62,6 +62,7 @@ class Preset:
     unet_mult: tuple[int, ...]
     student_channels: int
     student_mult: tuple[int, ...]
+    student_head: int  # channels of the student's full-resolution head (0: none)
     event_bins: int  # voxel bins of the exposure's events in the student's condition
     teacher_steps: int
     student_steps: tuple[int, ...]
@@ -76,7 +77,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny", image_size=128, crop=64, edi_c=0.3, edi_samples=32, enhance_channels=16,
-        unet_channels=32, unet_mult=(1, 2), student_channels=64, student_mult=(1, 2), event_bins=4,
+        unet_channels=32, unet_mult=(1, 2), student_channels=64, student_mult=(1, 2), student_head=32, event_bins=4,
         teacher_steps=8, student_steps=(1,),
         enhance=StageSchedule(iters=200, batch=16, lr=2e-3),
         priors=StageSchedule(iters=500, batch=16, lr=1e-3),
@@ -85,7 +86,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "base": Preset(
         name="base", image_size=256, crop=128, edi_c=0.3, edi_samples=32, enhance_channels=32,
-        unet_channels=96, unet_mult=(1, 2, 3), student_channels=128, student_mult=(1, 2, 3), event_bins=5,
+        unet_channels=96, unet_mult=(1, 2, 3), student_channels=128, student_mult=(1, 2, 3), student_head=32,
+        event_bins=5,
         teacher_steps=50, student_steps=(4,),
         enhance=StageSchedule(iters=20_000, batch=32, lr=5e-4),
         priors=StageSchedule(iters=200_000, batch=64, lr=2e-4),
