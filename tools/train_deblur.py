@@ -194,11 +194,11 @@ class Trainer:
             p = self.preset
             config = dataclasses.replace(config, student_channels=p.student_channels, student_mult=p.student_mult,
                                          event_bins=p.event_bins, student_head=p.student_head)
-            state = {k: v for k, v in state.items() if not k.startswith("student.")}
         model = DiffEvent(config)
-        missing = model.load_state_dict(state, strict=False).missing_keys
-        if any(not (new_student and k.startswith("student.")) for k in missing):
-            raise ValueError(f"{self.out / FILE}: checkpoint lacks {missing}")
+        if new_student:  # the checkpoint's student is replaced by the fresh one; everything else loads strictly
+            state = {k: v for k, v in state.items() if not k.startswith("student.")}
+            state.update({f"student.{k}": v for k, v in model.student.state_dict().items()})
+        model.load_state_dict(state)
         return model, Guidance(**data["guidance"])
 
     def save(self, model: DiffEvent, weights: Guidance) -> None:
