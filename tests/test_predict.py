@@ -73,7 +73,8 @@ def small_preset(iters: int = 30):
         # Diffusion losses (random timesteps) are noisy: 30 steps do not separate first from last reliably.
         diffusion=dataclasses.replace(schedule, iters=2 * iters), ablation=dataclasses.replace(schedule, iters=10),
         distill=dataclasses.replace(schedule, iters=10, lr=3e-4), ema_decay=0.9, student_steps=(2, 1),
-        refine=dataclasses.replace(schedule, iters=80, lr=1e-3), refine_steps=(2,))
+        refine=dataclasses.replace(schedule, iters=80, lr=1e-3), refine_steps=(2,),
+        head_channels=8, head=dataclasses.replace(schedule, iters=150, lr=3e-3), head_pairs=64, head_crop=SIZE // 2)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,8 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
     # The refine stage's data term on every pair, for the 2-step student before and after that stage.
     losses["refine_all_pairs"] = [refine_data_term(out, pairs)]
     losses["refine"] = trainer.stage_refine()
+    losses["refine_all_pairs"].append(refine_data_term(out, pairs))
+    losses["head"] = trainer.stage_head()
     losses["refine_all_pairs"].append(refine_data_term(out, pairs))
     losses["ablations"] = trainer.stage_ablations()
     return out, losses
@@ -111,7 +114,7 @@ def small_model(**overrides) -> Dessert:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"events": "raw"}, {"mode": "regression"}, {"compose": "latent"},
-                                       {"base": "event-integration"}])
+                                       {"base": "event-integration"}, {"head_channels": 4}])
 @pytest.mark.parametrize("size", [(32, 32), (48, 80)])
 def test_model_shapes(overrides, size):
     model = small_model(**overrides)
@@ -137,6 +140,30 @@ def test_prediction_depends_only_on_inputs_and_noise():
         a, b, c = (model.predict(anchor, voxel, n, 4) for n in (n1, n1, n2))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_head_starts_as_no_correction_and_acts_within_its_reach():
+    from evpipe.nodes.predict.models import HEAD_LAYERS
+
+    plain, headed = small_model(), small_model(head_channels=4)
+    for model in (plain, headed):  # the same seed: the same U-Net, made to matter
+        torch.manual_seed(1)
+        for p in model.unet.conv_out.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    anchor, voxel = torch.rand(1, 1, 32, 32, generator=g), torch.randn(1, BINS, 32, 32, generator=g)
+    noise = torch.zeros(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(plain.predict(anchor, voxel, noise, 2), headed.predict(anchor, voxel, noise, 2))
+        torch.nn.init.normal_(headed.head[-1].weight, std=0.1)
+        image, base = headed.predict_composed(anchor, voxel, noise, 2)
+        correction = headed.head_correction(image, base, anchor, voxel)
+        moved = anchor.clone()
+        moved[..., 16, 16] += 0.5
+        changed = (headed.head_correction(image, base, moved, voxel) - correction).abs()[0, 0] > 0
+    # the head works on full-resolution pixels: one input pixel reaches HEAD_LAYERS pixels each way
+    reach = slice(16 - HEAD_LAYERS, 17 + HEAD_LAYERS)
+    assert changed[reach, reach].all() and changed.sum() == (2 * HEAD_LAYERS + 1) ** 2
 
 
 def test_model_config_rejects_unknown_choices():
@@ -172,8 +199,9 @@ def test_every_stage_lowers_its_loss(trained):
     for stage in ("ae", "ervae", "diffusion"):
         first, last = np.mean(losses[stage][:8]), np.mean(losses[stage][-8:])
         assert last < 0.8 * first, f"{stage}: loss {first:.4f} -> {last:.4f}"
-    before, after = losses["refine_all_pairs"]
+    before, after, with_head = losses["refine_all_pairs"]
     assert after < before - 0.02, (before, after)  # log10 MSE over every pair (0.1 = 1 dB); measured 0.067
+    assert with_head < after - 0.01, (after, with_head)
 
 
 def test_training_is_reproducible_for_a_seed(tmp_path):
@@ -200,6 +228,18 @@ def test_every_variant_loads(trained):
         load_model("4step", out)  # this test preset distils only to 2 and 1 steps
     with pytest.raises(CheckpointError, match="neither"):
         load_model("teacher", out / "missing")
+    headed, _ = load_model("2step", out)  # the head stage's output: config and weights agree
+    assert headed.config.head_channels == 8 and headed.head is not None
+    assert load_model("1step", out)[0].head is None  # only refined students gain a head
+    broken = out.parent / f"{out.name}-without-head"
+    broken.mkdir()
+    for name in ("ae.pt", "ervae.pt"):
+        (broken / name).write_bytes((out / name).read_bytes())
+    data = torch.load(out / "unet-2step.pt", weights_only=True)
+    del data["head"]
+    torch.save(data, broken / "unet-2step.pt")
+    with pytest.raises(CheckpointError, match="head_channels=8 but the file lacks head weights"):
+        load_model("2step", broken)
 
 
 @pytest.mark.slow  # the shared training fixture takes 30-80 s on two busy cores
@@ -333,7 +373,7 @@ def test_shipped_checkpoints_load_and_stay_small():
 def test_shipped_4step_onnx_export_matches_torch(tmp_path, monkeypatch):
     """The graph the node runs: the shipped 4-step student, exported afresh by the node's ``prepare`` (what
     ``evpipe build-engines`` calls), ONNX Runtime vs torch at the node's 128x128 and at a larger
-    non-square size (dynamic axes). Measured max abs error: 6e-7."""
+    non-square size (dynamic axes). Measured max abs error: 1.3e-6 (head included)."""
     from evpipe.nodes.predict.export import cached_fused_onnx, parity
     from evpipe.nodes.predict.node import Predictor
 

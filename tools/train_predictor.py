@@ -5,8 +5,9 @@
     python tools/train_predictor.py --preset tiny --stage diffusion   # 3. residual latent diffusion teacher
     python tools/train_predictor.py --preset tiny --stage distill     # 4. progressive distillation -> 4/2/1 steps
     python tools/train_predictor.py --preset tiny --stage refine      # 5. the node's student: data term on frames
+    python tools/train_predictor.py --preset tiny --stage head        # 6. its full-resolution head
     python tools/train_predictor.py --preset tiny --stage ablations   # no-ervae, no-dlt, regression (+ short)
-    python tools/train_predictor.py --preset tiny --stage all         # 1-5 and the ablations, in order
+    python tools/train_predictor.py --preset tiny --stage all         # 1-6 and the ablations, in order
 
 Each stage reads the previous stages' files from ``--out`` (default: the shipped directory
 ``nodes/predict/checkpoints/<preset>``) and writes its own there (see
@@ -38,6 +39,11 @@ Stage recipes:
   weights saved. Distillation can only copy the teacher (which only matches event integration on
   the synthetic split); this term aims the student at the frames themselves, in the units the
   evaluation averages.
+- head: each refined student gains a full-resolution head (``head_channels``; see
+  ``Dessert.head_correction``), trained alone with the refine stage's data term on random
+  ``head_crop`` crops; the frozen student's predictions (zero noise) of ``head_pairs`` random train
+  pairs are computed once, so a step costs only the head. Run it after ``refine``, which writes the
+  student without a head.
 - ablations: each trained for ``ablation`` iterations, like ``short`` (the full model at that
   budget, their reference).
 """
@@ -61,13 +67,13 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from tqdm import tqdm
 
 from evpipe.nodes import diffusion
-from evpipe.nodes.predict.checkpoint import CHECKPOINTS, load_module, load_part, save_part
+from evpipe.nodes.predict.checkpoint import CHECKPOINTS, half_state, load_module, load_part, save_part
 from evpipe.nodes.predict.models import Dessert, ModelConfig, kl_to_standard_normal, sample_posterior
 from evpipe.nodes.predict.presets import PRESETS, Preset, StageSchedule, get_preset
 from evpipe.runtime.engines.onnx_export import export_cache_dir
 from evpipe.tools.training import log_mse, optimise, stage_parser, with_iters
 
-STAGES = ("ae", "ervae", "diffusion", "distill", "refine", "ablations")
+STAGES = ("ae", "ervae", "diffusion", "distill", "refine", "head", "ablations")
 ABLATION_STEPS = 16  # DDIM steps the ablations and their reference are evaluated with
 WARMUP_ITERS = 50
 EI_FIT_PAIRS = 400
@@ -367,8 +373,9 @@ class Trainer:
         return clone.eval().requires_grad_(False)
 
     def save_unet(self, model: Dessert, variant: str, steps: int) -> None:
+        head = {} if model.head is None else {"head": half_state(model.head)}
         save_part(self.out / f"unet-{variant}.pt", model.unet, config=model.config.to_dict(), steps=steps,
-                  preset=self.preset.name)
+                  preset=self.preset.name, **head)
 
     def stage_diffusion(self) -> list[float]:
         model = self.base_model()
@@ -436,6 +443,41 @@ class Trainer:
             self.save_unet(self.with_unet(model, ema.module), f"{steps}step", steps)
         return losses
 
+    # 6 ---------------------------------------------------------------------------------------------
+    def stage_head(self) -> list[float]:
+        return [loss for steps in self.preset.refine_steps for loss in self.train_head(steps)]
+
+    def train_head(self, steps: int) -> list[float]:
+        """Add a head to the refined ``steps``-step student and train it alone (see the module's recipes)."""
+        p, data = self.preset, self.pairs
+        model = self.base_model(head_channels=p.head_channels)
+        model.unet.load_state_dict(load_part(self.out / f"unet-{steps}step.pt")["state"])
+        g = self.generator(6)
+        pick = torch.randperm(len(data.k), generator=g)[:p.head_pairs]
+        anchor, voxel = data.frames[data.anchor[pick]], data.voxels[pick]
+        noise_shape = (model.config.latent_channels, *(n // model.latent_downsample for n in anchor.shape[-2:]))
+        with torch.no_grad():  # the frozen student's (composed image, base) of every picked pair
+            predicted = torch.cat([
+                torch.cat(model.predict_composed(anchor[i].float(), voxel[i].float(),
+                                                 torch.zeros(len(i), *noise_shape), steps), dim=1)
+                for i in tqdm(torch.arange(len(pick)).split(32), desc=f"head: {steps}-step predictions")])
+        crop = p.head_crop
+
+        def loss_fn(step: int) -> torch.Tensor:
+            i = torch.randint(len(pick), (p.head.batch,), generator=g)
+            y, x = (int(v) for v in torch.randint(0, p.image_size - crop + 1, (2,), generator=g))
+            window = (slice(None), slice(None), slice(y, y + crop), slice(x, x + crop))
+            image, base = predicted[i][window].chunk(2, dim=1)
+            a, v = anchor[i].float()[window], voxel[i].float()[window]
+            target = data.frames[data.target[pick[i]]].float()[window]
+            # Not clamped: a clamp would hide (and stop the gradient of) an overshoot the head must undo.
+            return log_mse(image + model.head_correction(image, base, a, v), target)
+
+        losses = optimise(list(model.head.requires_grad_(True).parameters()), p.head, loss_fn,
+                          f"head of the {steps}-step student", lr_at=cosine_lr)
+        self.save_unet(model.eval().requires_grad_(False), f"{steps}step", steps)
+        return losses
+
     # ablations -------------------------------------------------------------------------------------
     def stage_ablations(self) -> list[float]:
         schedule = self.preset.ablation
@@ -453,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__, PRESETS, STAGES)
     parser.add_argument("--bins", type=int, default=5, help="voxel grid bins (default 5)")
     args = parser.parse_args(argv)
-    preset = with_iters(get_preset(args.preset), ("ae", "ervae", "diffusion", "distill", "refine", "ablation"),
+    preset = with_iters(get_preset(args.preset), ("ae", "ervae", "diffusion", "distill", "refine", "head", "ablation"),
                         args.iters, parser)
     out = args.out or CHECKPOINTS / preset.name
     trainer = Trainer(preset, out, args.dataset, args.seed, args.bins)

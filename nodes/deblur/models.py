@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from evpipe.nodes import diffusion
 from evpipe.nodes.deblur import guidance as ebrd
 from evpipe.nodes.deblur.presets import Guidance
-from evpipe.nodes.predict.models import UNet
+from evpipe.nodes.predict.models import UNet, conv_stack, voxel_input
 
 # E = mean of exp(c ΔU) is positive; clamping keeps log E and y / E finite where events pile up (on the
 # tiny training split 99.9% of E lies in [0.7, 4]; a few pixels reach float16 overflow).
@@ -46,9 +46,6 @@ E_MIN, E_MAX = 0.05, 10.0
 SPACE_TO_DEPTH = 4
 COND_CHANNELS = 3
 HEAD_LAYERS = 8  # convolutions of the student's full-resolution head (receptive field 17x17)
-# Voxel counts beyond ±8 events per bin are rare (edges of fast motion); clipping keeps the student's
-# input bounded on real sensors with hot pixels.
-VOXEL_CLIP = 8.0
 # Degradation models of the paper's ablation (Table "EBRD model"): what the guidance uses for F and r.
 DEGRADATIONS = ("Ex", "fEx", "fEx+r")
 
@@ -61,12 +58,7 @@ class EnhanceNet(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.SiLU(),
-                                 nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(),
-                                 nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(),
-                                 nn.Conv2d(channels, 1, 3, padding=1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = conv_stack(1, channels, 4)
 
     def forward(self, edi: Tensor) -> Tensor:
         """f(E) (B, 1, H, W) > 0 from the raw E (B, 1, H, W)."""
@@ -89,14 +81,7 @@ class PixelDenoiser(nn.Module):
         super().__init__()
         k = SPACE_TO_DEPTH * SPACE_TO_DEPTH
         self.unet = UNet(k, cond_channels * k, channels, mult)
-        self.head = None
-        if head_channels:
-            layers: list[nn.Module] = [nn.Conv2d(2 + cond_channels, head_channels, 3, padding=1), nn.SiLU()]
-            for _ in range(HEAD_LAYERS - 2):
-                layers += [nn.Conv2d(head_channels, head_channels, 3, padding=1), nn.SiLU()]
-            self.head = nn.Sequential(*layers, nn.Conv2d(head_channels, 1, 3, padding=1))
-            nn.init.zeros_(self.head[-1].weight)
-            nn.init.zeros_(self.head[-1].bias)
+        self.head = conv_stack(2 + cond_channels, head_channels, HEAD_LAYERS) if head_channels else None
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         out = self.unet(F.pixel_unshuffle(x, SPACE_TO_DEPTH), t, F.pixel_unshuffle(cond, SPACE_TO_DEPTH))
@@ -229,7 +214,7 @@ class DiffEvent(nn.Module):
         (data units; zeros at temperature 0), conditioned on (y, f(E)) and the exposure's voxel grid
         (B, event_bins, H, W). Returns x_0 in [0, 1], unclamped for training."""
         _, cond = self.condition(blurry, edi)
-        cond = torch.cat([cond, voxel.clamp(-VOXEL_CLIP, VOXEL_CLIP) / 2.0], dim=1)
+        cond = torch.cat([cond, voxel_input(voxel)], dim=1)
         out = diffusion.ddim_sample(lambda z, t, c: self.student(z, t, c), noise, self.schedule, steps,
                                     prediction=self.config.prediction, cond={"c": cond})
         return self.x_from_data(out, blurry)

@@ -8,7 +8,8 @@ z_anchor by channel concatenation, denoises z_res (v-prediction, cosine schedule
 prediction is the anchor plus the decoded residual. Diverse-Length Temporal (DLT) training on gaps of
 1..K frames lets the node also roll out several frames ahead. Progressive distillation turns the
 64-step teacher into 4-, 2- and 1-step students; the 4-step one (the node's) is then refined on the
-frames themselves (a data term on its decoded predictions, ``--stage refine``).
+frames themselves (a data term on its decoded predictions, ``--stage refine``) and gains a small
+full-resolution head trained on its frozen predictions (``--stage head``).
 
 Modules: :mod:`.models` (networks and the composite ``Dessert``), :mod:`evpipe.nodes.diffusion` (the
 shared schedule, sampler and losses), :mod:`.presets` (``tiny``, ``base``), :mod:`.checkpoint`
@@ -24,6 +25,7 @@ The shipped ``tiny`` checkpoints (``checkpoints/tiny/``) were made, in this orde
     python tools/train_predictor.py --preset tiny --stage diffusion    # also writes unet-short.pt
     python tools/train_predictor.py --preset tiny --stage distill
     python tools/train_predictor.py --preset tiny --stage refine       # rewrites unet-4step.pt
+    python tools/train_predictor.py --preset tiny --stage head         # adds the head to unet-4step.pt
     python tools/train_predictor.py --preset tiny --stage ablations
 
 ``base`` (256x256, for a GPU) is configuration and code only; it has not been trained here.

@@ -7,7 +7,10 @@ are loaded as float32, and every number reported was measured with the loaded we
     ae.pt            {"state", "stats": {latent_scale, residual_scale, voxel_scale, ei_c, ei_eps,
                       ei_residual_scale}, "preset", "bins"}
     ervae.pt         {"state"}                                  the ER-VAE event encoder
-    unet-<variant>.pt {"state", "config": ModelConfig dict, "steps": sampler steps}
+    unet-<variant>.pt {"state", "config": ModelConfig dict, "steps": sampler steps[, "head"]}
+
+``head`` (weights of the full-resolution head, fp16 like ``state``) is present exactly when the
+config's ``head_channels`` > 0: ``train_predictor.py --stage head`` adds it to the node's student.
 
 Variants: ``teacher`` (DDIM, ``teacher_steps``), ``4step``/``2step``/``1step`` (distilled students),
 and the ablations ``no-ervae`` (raw events into the U-Net), ``no-dlt`` (trained on 1-frame gaps
@@ -45,12 +48,19 @@ def resolve_dir(checkpoint: str | Path) -> Path:
     return path
 
 
+WEIGHTS = ("state", "head")  # the entries of a part file that hold weights
+
+
+def half_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s weights as fp16 (scalar buffers and integer tensors keep their dtype)."""
+    return {k: (v.half() if v.is_floating_point() and v.ndim > 0 else v).clone() for k, v in
+            module.state_dict().items()}
+
+
 def save_part(path: Path, module: torch.nn.Module, **extra: Any) -> None:
-    """Write ``module``'s weights as fp16 (buffers and integer tensors keep their dtype) plus ``extra``."""
-    state = {k: (v.half() if v.is_floating_point() and v.ndim > 0 else v).clone() for k, v in
-             module.state_dict().items()}
+    """Write ``module``'s weights (``half_state``) plus ``extra``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": state, **extra}, path)
+    torch.save({"state": half_state(module), **extra}, path)
 
 
 def load_part(path: Path) -> dict[str, Any]:
@@ -62,7 +72,9 @@ def load_part(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(data, dict) or "state" not in data:
         raise CheckpointError(f"{path} is not a predictor checkpoint (no 'state')")
-    data["state"] = {k: v.float() if v.is_floating_point() else v for k, v in data["state"].items()}
+    for key in WEIGHTS:
+        if key in data:
+            data[key] = {k: v.float() if v.is_floating_point() else v for k, v in data[key].items()}
     return data
 
 
@@ -101,8 +113,14 @@ def load_model(variant: str = "4step", checkpoint: str | Path = "tiny", compose:
         model.ei_eps.fill_(eps)
     if model.event_encoder is not None:
         load_module(model.event_encoder, directory / "ervae.pt")
+    path = directory / f"unet-{variant}.pt"
+    if (model.head is not None) != ("head" in unet):
+        raise CheckpointError(f"{path}: its config has head_channels={config.head_channels} but the file "
+                              f"{'lacks' if model.head is not None else 'has'} head weights")
     try:
         model.unet.load_state_dict(unet["state"])
+        if model.head is not None:
+            model.head.load_state_dict(unet["head"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{directory / f'unet-{variant}.pt'} does not fit its config: {exc}") from None
+        raise CheckpointError(f"{path} does not fit its config: {exc}") from None
     return model.eval().requires_grad_(False), int(unet["steps"])

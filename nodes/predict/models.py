@@ -17,6 +17,14 @@ sits at that pixel; concatenation hands it over at zero cost in parameters and F
 U-Net fully convolutional (any sensor size at run time) and exports to ONNX as a plain Concat.
 Cross-attention pays for a learned correspondence search (O(N²) in latent pixels) that this aligned
 conditioning does not need; it suits unaligned tokens such as text.
+
+The node's student has one part the paper does not: a full-resolution head (``head_channels``,
+:data:`HEAD_LAYERS` 3x3 convolutions) after the composed image, trained alone on the frozen
+student's predictions. Everything the latent path produces passes through a decoder from 1/4
+resolution; the head sees the prediction, the event-integration base, the anchor and the voxel grid
+at every pixel and corrects what that path blurs or misplaces (an edge's position inside a 4x4
+block). Measured on the tiny preset it adds about 2 dB at k = 1 for about 1 ms of ONNX Runtime time
+per 128x128 frame (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -29,6 +37,33 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import Tensor, nn
 
 from evpipe.nodes import diffusion
+
+# Voxel counts beyond ±8 events per bin are rare (edges of fast motion); clipping keeps a full-resolution
+# network's input bounded on real sensors with hot pixels.
+VOXEL_CLIP = 8.0
+HEAD_LAYERS = 5  # convolutions of the predictor's full-resolution head (receptive field 11x11)
+# The head's correction is scaled down: its first Adam steps then move the prediction by hundredths,
+# not tenths, and the frozen prediction it corrects stays the starting point.
+HEAD_GAIN = 0.1
+
+
+def conv_stack(cin: int, channels: int, layers: int) -> nn.Sequential:
+    """``layers`` 3x3 convolutions at the input's resolution, SiLU between, cin -> channels -> ... -> 1.
+    The last layer starts at zero, so a fresh stack is the zero function: a correction added by it
+    starts as no correction."""
+    modules: list[nn.Module] = [nn.Conv2d(cin, channels, 3, padding=1), nn.SiLU()]
+    for _ in range(layers - 2):
+        modules += [nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU()]
+    stack = nn.Sequential(*modules, nn.Conv2d(channels, 1, 3, padding=1))
+    nn.init.zeros_(stack[-1].weight)
+    nn.init.zeros_(stack[-1].bias)
+    return stack
+
+
+def voxel_input(voxel: Tensor) -> Tensor:
+    """A voxel grid (B, bins, H, W) of raw counts as a full-resolution network's input: clipped to
+    ±``VOXEL_CLIP`` and halved (most counts then lie in [-1, 1])."""
+    return voxel.clamp(-VOXEL_CLIP, VOXEL_CLIP) / 2.0
 
 
 def _groups(channels: int) -> int:
@@ -245,6 +280,7 @@ class ModelConfig:
     below the threshold, noise events) at full resolution, instead of re-deriving every edge the events
     already give through the 4x-downsampled latent, whose reconstruction caps the prediction.
     In either case ``compose`` forms the image from the base: ``base`` replaces ``anchor`` above.
+    ``head_channels`` > 0 adds a full-resolution head after the composed image (see ``Dessert.predict``).
     """
 
     bins: int
@@ -258,6 +294,7 @@ class ModelConfig:
     prediction: str = "v"
     compose: str = "pixel"
     base: str = "anchor"
+    head_channels: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unet_mult", tuple(self.unet_mult))
@@ -265,6 +302,8 @@ class ModelConfig:
                               ("compose", ("latent", "pixel")), ("base", BASES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}: {getattr(self, name)!r} is not one of {allowed}")
+        if self.head_channels < 0:
+            raise ValueError(f"ModelConfig.head_channels: {self.head_channels} is negative")
         diffusion.check_prediction(self.prediction)
 
     def to_dict(self) -> dict:
@@ -290,6 +329,8 @@ class Dessert(nn.Module):
         event_channels = zc if config.events == "ervae" else config.bins * self.latent_downsample**2
         self.unet = UNet(zc, event_channels + zc, config.unet_channels, config.unet_mult, config.unet_attention)
         self.schedule = diffusion.CosineSchedule()
+        # Input: the composed image, the base, the anchor (each 2v - 1) and the voxel grid.
+        self.head = conv_stack(3 + config.bins, config.head_channels, HEAD_LAYERS) if config.head_channels else None
         for name in ("latent_scale", "residual_scale", "voxel_scale", "ei_eps"):
             self.register_buffer(name, torch.ones(()))
         self.register_buffer("ei_c", torch.zeros(()))
@@ -366,11 +407,27 @@ class Dessert(nn.Module):
             image = anchor + target - anchor_rec
         return image.clamp(0.0, 1.0)
 
-    def predict(self, anchor: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> Tensor:
+    def head_correction(self, image: Tensor, base: Tensor, anchor: Tensor, voxel: Tensor) -> Tensor:
+        """The head's correction (B, 1, H, W) to a composed ``image`` (already scaled by ``HEAD_GAIN``;
+        add it, then clamp). The head works at every pixel, where the decoder's finest detail comes
+        from a latent at 1/4 resolution (its measured worth: benchmarks/RESULTS.md)."""
+        if self.head is None:
+            raise RuntimeError("this model has no head (ModelConfig.head_channels == 0)")
+        x = torch.cat([image * 2.0 - 1.0, base * 2.0 - 1.0, anchor * 2.0 - 1.0, voxel_input(voxel)], dim=1)
+        return HEAD_GAIN * self.head(x)
+
+    def predict_composed(self, anchor: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+        """(composed image, base), each (B, 1, H, W) in [0, 1]: the prediction before the head."""
         base = self.base_image(anchor, voxel)
         z_base = self.encode_image(base)
         residual = self.residual(z_base, self.event_condition(voxel), noise, steps)
-        return self.compose(base, z_base, residual)
+        return self.compose(base, z_base, residual), base
+
+    def predict(self, anchor: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> Tensor:
+        image, base = self.predict_composed(anchor, voxel, noise, steps)
+        if self.head is None:
+            return image
+        return (image + self.head_correction(image, base, anchor, voxel)).clamp(0.0, 1.0)
 
 
 class FusedPredictor(nn.Module):

@@ -1,10 +1,10 @@
 """Training presets of the DESSERT predictor: architecture plus every stage's schedule.
 
-``tiny``: 128x128 gray, trains all stages on two CPU cores in about 58 minutes (49 without the
-ablations; measured 2026-11-24: the refine stage took 12.6 of them); its checkpoints ship in
-``nodes/predict/checkpoints/``. ``base``: 256x256 gray, wider networks, attention at the coarsest U-Net
-level, longer schedules, meant for a GPU (code and configuration only; it was not trained in this
-repository).
+``tiny``: 128x128 gray, trains all stages on two CPU cores in about 62 minutes (53 without the
+ablations; measured 2026-11-24/25: the refine stage took 12.6 of them, the head stage 4.1); its
+checkpoints ship in ``nodes/predict/checkpoints/``. ``base``: 256x256 gray, wider networks,
+attention at the coarsest U-Net level, longer schedules, meant for a GPU (code and configuration
+only; it was not trained in this repository).
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class Preset:
     distill: StageSchedule  # per halving round
     refine: StageSchedule  # each refined student: the data term on its predicted frames
     ablation: StageSchedule  # each ablation, and the full model's snapshot at the same budget
+    head_channels: int  # the refined students' full-resolution head (ModelConfig.head_channels; 0: none)
+    head: StageSchedule  # the head, trained alone on the frozen student's predictions
+    head_pairs: int  # random train pairs whose predictions the head stage computes once and crops from
+    head_crop: int
     ema_decay: float = 0.995
     student_steps: tuple[int, ...] = field(default=(4, 2, 1))
     refine_steps: tuple[int, ...] = field(default=(4,))  # the students the refine stage trains (the node's)
@@ -57,6 +61,7 @@ PRESETS: dict[str, Preset] = {
         distill=StageSchedule(iters=100, batch=24, lr=3e-4),
         refine=StageSchedule(iters=1200, batch=8, lr=3e-4),
         ablation=StageSchedule(iters=300, batch=32, lr=1e-3),
+        head_channels=16, head=StageSchedule(iters=6000, batch=16, lr=1e-3), head_pairs=4000, head_crop=64,
         base="event-integration",
     ),
     "base": Preset(
@@ -68,6 +73,7 @@ PRESETS: dict[str, Preset] = {
         distill=StageSchedule(iters=10_000, batch=64, lr=1e-4),
         refine=StageSchedule(iters=20_000, batch=32, lr=5e-5),
         ablation=StageSchedule(iters=50_000, batch=64, lr=2e-4),
+        head_channels=32, head=StageSchedule(iters=20_000, batch=32, lr=5e-4), head_pairs=8000, head_crop=128,
         ema_decay=0.9999, base="event-integration",
     ),
 }
