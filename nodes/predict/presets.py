@@ -1,8 +1,9 @@
 """Training presets of the DESSERT predictor: architecture plus every stage's schedule.
 
-``tiny``: 128x128 gray, trains all stages on two CPU cores in about 62 minutes (53 without the
-ablations; measured 2026-11-24/25: the refine stage took 12.6 of them, the head stage 4.1); its
-checkpoints ship in ``nodes/predict/checkpoints/``. ``base``: 256x256 gray, wider networks,
+``tiny``: 128x128 gray, trains all stages (``--stage all``) on two CPU cores in 33 minutes (28.5
+without the ablations; measured 2026-11-25 on an idle machine, see benchmarks/RESULTS.md; the same
+stages added up to about 62 minutes on the slower machine of 2026-11-24); its checkpoints ship in
+``nodes/predict/checkpoints/``. ``base``: 256x256 gray, wider networks,
 attention at the coarsest U-Net level, longer schedules, meant for a GPU (code and configuration
 only; it was not trained in this repository).
 """
