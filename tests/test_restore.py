@@ -257,7 +257,6 @@ def test_evaluate_harness_runs_the_baselines_on_several_degradations(tmp_path, c
     with pytest.raises(SystemExit):
         ev.main(["--task", "restore", "--model", "cg", "--dataset", str(dataset), "--bits", "0"])
     assert "--bits must be in 1..16, got 0" in capsys.readouterr().err
-    assert code == 0, capsys.readouterr().err
     import json
 
     report = json.loads((tmp_path / "restore.json").read_text())

@@ -141,7 +141,7 @@ def engine_async(windows: list[tuple], variant: str, configs: list[tuple[int, in
     from evpipe.runtime.engines import open_engine
 
     model, _ = load_model(variant)
-    down, zc, bins = model.latent_downsample, model.config.latent_channels, model.config.bins
+    bins = model.config.bins
     feeds = []
     for anchor, events, t_anchor, t_target in windows:
         h, w = anchor.shape
@@ -149,7 +149,7 @@ def engine_async(windows: list[tuple], variant: str, configs: list[tuple[int, in
             raise ValueError(f"--roi: the engine benchmark needs H and W that are multiples of {model.multiple}, "
                              f"got {w}x{h}")
         voxel = events_voxel(events, t_anchor, t_target, bins, h, w)
-        noise = np.zeros((1, zc, h // down, w // down), np.float32)  # temperature 0, as the node runs
+        noise = np.zeros((1, *model.noise_shape(h, w)), np.float32)  # temperature 0, as the node runs
         feeds.append(dict(zip(INPUT_NAMES, (anchor[None, None], voxel[None], noise), strict=True)))
     onnx = cached_fused_onnx(variant)
     rows = []

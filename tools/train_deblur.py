@@ -180,10 +180,16 @@ class Trainer:
             self._train = load_training_split(self.dataset, "train", p.edi_c, p.edi_samples, p.event_bins)
         return self._train
 
+    def student_settings(self) -> dict[str, object]:
+        """The preset's student architecture, as ``ModelConfig`` fields."""
+        p = self.preset
+        return {"student_channels": p.student_channels, "student_mult": p.student_mult,
+                "event_bins": p.event_bins, "student_head": p.student_head}
+
     def config(self) -> ModelConfig:
         p = self.preset
         return ModelConfig(p.enhance_channels, p.unet_channels, p.unet_mult, p.edi_c, p.edi_samples,
-                           p.student_channels, p.student_mult, p.event_bins, student_head=p.student_head)
+                           **self.student_settings())
 
     def load(self, new_student: bool = False) -> tuple[DiffEvent, Guidance]:
         """The checkpoint's model and guidance; ``new_student``: an untrained student of the preset's
@@ -191,9 +197,7 @@ class Trainer:
         data = load_part(self.out / FILE)
         config, state = ModelConfig(**data["config"]), data["state"]
         if new_student:
-            p = self.preset
-            config = dataclasses.replace(config, student_channels=p.student_channels, student_mult=p.student_mult,
-                                         event_bins=p.event_bins, student_head=p.student_head)
+            config = dataclasses.replace(config, **self.student_settings())
         model = DiffEvent(config)
         if new_student:  # the checkpoint's student is replaced by the fresh one; everything else loads strictly
             state = {k: v for k, v in state.items() if not k.startswith("student.")}

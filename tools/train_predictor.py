@@ -434,8 +434,7 @@ class Trainer:
             def loss_fn(step: int, model: Dessert = model, it=it, steps: int = steps) -> torch.Tensor:
                 idx = next(it)
                 anchor, voxel = data.frames[data.anchor[idx]].float(), data.voxels[idx].float()
-                noise = torch.zeros(len(idx), model.config.latent_channels, *(n // model.latent_downsample
-                                                                              for n in anchor.shape[-2:]))
+                noise = torch.zeros(len(idx), *model.noise_shape(*anchor.shape[-2:]))
                 return log_mse(model.predict(anchor, voxel, noise, steps), data.frames[data.target[idx]].float())
 
             losses += optimise(list(unet.parameters()), p.refine, loss_fn, f"refine {steps}-step student",
@@ -455,7 +454,7 @@ class Trainer:
         g = self.generator(6)
         pick = torch.randperm(len(data.k), generator=g)[:p.head_pairs]
         anchor, voxel = data.frames[data.anchor[pick]], data.voxels[pick]
-        noise_shape = (model.config.latent_channels, *(n // model.latent_downsample for n in anchor.shape[-2:]))
+        noise_shape = model.noise_shape(*anchor.shape[-2:])
         with torch.no_grad():  # the frozen student's (composed image, base) of every picked pair
             predicted = torch.cat([
                 torch.cat(model.predict_composed(anchor[i].float(), voxel[i].float(),
@@ -468,8 +467,8 @@ class Trainer:
             y, x = (int(v) for v in torch.randint(0, p.image_size - crop + 1, (2,), generator=g))
             window = (slice(None), slice(None), slice(y, y + crop), slice(x, x + crop))
             image, base = predicted[i][window].chunk(2, dim=1)
-            a, v = anchor[i].float()[window], voxel[i].float()[window]
-            target = data.frames[data.target[pick[i]]].float()[window]
+            a, v = anchor[i][window].float(), voxel[i][window].float()
+            target = data.frames[data.target[pick[i]]][window].float()
             # Not clamped: a clamp would hide (and stop the gradient of) an overshoot the head must undo.
             return log_mse(image + model.head_correction(image, base, a, v), target)
 

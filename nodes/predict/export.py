@@ -30,10 +30,9 @@ _EXPORT_VERSION = "1"
 def example_inputs(model: Dessert, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random (anchor, voxel, noise) of the graph's shapes for an H x W frame."""
     g = torch.Generator().manual_seed(seed)
-    down = model.latent_downsample
     return (torch.rand(1, 1, height, width, generator=g),
             torch.randn(1, model.config.bins, height, width, generator=g),
-            torch.randn(1, model.config.latent_channels, height // down, width // down, generator=g))
+            torch.randn(1, *model.noise_shape(height, width), generator=g))
 
 
 def export_fused(model: Dessert, steps: int, path: Path) -> Path:

@@ -340,6 +340,11 @@ class Dessert(nn.Module):
         """H and W must be multiples of this."""
         return self.latent_downsample * 2 ** (len(self.config.unet_mult) - 1)
 
+    def noise_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(zc, H/4, W/4): the sampler's noise (and every latent) for an H x W frame, per sample."""
+        down = self.latent_downsample
+        return self.config.latent_channels, height // down, width // down
+
     def set_stats(self, latent_scale: float, residual_scale: float, voxel_scale: float, ei_c: float = 0.0,
                   ei_eps: float = 1.0, ei_residual_scale: float = 1.0) -> None:
         """The train split's statistics (stored with the autoencoder): latent and voxel scales, the

@@ -72,7 +72,6 @@ class FramePredictor:
 
     def _engine(self, height: int, width: int) -> Engine:
         if (height, width) not in self._engines:
-            down, zc = self.model.latent_downsample, self.model.config.latent_channels
             if self._onnx is not None:
                 source = ModelSource(onnx=self._onnx)
             else:
@@ -80,7 +79,7 @@ class FramePredictor:
                     torch=FusedPredictor(self.model, self.steps).eval(),
                     inputs=[TensorSpec("anchor", (1, 1, height, width), np.dtype(np.float32)),
                             TensorSpec("voxel", (1, self.bins, height, width), np.dtype(np.float32)),
-                            TensorSpec("noise", (1, zc, height // down, width // down), np.dtype(np.float32))],
+                            TensorSpec("noise", (1, *self.model.noise_shape(height, width)), np.dtype(np.float32))],
                     output_names=[OUTPUT_NAME])
             options = {"threads": self.threads} if self.threads else None
             self._engines[(height, width)] = open_engine(source, backend=self.backend, device=self.device,
@@ -102,9 +101,8 @@ class FramePredictor:
         hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
         anchor_p = np.pad(anchor.astype(np.float32, copy=False), ((0, hp - h), (0, wp - w)), mode="edge")
         voxel_p = np.pad(voxel.astype(np.float32, copy=False), ((0, 0), (0, hp - h), (0, wp - w)))
-        down = self.model.latent_downsample
-        noise = self._rng.standard_normal((1, self.model.config.latent_channels, hp // down, wp // down),
-                                          dtype=np.float32) * np.float32(self.temperature)
+        noise = self._rng.standard_normal((1, *self.model.noise_shape(hp, wp)), dtype=np.float32) * \
+            np.float32(self.temperature)
         feeds = dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))
         if self._torch_threads:
             # Set before every call: the voxel grid's parallel Numba kernels reset this thread's count.
