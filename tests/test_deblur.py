@@ -17,7 +17,7 @@ from evpipe.nodes.deblur.presets import Guidance, StageSchedule
 from evpipe.nodes.predict.checkpoint import save_part
 from evpipe.runtime.events import Events
 from evpipe.tools.train_deblur import DeblurData, lr_at, random_crops
-from evpipe.tools.training import log_mse, optimise
+from evpipe.tools.training import LOG_FLOOR, log_mse, optimise
 from tests.conftest import run_graph
 
 STREET = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / "davis346_street_first1.8s.h5"
@@ -180,6 +180,26 @@ def test_log_mse_is_minus_a_tenth_of_the_mean_psnr():
     assert float(log_mse(estimate, reference)) == pytest.approx(-float((10 * torch.log10(1 / mse)).mean()) / 10,
                                                                 abs=1e-3)
 
+
+def test_the_teacher_term_stops_pulling_within_the_teachers_own_error():
+    """The distill stage floors the teacher term at the teacher's own MSE against the sharp frame: a student
+    already closer to the teacher than the teacher is to the truth is barely pulled further, one far from it
+    is pulled as hard as by the plain log-MSE."""
+    g = torch.Generator().manual_seed(2)
+    teacher = torch.rand(2, 1, 16, 16, generator=g)
+    student = (teacher + torch.tensor([0.003, 0.1]).view(2, 1, 1, 1) * torch.randn(2, 1, 16, 16, generator=g))
+    teacher_error = torch.full((2,), 0.01 ** 2)  # the teacher 40 dB from the truth on both samples
+
+    def gradient_norms(floor: torch.Tensor | float) -> torch.Tensor:
+        estimate = student.clone().requires_grad_(True)
+        log_mse(estimate, teacher, floor).backward()
+        return estimate.grad.flatten(1).norm(dim=1)
+
+    mse = (student - teacher).square().flatten(1).mean(1)
+    assert float(log_mse(student, teacher, teacher_error)) == pytest.approx(
+        float(torch.log10(mse + teacher_error).mean()), rel=1e-6)
+    ratio = gradient_norms(teacher_error) / gradient_norms(LOG_FLOOR)
+    assert float(ratio[0]) < 0.15 and float(ratio[1]) > 0.95, ratio
 
 def test_onnx_student_matches_torch_and_the_sampler_backends_agree(checkpoint_dir, tmp_path, monkeypatch):
     from evpipe.nodes.deblur.export import cached_student_onnx, parity

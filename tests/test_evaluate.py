@@ -152,7 +152,10 @@ def test_predict_cli_writes_table_json_csv_png(dataset_path, tmp_path, capsys):
     assert len(rows) == 2 * 2 * len(test_sequences)  # methods x k x sequences
     with Image.open(out / "predict_event-integration_test.png") as png:
         assert png.width > 500 and png.height > 300
-    assert "| data | k | method |" in (out / "predict_event-integration_test.md").read_text()
+    markdown = (out / "predict_event-integration_test.md").read_text()
+    assert "| data | k | method |" in markdown
+    command = f"python -m evpipe.tools.evaluate --task predict --model event-integration --dataset {dataset_path}"
+    assert f"Written by `{command} " in markdown
 
 
 @pytest.mark.parametrize(("task", "model"), [("deblur", "blurry"), ("upsample", "tests.test_evaluate:_mean_model"),

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from evpipe.runtime.events import Events
 from evpipe.tools.dataset import EventDataset
-from evpipe.tools.evaluate import build_sources, evaluate_source, resolve_model, write_reports
+from evpipe.tools.evaluate import build_sources, command_line, evaluate_source, resolve_model, write_reports
 
 DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STREET = Path("davis346_street") / "davis346_street_first1.8s.h5"
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    settings = {"argv": "-m evpipe.tools.bench_deblur " + " ".join(sys.argv[1:] if argv is None else argv),
+    settings = {"command": command_line("evpipe.tools.bench_deblur", argv),
                 "dataset": str(dataset.root), "dataset_name": dataset.meta["name"], "split": args.split,
                 "exposures": args.exposures, "fit_samples": args.fit_samples, "max_samples": args.max_samples,
                 "real_recordings": [], "checkpoint": str(args.checkpoint or "tiny"),

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    settings = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "dataset": str(dataset.root),
+    settings = {"command": ev.command_line("evpipe.tools.bench_upsample", argv),
+                "dataset": str(dataset.root),
                 "dataset_name": dataset.meta["name"], "split": args.split, "max_samples": args.max_samples,
                 "large_motion": args.large_motion, "large_motion_threshold_px": threshold,
                 "motion_px_median": float(np.median(motion)), "real_recordings": [],
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = ev.write_reports(args.out, args.name, "upsample", [m for m in METHODS if m.startswith("hifi")], results,
                              settings)
     paths["md"].write_text(
-        paths["md"].read_text().replace("python -m evpipe.tools.evaluate", "python -m evpipe.tools.bench_upsample")
+        paths["md"].read_text()
         + f"\nLarge motion: the {args.large_motion} triplets of the split with the largest global shift between "
         f"frame0 and frame1 (phase correlation; ≥ {threshold:.1f} px; median over the split "
         f"{settings['motion_px_median']:.1f} px). HiFI: 8 DDIM steps, mean of 4 samples; hifi-base runs the "

@@ -76,6 +76,7 @@ import importlib
 import importlib.util
 import json
 import platform
+import shlex
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -746,6 +747,11 @@ def save_examples_png(path: Path, task: str, results: list[dict[str, Any]], meth
     plt.close(fig)
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The shell command that ran ``module`` with ``argv`` (default: this process's arguments), for reports."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
 def write_reports(out: Path, name: str, task: str, models: list[str], results: list[dict[str, Any]],
                   settings: dict[str, Any]) -> dict[str, Path]:
     """Write <name>.md, .json, _per_sequence.csv and .png under ``out``; returns their paths."""
@@ -760,7 +766,7 @@ def write_reports(out: Path, name: str, task: str, models: list[str], results: l
         for r in results for m, s in r["summary"].items() if s["fitted"]))
     paths["md"].write_text(
         f"# {task}: {model} vs baselines\n\n"
-        f"Written by `python -m evpipe.tools.evaluate {settings['argv']}` "
+        f"Written by `{settings['command']}` "
         f"(dataset `{settings['dataset_name']}`, split `{settings['split']}`: sources never seen in training; "
         "free baseline parameters fitted on the training split).\n"
         + ("Real recordings: scored on the second half of their consecutive APS frame pairs, baseline parameters "
@@ -894,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     model_names = "+".join(args.model).replace(":", "_").replace("/", "_")
     name = args.name or f"{args.task}_{model_names}_{args.split}"
     settings = {
-        "argv": " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("evpipe.tools.evaluate", argv),
         "dataset": str(dataset.root),
         "dataset_name": dataset.meta["name"],
         "split": args.split,
