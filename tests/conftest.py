@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engines_shared import dynamic_batch_onnx, net, onnx_path  # noqa: F401 - the engine tests' fixtures
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 TESTS = Path(__file__).resolve().parent

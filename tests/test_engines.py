@@ -1,7 +1,6 @@
 """Inference engines on the CPU: backend parity, input checking, backend errors, async order and skips.
 
-Tolerances (max abs error against the fp32 torch module, outputs of order 0.1-1): fp32 1e-5,
-fp16 1e-2.
+The net, its ONNX exports and the tolerances: tests/engines_shared.py.
 """
 
 from __future__ import annotations
@@ -27,45 +26,8 @@ from evpipe.runtime.engines import (  # noqa: E402 - after the torch skip
     open_engine,
 )
 from evpipe.runtime.engines.trt_backend import engine_cache_key, profile_shapes  # noqa: E402
-from evpipe.tools.bench_engines import export_onnx, small_conv_net  # noqa: E402
-
-SHAPE = (1, 5, 32, 32)
-FP32_TOL = 1e-5
-FP16_TOL = 1e-2
-
-
-@pytest.fixture(scope="module")
-def net() -> torch.nn.Module:
-    return small_conv_net(seed=1)
-
-
-@pytest.fixture(scope="module")
-def onnx_path(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("onnx")
-    return export_onnx(net, [TensorSpec("voxel", SHAPE, np.float32)], folder / "net.onnx", ["image"])
-
-
-@pytest.fixture(scope="module")
-def dynamic_batch_onnx(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("onnx_dynamic")
-    return export_onnx(
-        net,
-        [TensorSpec("voxel", (2, 5, 32, 32), np.float32)],
-        folder / "net_dyn.onnx",
-        ["image"],
-        dynamic_axes={"voxel": {0: "batch"}},
-    )
-
-
-def _voxels(count: int, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
-
-
-def _reference(net: torch.nn.Module, voxel: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net(torch.from_numpy(voxel)).numpy()
-
+from evpipe.tools.bench_engines import export_onnx  # noqa: E402
+from tests.engines_shared import FP16_TOL, FP32_TOL, SHAPE, random_voxels, torch_reference  # noqa: E402
 
 # ---- parity -----------------------------------------------------------------------------------
 
@@ -84,8 +46,8 @@ def test_every_available_cpu_backend_matches_the_torch_module(
 ) -> None:
     available = [name for name, reason in available_backends("cpu", precision).items() if reason is None]
     assert available, "no CPU backend available at all"
-    (voxel,) = _voxels(1)
-    expected = _reference(net, voxel)
+    (voxel,) = random_voxels(1)
+    expected = torch_reference(net, voxel)
     source = ModelSource(onnx=onnx_path, torch=net)
     for backend in available:
         with open_engine(source, backend=backend, device="cpu", precision=precision) as engine:
@@ -105,7 +67,7 @@ def test_torch_backend_and_onnxruntime_agree_on_many_inputs(net: torch.nn.Module
     ):
         assert torch_engine.inputs == ort_engine.inputs  # read from the ONNX graph
         assert torch_engine.outputs == ort_engine.outputs
-        for voxel in _voxels(5, seed=3):
+        for voxel in random_voxels(5, seed=3):
             a = ort_engine.run({"voxel": voxel})["image"]
             b = torch_engine.run({"voxel": voxel})["image"]
             np.testing.assert_allclose(a, b, rtol=0, atol=FP32_TOL)
@@ -113,11 +75,11 @@ def test_torch_backend_and_onnxruntime_agree_on_many_inputs(net: torch.nn.Module
 
 def test_fp16_torch_is_close_but_not_bit_identical(net: torch.nn.Module) -> None:
     source = ModelSource(torch=net, inputs=[TensorSpec("voxel", SHAPE, np.float32)], output_names=["image"])
-    (voxel,) = _voxels(1, seed=4)
+    (voxel,) = random_voxels(1, seed=4)
     with open_engine(source, device="cpu", precision="fp16") as engine:
         assert engine.backend == "torch"  # onnxruntime cannot serve fp16, and there is no ONNX here
         got = engine.run({"voxel": voxel})["image"]
-    error = np.abs(got - _reference(net, voxel)).max()
+    error = np.abs(got - torch_reference(net, voxel)).max()
     assert 0 < error <= FP16_TOL  # > 0: fp16 really was used inside
 
 
@@ -156,9 +118,9 @@ def test_dynamic_batch_runs_on_onnxruntime_but_torch_needs_fixed_shapes(
     with open_engine(dynamic_batch_onnx, device="cpu") as engine:
         assert engine.inputs[0].shape == (None, 5, 32, 32)
         for batch in (1, 3):
-            (voxel,) = _voxels(1, shape=(batch, 5, 32, 32), seed=batch)
+            (voxel,) = random_voxels(1, shape=(batch, 5, 32, 32), seed=batch)
             got = engine.run({"voxel": voxel})["image"]
-            np.testing.assert_allclose(got, _reference(net, voxel), rtol=0, atol=FP32_TOL)
+            np.testing.assert_allclose(got, torch_reference(net, voxel), rtol=0, atol=FP32_TOL)
     with pytest.raises(ValueError, match=r"fixed input shapes.*voxel"):
         open_engine(ModelSource(onnx=dynamic_batch_onnx, torch=net), backend="torch", device="cpu")
 
@@ -196,7 +158,7 @@ def test_wrong_feeds_are_rejected_naming_the_input(
 
 
 def test_non_contiguous_and_read_only_feeds_are_accepted(net: torch.nn.Module, onnx_path: Path) -> None:
-    (voxel,) = _voxels(1, seed=5)
+    (voxel,) = random_voxels(1, seed=5)
     strided = np.asfortranarray(voxel)
     read_only = voxel.copy()
     read_only.flags.writeable = False
@@ -323,7 +285,7 @@ def test_onnxruntime_threads_option_is_applied(onnx_path: Path) -> None:
 
 @pytest.mark.parametrize("max_in_flight", [1, 3])
 def test_async_results_come_in_order_and_equal_sync_results(onnx_path: Path, max_in_flight: int) -> None:
-    voxels = _voxels(24, seed=7)
+    voxels = random_voxels(24, seed=7)
     with open_engine(onnx_path, device="cpu", max_in_flight=max_in_flight) as engine:
         expected = [engine.run({"voxel": v})["image"] for v in voxels]
         tickets = []
@@ -342,7 +304,7 @@ def test_async_results_come_in_order_and_equal_sync_results(onnx_path: Path, max
 
 
 def test_submit_copies_feeds_so_the_caller_may_reuse_its_buffer(onnx_path: Path) -> None:
-    voxels = _voxels(6, seed=8)
+    voxels = random_voxels(6, seed=8)
     buffer = np.empty(SHAPE, np.float32)
     with open_engine(onnx_path, device="cpu", max_in_flight=2) as engine:
         expected = [engine.run({"voxel": v})["image"] for v in voxels]
@@ -359,7 +321,7 @@ def test_latest_policy_skips_stale_requests_and_counts_them(net: torch.nn.Module
     big = (1, 5, 512, 512)
     with __import__("tempfile").TemporaryDirectory() as folder:
         path = export_onnx(net, [TensorSpec("voxel", big, np.float32)], Path(folder) / "big.onnx", ["image"])
-        voxels = _voxels(30, shape=big, seed=9)
+        voxels = random_voxels(30, shape=big, seed=9)
         with open_engine(path, device="cpu", max_in_flight=1, policy="latest") as engine:
             tickets = [engine.submit({"voxel": v}) for v in voxels]
             results = engine.collect(block=True, timeout=120)

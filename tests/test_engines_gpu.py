@@ -1,8 +1,8 @@
 """GPU engines: TensorRT 10, torch with CUDA graphs, the ONNX Runtime CUDA provider.
 
 The development workplace has no GPU and cannot install TensorRT, so every test here skips there
-with its reason; they run wherever the dependency and a CUDA GPU are present. Tolerances as in
-test_engines.py: max abs error against the fp32 torch module on the CPU, fp32 1e-5, fp16 1e-2.
+with its reason; they run wherever the dependency and a CUDA GPU are present. The net, its
+ONNX exports and the tolerances: tests/engines_shared.py.
 """
 
 from __future__ import annotations
@@ -22,11 +22,8 @@ from evpipe.runtime.engines import (  # noqa: E402 - after the torch skip
     available_backends,
     open_engine,
 )
-from evpipe.tools.bench_engines import export_onnx, small_conv_net  # noqa: E402
+from tests.engines_shared import FP16_TOL, FP32_TOL, SHAPE, random_voxels, torch_reference  # noqa: E402
 
-SHAPE = (1, 5, 32, 32)
-FP32_TOL = 1e-5
-FP16_TOL = 1e-2
 NO_GPU = "no CUDA GPU visible to torch (the development workplace has none)"
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
 
@@ -43,39 +40,6 @@ def trt():
     if not torch.cuda.is_available():
         pytest.skip(NO_GPU)
     return module
-
-
-@pytest.fixture(scope="module")
-def net() -> torch.nn.Module:
-    return small_conv_net(seed=2)
-
-
-@pytest.fixture(scope="module")
-def onnx_path(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("onnx_gpu")
-    return export_onnx(net, [TensorSpec("voxel", SHAPE, np.float32)], folder / "net.onnx", ["image"])
-
-
-@pytest.fixture(scope="module")
-def dynamic_batch_onnx(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("onnx_gpu_dynamic")
-    return export_onnx(
-        net,
-        [TensorSpec("voxel", (2, 5, 32, 32), np.float32)],
-        folder / "net_dyn.onnx",
-        ["image"],
-        dynamic_axes={"voxel": {0: "batch"}},
-    )
-
-
-def _voxels(count: int, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
-
-
-def _reference(net: torch.nn.Module, voxel: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net(torch.from_numpy(voxel)).numpy()
 
 
 def _max_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -95,8 +59,8 @@ def test_trt_matches_the_torch_module(
         onnx_path, backend="tensorrt", device="cuda", precision=precision, tensorrt=options
     ) as engine:
         assert engine.inputs == (TensorSpec("voxel", SHAPE, np.float32),)
-        for voxel in _voxels(3, seed=1):
-            assert _max_error(engine.run({"voxel": voxel})["image"], _reference(net, voxel)) <= tolerance
+        for voxel in random_voxels(3, seed=1):
+            assert _max_error(engine.run({"voxel": voxel})["image"], torch_reference(net, voxel)) <= tolerance
 
 
 def test_trt_plan_is_cached_per_model_and_rebuilt_on_request(trt, onnx_path: Path, tmp_path: Path) -> None:
@@ -104,7 +68,7 @@ def test_trt_plan_is_cached_per_model_and_rebuilt_on_request(trt, onnx_path: Pat
     with open_engine(onnx_path, backend="tensorrt", device="cuda", tensorrt=options) as first:
         plan = first.plan_path
         built_at = plan.stat().st_mtime_ns
-        (voxel,) = _voxels(1, seed=2)
+        (voxel,) = random_voxels(1, seed=2)
         expected = first.run({"voxel": voxel})["image"]
     assert plan.parent == tmp_path and plan.with_suffix(".json").is_file()
     with open_engine(onnx_path, backend="tensorrt", device="cuda", tensorrt=options) as second:
@@ -120,7 +84,7 @@ def test_trt_plan_is_cached_per_model_and_rebuilt_on_request(trt, onnx_path: Pat
 
 
 def test_trt_async_results_in_order_equal_sync(trt, onnx_path: Path, tmp_path: Path) -> None:
-    voxels = _voxels(16, seed=3)
+    voxels = random_voxels(16, seed=3)
     with open_engine(
         onnx_path, backend="tensorrt", device="cuda", max_in_flight=3, tensorrt={"cache_dir": tmp_path}
     ) as engine:
@@ -142,8 +106,8 @@ def test_trt_dynamic_batch_needs_a_profile_and_enforces_it(
     with open_engine(dynamic_batch_onnx, backend="tensorrt", device="cuda", tensorrt=options) as engine:
         assert engine.inputs[0].shape == (None, 5, 32, 32)
         for batch in (1, 3, 4):
-            (voxel,) = _voxels(1, shape=(batch, 5, 32, 32), seed=batch)
-            assert _max_error(engine.run({"voxel": voxel})["image"], _reference(net, voxel)) <= FP32_TOL
+            (voxel,) = random_voxels(1, shape=(batch, 5, 32, 32), seed=batch)
+            assert _max_error(engine.run({"voxel": voxel})["image"], torch_reference(net, voxel)) <= FP32_TOL
         with pytest.raises(EngineInputError, match=r"input 'voxel': shape \[5, 5, 32, 32\] is outside"):
             engine.run({"voxel": np.zeros((5, 5, 32, 32), np.float32)})
 
@@ -176,8 +140,8 @@ def test_torch_cuda_matches_the_cpu_module(
         source, backend="torch", device="cuda", precision=precision, torch={"cuda_graph": cuda_graph}
     ) as engine:
         assert engine.outputs == (TensorSpec("image", (1, 1, 32, 32), np.float32),)
-        for voxel in _voxels(3, seed=4):
-            assert _max_error(engine.run({"voxel": voxel})["image"], _reference(net, voxel)) <= tolerance
+        for voxel in random_voxels(3, seed=4):
+            assert _max_error(engine.run({"voxel": voxel})["image"], torch_reference(net, voxel)) <= tolerance
     assert next(net.parameters()).device.type == "cpu"  # the caller's module was not moved
 
 
@@ -185,7 +149,7 @@ def test_torch_cuda_matches_the_cpu_module(
 @pytest.mark.parametrize("policy", ["lossless", "latest"])
 def test_torch_cuda_async_keeps_order(net: torch.nn.Module, policy: str) -> None:
     source = ModelSource(torch=net, inputs=[TensorSpec("voxel", SHAPE, np.float32)], output_names=["image"])
-    voxels = _voxels(32, seed=5)
+    voxels = random_voxels(32, seed=5)
     with open_engine(source, backend="torch", device="cuda", max_in_flight=2, policy=policy) as engine:
         expected = [engine.run({"voxel": v})["image"] for v in voxels]
         tickets = [engine.submit({"voxel": v}) for v in voxels]
@@ -210,8 +174,8 @@ def test_torch_cuda_async_keeps_order(net: torch.nn.Module, policy: str) -> None
 @requires_gpu
 def test_onnxruntime_cuda_matches_the_torch_module(net: torch.nn.Module, onnx_path: Path) -> None:
     with open_engine(onnx_path, backend="onnxruntime", device="cuda", max_in_flight=2) as engine:
-        voxels = _voxels(4, seed=6)
+        voxels = random_voxels(4, seed=6)
         for voxel in voxels:
-            assert _max_error(engine.run({"voxel": voxel})["image"], _reference(net, voxel)) <= FP32_TOL
+            assert _max_error(engine.run({"voxel": voxel})["image"], torch_reference(net, voxel)) <= FP32_TOL
         tickets = [engine.submit({"voxel": v}) for v in voxels]
         assert [r.ticket for r in engine.collect(block=True, timeout=60)] == tickets
