@@ -101,7 +101,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
 def refine_data_term(out: Path, pairs: PairData) -> float:
     model, steps = load_model("2step", out)
     anchor, voxel = pairs.frames[pairs.anchor].float(), pairs.voxels.float()
-    noise = torch.zeros(len(anchor), model.config.latent_channels, SIZE // 4, SIZE // 4)
+    noise = torch.zeros(len(anchor), *model.noise_shape(SIZE, SIZE))
     with torch.no_grad():
         return float(log_mse(model.predict(anchor, voxel, noise, steps), pairs.frames[pairs.target].float()))
 
@@ -152,7 +152,7 @@ def test_head_starts_as_no_correction_and_acts_within_its_reach():
             torch.nn.init.normal_(p, std=0.1)
     g = torch.Generator().manual_seed(0)
     anchor, voxel = torch.rand(1, 1, 32, 32, generator=g), torch.randn(1, BINS, 32, 32, generator=g)
-    noise = torch.zeros(1, 4, 8, 8)
+    noise = torch.zeros(1, *plain.noise_shape(32, 32))
     with torch.no_grad():
         assert torch.equal(plain.predict(anchor, voxel, noise, 2), headed.predict(anchor, voxel, noise, 2))
         torch.nn.init.normal_(headed.head[-1].weight, std=0.1)

@@ -38,8 +38,9 @@ import sys
 from pathlib import Path
 
 from evpipe.runtime.events import Events
+from evpipe.tools import command_line
 from evpipe.tools.dataset import EventDataset
-from evpipe.tools.evaluate import build_sources, command_line, evaluate_source, resolve_model, write_reports
+from evpipe.tools.evaluate import build_sources, evaluate_source, resolve_model, write_reports
 
 DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STREET = Path("davis346_street") / "davis346_street_first1.8s.h5"

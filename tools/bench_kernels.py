@@ -34,7 +34,6 @@ import gc
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from evpipe.kernels import edi_integral, event_frame, simulate_events, time_surface, voxel_grid
+from evpipe.tools import command_line
 
 BYTES_PER_EVENT = 13
 EDI_SAMPLES = 64
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python -m evpipe.tools.bench_kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("evpipe.tools.bench_kernels", argv),
         "machine": machine(),
         "bins": args.bins,
         "repeats": args.repeats,

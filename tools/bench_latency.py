@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from tqdm import tqdm
 
 from evpipe.runtime.graph import build_graph
 from evpipe.runtime.supervisor import Supervisor
+from evpipe.tools import command_line
 
 DEFAULT_RECORDING = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / \
     "davis346_street_first1.8s_zstd.aedat4"
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
               "variant": args.variant, "per_frame": args.per_frame, "cores": os.cpu_count(),
               "machine": f"{platform.machine()} CPU, no GPU", "naive": naive, "engine": engine, "graph": rows,
               "target": target, "load_start": load_start, "load_end": os.getloadavg()[0],
-              "command": "python -m evpipe.tools.bench_latency " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": command_line("evpipe.tools.bench_latency", argv)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     plot(result, out.with_suffix(".png"))

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from evpipe.tools import command_line
+
 VARIANTS = ("dessert-teacher", "dessert-4step", "dessert-2step", "dessert-1step", "dessert-4step-t1",
             "dessert-4step-latent", "dessert-short", "dessert-no-ervae", "dessert-no-dlt", "dessert-regression")
 ROLLOUT_MODELS = ("copy-last", "event-integration", "dessert-4step", "dessert-1step")
@@ -73,7 +75,7 @@ def markdown(results: list[dict], roll: dict, steps: int, settings: dict) -> str
     lines = [
         "# Next-frame prediction (DESSERT, tiny preset)",
         "",
-        f"Written by `python tools/bench_predict.py {settings['argv']}` on {settings['machine']} "
+        f"Written by `{settings['command']}` on {settings['machine']} "
         f"({settings['seconds']:.0f} s). Dataset `{settings['dataset']}`, test split; real recordings: second half "
         "of each (the first half fits the event-integration baseline). Mean over samples; Δ columns are PSNR "
         "differences against the two baselines measured in the same run; ms/call is the median of one call "
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [ev.evaluate_source("predict", s, methods, args.checkpoint, "cpu", n_examples=2) for s in sources]
     roll = rollout(dataset, train, args.checkpoint, args.rollout_steps, args.rollout_sequences, args.fit_samples)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "dataset": dataset.meta["name"],
+    settings = {"command": command_line("evpipe.tools.bench_predict", argv), "dataset": dataset.meta["name"],
                 "checkpoint": str(args.checkpoint or "tiny"), "max_samples": args.max_samples,
                 "machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
                 "real_recordings": [r.name for r in real], "seconds": time.perf_counter() - start,

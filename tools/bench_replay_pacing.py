@@ -37,6 +37,7 @@ from evpipe.nodes.sources.pacing import Pacer
 from evpipe.nodes.sources.readers import open_recording
 from evpipe.runtime.node import Node, Spec
 from evpipe.runtime.wire import Message, now_ns
+from evpipe.tools import command_line
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_RECORDING = DATA / "ecd_slider_depth" / "events.h5"
@@ -224,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "loops": args.loops, "speed": args.speed, "packet_us": args.packet_us, "transport": args.transport,
         "sensor_s": sensor_s, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "load_average": load,
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
-        "command": " ".join(["python -m evpipe.tools.bench_replay_pacing",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("evpipe.tools.bench_replay_pacing", argv),
         "reference": reference,
         "variants": variants,
         "target": {"lag_ms": TARGET_MS, "criterion": "delivery lag p99 <= lag_ms in every graph",

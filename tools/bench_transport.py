@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from evpipe.runtime.graph import build_graph
 from evpipe.runtime.supervisor import Supervisor
+from evpipe.tools import command_line
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "transport", "machine": {"cpu_count": mp.cpu_count(), "platform": platform.platform()},
-              "command": "python -m evpipe.tools.bench_transport " + " ".join(argv or []), "rows": rows}
+              "command": command_line("evpipe.tools.bench_transport", argv), "rows": rows}
     out.write_text(json.dumps(result, indent=1))
     lines = ["| events/packet | raw ZeroMQ (M ev/s) | evpipe graph (M ev/s) | graph / raw "
              "| runtime overhead (µs/msg) |",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evpipe.tools import command_line
 from evpipe.tools import evaluate as ev
 from evpipe.tools.dataset import EventDataset, default_dataset_path
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    settings = {"command": ev.command_line("evpipe.tools.bench_upsample", argv),
+    settings = {"command": command_line("evpipe.tools.bench_upsample", argv),
                 "dataset": str(dataset.root),
                 "dataset_name": dataset.meta["name"], "split": args.split, "max_samples": args.max_samples,
                 "large_motion": args.large_motion, "large_motion_threshold_px": threshold,
@@ -81,12 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                 "checkpoint": str(args.checkpoint or "tiny")}
     paths = ev.write_reports(args.out, args.name, "upsample", [m for m in METHODS if m.startswith("hifi")], results,
                              settings)
-    paths["md"].write_text(
-        paths["md"].read_text()
-        + f"\nLarge motion: the {args.large_motion} triplets of the split with the largest global shift between "
-        f"frame0 and frame1 (phase correlation; ≥ {threshold:.1f} px; median over the split "
-        f"{settings['motion_px_median']:.1f} px). HiFI: 8 DDIM steps, mean of 4 samples; hifi-base runs the "
-        "network on the whole 128² frame; the cascades use 32² patches (the training size), overlap 0.25.\n")
+    with paths["md"].open("a") as f:
+        f.write(f"\nLarge motion: the {args.large_motion} triplets of the split with the largest global shift "
+                f"between frame0 and frame1 (phase correlation; ≥ {threshold:.1f} px; median over the split "
+                f"{settings['motion_px_median']:.1f} px). HiFI: 8 DDIM steps, mean of 4 samples; hifi-base runs the "
+                "network on the whole 128² frame; the cascades use 32² patches (the training size), overlap 0.25.\n")
     print(ev.markdown_table(results, "hifi"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from evpipe.tools import command_line
+
 MODES = ("cascade", "non-patched")
 
 
@@ -96,8 +98,8 @@ def write_reports(rows: list[dict], out: Path, name: str, settings: dict) -> dic
                      f"{r['idle_mib']:.0f} | {r['working_mib']:.0f} | {r['working_ratio_to_smallest']:.1f} | "
                      f"{r['seconds']:.1f} |")
     paths["md"].write_text(
-        f"# HiFI peak memory against input size\n\nWritten by `python -m evpipe.tools.bench_upsample_memory "
-        f"{settings['argv']}` (checkpoint `{settings['checkpoint']}`, {settings['steps']} DDIM step(s), "
+        f"# HiFI peak memory against input size\n\nWritten by `{settings['command']}` "
+        f"(checkpoint `{settings['checkpoint']}`, {settings['steps']} DDIM step(s), "
         f"{settings['samples']} sample(s), {settings['patch_batch']} patches per network call, one torch thread; "
         f"load average {os.getloadavg()[0]:.1f}).\n\n" + "\n".join(lines) + "\n\n"
         "Peak RSS = the process's peak resident set (CPU; includes Python, torch and the model = idle RSS); "
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    settings = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "checkpoint": args.checkpoint,
+    settings = {"command": command_line("evpipe.tools.bench_upsample_memory", argv), "checkpoint": args.checkpoint,
                 "steps": args.steps, "samples": args.samples, "patch_batch": args.patch_batch}
     paths = write_reports(rows, args.out, args.name, settings)
     print(paths["md"].read_text())

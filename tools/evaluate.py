@@ -76,7 +76,6 @@ import importlib
 import importlib.util
 import json
 import platform
-import shlex
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -91,6 +90,7 @@ from PIL import Image
 from evpipe.kernels import edi_integral
 from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error
 from evpipe.runtime.events import Events
+from evpipe.tools import command_line
 from evpipe.tools.dataset import (
     ClipView,
     DeblurView,
@@ -745,11 +745,6 @@ def save_examples_png(path: Path, task: str, results: list[dict[str, Any]], meth
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def command_line(module: str, argv: list[str] | None) -> str:
-    """The shell command that ran ``module`` with ``argv`` (default: this process's arguments), for reports."""
-    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_reports(out: Path, name: str, task: str, models: list[str], results: list[dict[str, Any]],

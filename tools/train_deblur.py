@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -57,8 +56,9 @@ from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule
 from evpipe.nodes.deblur.sampler import exposure_edi
 from evpipe.nodes.predict.checkpoint import load_part, save_part
 from evpipe.runtime.engines.onnx_export import export_cache_dir
+from evpipe.tools import command_line
 from evpipe.tools.dataset import DeblurView, EventDataset
-from evpipe.tools.training import log_mse, optimise, stage_parser, with_iters
+from evpipe.tools.training import log_mse, optimise, sample_mse, stage_parser, with_iters
 
 STAGES = ("enhance", "priors", "tune", "distill")
 WARMUP_ITERS = 30
@@ -163,7 +163,7 @@ def lr_at(schedule: StageSchedule, step: int) -> float:
 
 def psnr_torch(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """Mean PSNR (dB, peak 1) over a batch (B, 1, H, W)."""
-    mse = (reference - estimate.clamp(0, 1)).square().flatten(1).mean(1).clamp(min=1e-10)
+    mse = sample_mse(estimate.clamp(0, 1), reference).clamp(min=1e-10)
     return float((10 * torch.log10(1.0 / mse)).mean())
 
 
@@ -300,7 +300,7 @@ class Trainer:
                               unit="batch"):
                 blurry, sharp, edi, voxel = random_crops(data, min(32, p.distill_pairs - start), p.crop, g)
                 out = teacher(blurry, edi, voxel, torch.zeros_like(blurry))
-                pairs.append((blurry, edi, voxel, out, (out - sharp).square().flatten(1).mean(1)))
+                pairs.append((blurry, edi, voxel, out, sample_mse(out, sharp)))
         teacher_set = [torch.cat(parts) for parts in zip(*pairs, strict=True)]
         steps = p.student_steps[0]
         model.student.requires_grad_(True)
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or CHECKPOINTS / preset.name
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(preset, out, args.dataset, args.seed, args.tune_samples)
-    command = "python -m evpipe.tools.train_deblur " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = command_line("evpipe.tools.train_deblur", argv)
     try:
         for stage in STAGES if args.stage == "all" else [args.stage]:
             start = time.perf_counter()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from evpipe.nodes import diffusion
 from evpipe.nodes.restore.model import CHECKPOINT_DIR, ImagePrior, PriorConfig, save_prior, to_model
+from evpipe.tools import command_line
 from evpipe.tools.dataset import EventDataset
 
 
@@ -132,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
     schedule = diffusion.CosineSchedule()
     generator = torch.Generator().manual_seed(args.seed)
-    arguments = " ".join(sys.argv[1:] if argv is None else argv)
-    record = {"command": f"python -m evpipe.tools.train_restore_prior {arguments}",
+    record = {"command": command_line("evpipe.tools.train_restore_prior", argv),
               "preset": args.preset, "recipe": {**asdict(preset), "steps": steps}, "train_frames": len(train_frames)}
     start, losses, step = time.monotonic(), [], 0
 

@@ -17,6 +17,11 @@ from tqdm import tqdm
 LOG_FLOOR = 1e-6
 
 
+def sample_mse(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The MSE of every sample of a batch (B, ...): shape (B,)."""
+    return (estimate - reference).square().flatten(1).mean(1)
+
+
 def log_mse(estimate: torch.Tensor, reference: torch.Tensor, floor: torch.Tensor | float = LOG_FLOOR) -> torch.Tensor:
     """Mean over the batch (B, ...) of log10(per-sample MSE + floor): -PSNR / 10 above the floor, so
     the loss weighs every frame as the mean-PSNR evaluations do. A plain MSE is dominated by the frames
@@ -24,7 +29,7 @@ def log_mse(estimate: torch.Tensor, reference: torch.Tensor, floor: torch.Tensor
     steps) averaged 43.22 dB, below the blurry input's 44.69, with a tenth of the frames 8.5 dB or more
     below their input; the same probe on this loss (2000 steps) averaged 45.18 dB. ``floor`` (a scalar or
     one value per sample) is the error below which a sample stops counting."""
-    return torch.log10((estimate - reference).square().flatten(1).mean(1) + floor).mean()
+    return torch.log10(sample_mse(estimate, reference) + floor).mean()
 
 
 class Schedule(Protocol):
