@@ -48,8 +48,10 @@ def test_temporal_psf_and_degradation():
     np.testing.assert_allclose(degraded[5:12, 0, 0], 1 / 7, rtol=1e-6)  # an impulse spreads over 7 frames
     assert degraded[4, 0, 0] == 0 and degraded[12, 0, 0] == 0
     ramp = np.arange(16, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
-    # replicated edges: the first output averages frames (0, 0, 0, 0, 1, 2, 3)
-    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"))[0, 0, 0] == pytest.approx(6 / 7)
+    # circular (the default): the first output averages frames (13, 14, 15, 0, 1, 2, 3)
+    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"))[0, 0, 0] == pytest.approx(48 / 7)
+    # replicated edges: frames (0, 0, 0, 0, 1, 2, 3)
+    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"), "replicate")[0, 0, 0] == pytest.approx(6 / 7)
 
 
 def test_blend_and_cubic_baselines():

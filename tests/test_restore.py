@@ -8,6 +8,7 @@ import torch
 
 from evpipe.nodes.restore import operators as ops
 from evpipe.nodes.restore.model import ImagePrior, PriorConfig, resolve_checkpoint
+from evpipe.nodes.restore.psf import BOUNDARIES
 from evpipe.nodes.restore.sampler import DDSConfig, cg_only, dds_restore, sampler_noise
 from evpipe.tools.evaluate import degrade_clip, temporal_psf
 
@@ -24,13 +25,14 @@ def _one_thread():
 
 
 def _operators() -> dict[str, ops.LinearOperator]:
-    built = {name: ops.TemporalPSF(temporal_psf(name), SHAPE[0]) for name in ("uniform7", "uniform13", "gaussian1")}
+    built = {f"{name}-{boundary}": ops.TemporalPSF(temporal_psf(name), SHAPE[0], boundary)
+             for name in ("uniform7", "uniform13", "gaussian1") for boundary in BOUNDARIES}
     built["blur"] = ops.GaussianBlur(2.0, 13)
     built["pool4"] = ops.AveragePool(4)
     built["inpaint"] = ops.Inpaint(ops.random_mask(SHAPE, 0.5, seed=3))
     for spatial in ops.SPATIAL:
         built[f"uniform7+{spatial}"] = ops.make_operator(temporal_psf("uniform7"), SHAPE, spatial, seed=1)
-    built["gaussian1+blur+pool4"] = ops.Compose([built["gaussian1"], built["blur"], built["pool4"]])
+    built["gaussian1+blur+pool4"] = ops.Compose([built["gaussian1-replicate"], built["blur"], built["pool4"]])
     return built
 
 
@@ -56,12 +58,30 @@ def test_separable_gaussian_blur_equals_the_2d_convolution() -> None:
     assert float(taps.sum()) == pytest.approx(1.0)
 
 
-def test_temporal_psf_matches_the_benchmark_degradation() -> None:
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_temporal_psf_matches_the_benchmark_degradation(boundary: str) -> None:
     clip = np.random.default_rng(0).random((16, 8, 8), dtype=np.float32)
     for name in ("uniform7", "uniform13", "gaussian1"):
         psf = temporal_psf(name)
-        ours = ops.TemporalPSF(psf, 16).forward(torch.from_numpy(clip)).numpy()
-        np.testing.assert_allclose(ours, degrade_clip(clip, psf), atol=1e-6)
+        ours = ops.TemporalPSF(psf, 16, boundary).forward(torch.from_numpy(clip)).numpy()
+        np.testing.assert_allclose(ours, degrade_clip(clip, psf, boundary), atol=1e-6)
+
+
+def test_the_boundary_decides_whether_uniform13_on_16_frames_is_invertible() -> None:
+    """Circular: a circulant matrix whose eigenvalues sin(13πk/16) / (13 sin(πk/16)) never vanish (13 and 16
+    are coprime), smallest |.| 0.018 at k = 5. Replicated: rank 15, a null vector on frames 1 and 14."""
+    psf = temporal_psf("uniform13")
+    circular = np.linalg.svd(ops.TemporalPSF(psf, 16, "circular").matrix.double().numpy(), compute_uv=False)
+    k = np.arange(1, 16)
+    eigen = np.abs(np.sin(13 * np.pi * k / 16) / (13 * np.sin(np.pi * k / 16)))
+    np.testing.assert_allclose(np.sort(circular), np.sort(np.r_[1.0, eigen]), atol=1e-6)
+    assert circular.min() == pytest.approx(0.018, abs=5e-4)
+    _, values, vt = np.linalg.svd(ops.TemporalPSF(psf, 16, "replicate").matrix.double().numpy())
+    assert values[-1] < 1e-6 < values[-2]
+    null = np.abs(vt[-1])
+    assert set(np.argsort(null)[-2:]) == {1, 14}
+    with pytest.raises(ValueError, match="temporal boundary 'mirror'"):
+        ops.TemporalPSF(psf, 16, "mirror")
 
 
 def test_operator_errors_are_clear() -> None:
@@ -167,7 +187,7 @@ def test_dds_on_a_tiny_clip_beats_the_measurement() -> None:
     psf = temporal_psf("uniform7")
     degraded = degrade_clip(clip, psf)
     restore = MODELS["dds"](ModelContext("restore", 32, 32, 1, list))
-    restored = restore(degraded, psf)
+    restored = restore(degraded, psf, None, "circular")
     assert restored.shape == clip.shape and restored.dtype == np.float32
     assert restored.min() >= 0.0 and restored.max() <= 1.0
     assert np.mean((restored - clip) ** 2) < 0.5 * np.mean((degraded - clip) ** 2)
@@ -201,11 +221,12 @@ def test_restore_node_windows_cover_the_clip_in_order() -> None:
     assert all(f.image.shape == (16, 12) and f.image.dtype == np.float32 for f in frames)
     assert report == {"frames_in": 15, "frames_out": 15, "windows": 4}  # 0-5, 4-9, 8-13, 12-14
     # One window holding the whole clip is exactly the sampler on the clip.
-    whole = _run_restore_node(clip[:6], window=6, overlap=2)
-    direct = dds_restore(_load_tiny(), ops.TemporalPSF(temporal_psf("uniform7"), 6),
-                         torch.from_numpy(np.round(clip[:6] * 255 - 0.5) / 255)[:, None].float(), (6, 1, 16, 12),
-                         DDSConfig(nfe=2))
-    np.testing.assert_allclose(np.stack([m.frame().image for m in whole[:-1]]), direct[:, 0].numpy(), atol=1e-5)
+    measured = torch.from_numpy(np.round(clip[:6] * 255 - 0.5) / 255)[:, None].float()
+    for boundary in BOUNDARIES:
+        whole = _run_restore_node(clip[:6], window=6, overlap=2, boundary=boundary)
+        direct = dds_restore(_load_tiny(), ops.TemporalPSF(temporal_psf("uniform7"), 6, boundary), measured,
+                             (6, 1, 16, 12), DDSConfig(nfe=2))
+        np.testing.assert_allclose(np.stack([m.frame().image for m in whole[:-1]]), direct[:, 0].numpy(), atol=1e-5)
 
 
 def test_restore_node_super_resolves_with_sr4() -> None:
@@ -226,6 +247,8 @@ def test_restore_node_rejects_bad_parameters() -> None:
 
     with pytest.raises(ParamError):
         Restore("restore", {"degradation": "uniform5"})
+    with pytest.raises(ParamError, match="boundary"):
+        Restore("restore", {"boundary": "mirror"})
     node = Restore("restore", {"window": 4, "overlap": 4})
     with pytest.raises(NodeError, match="overlap"):
         node.start()
@@ -277,7 +300,7 @@ def test_spatio_temporal_cases_carry_their_operator() -> None:
     small = ev.degrade_spatially(ev.degrade_clip(clip, ev.temporal_psf("uniform7")), "sr4", seed=0)
     assert small.shape == (6, 4, 2)
     upsampled = ev.resolve_model("restore", "degraded").factory(None)(small, ev.temporal_psf("uniform7"),
-                                                                      {"kind": "sr4", "seed": 0})
+                                                                      {"kind": "sr4", "seed": 0}, "circular")
     assert upsampled.shape == clip.shape
     masked = ev.degrade_spatially(clip, "inpaint", seed=3)
     assert 0.3 < np.mean(masked == 0) < 0.7

@@ -22,8 +22,9 @@ Tasks, their data and their model protocol (images are float32 in [0, 1], (H, W)
   after) -> middle``; ``before``/``after`` are the neighbours at the same spacing on each side
   (a model may ignore them).
 * ``restore`` — ``ClipView`` clips of ``--clip-length`` (16) APS frames degraded by a temporal PSF (``--degradation``,
-  the DDS paper's settings): ``fn(degraded (L, H, W[, 3]), psf (w,) float32) -> (L, H, W[, 3])``,
-  with ``degraded[t] = sum_j psf[j] * clip[min(max(t + j - w // 2, 0), L - 1)]`` (edges replicated),
+  the DDS paper's settings): ``fn(degraded (L, H, W[, 3]), psf (w,) float32, spatial, boundary) -> (L, H, W[, 3])``,
+  with ``degraded[t] = sum_j psf[j] * clip[(t + j - w // 2) mod L]`` (``--boundary circular``, the boundary of
+  the paper's released code and the default; ``replicate`` repeats the end frames instead),
   plus, with ``--noise SIGMA``, Gaussian noise of that standard deviation (seeded by the clip's index),
   and, with ``--bits N``, the result clipped to [0, 1] and rounded to 2^N − 1 levels (``--bits 8``: what
   an 8-bit video file, the input of ``evpipe restore``, holds; see :class:`Measurement`).
@@ -31,7 +32,7 @@ Tasks, their data and their model protocol (images are float32 in [0, 1], (H, W)
   follow the PSF with the DDS paper's spatial operator
   (``evpipe.nodes.restore.operators.spatial_operator``: Gaussian blur σ 2, 4× average pooling — the
   measurement is then 4× smaller —, or a random mask keeping 50% of the pixels, seeded by the clip's
-  index); such cases call ``fn(degraded, psf, spatial)`` with ``spatial = {"kind": ..., "seed": ...}``.
+  index): ``spatial = {"kind": ..., "seed": ...}``; None for a PSF alone.
 
 Several ``--model`` names run side by side (with the baselines) in one report.
 
@@ -89,6 +90,7 @@ from PIL import Image
 
 from evpipe.kernels import edi_integral
 from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error
+from evpipe.nodes.restore.psf import BOUNDARIES, boundary_index
 from evpipe.runtime.events import Events
 from evpipe.tools import command_line
 from evpipe.tools.dataset import (
@@ -319,7 +321,8 @@ def _aligned_blend(context: ModelContext) -> ModelFn:
 
 
 def _degraded(context: ModelContext) -> ModelFn:
-    def measurement(degraded: np.ndarray, psf: np.ndarray, spatial: dict[str, Any] | None = None) -> np.ndarray:
+    def measurement(degraded: np.ndarray, psf: np.ndarray, spatial: dict[str, Any] | None, boundary: str
+                    ) -> np.ndarray:
         if spatial and spatial["kind"] == "sr4":  # nearest-neighbour back to the clip's size
             return degraded.repeat(4, axis=1).repeat(4, axis=2)
         return degraded.copy()
@@ -356,9 +359,7 @@ def _model_args(task: str, case: Case) -> tuple:
         return _deblur_args(case)
     if task == "upsample":
         return case["frame0"], case["frame1"], case["before"], case["after"]
-    if case.get("spatial"):
-        return case["degraded"], case["psf"], case["spatial"]
-    return case["degraded"], case["psf"]
+    return case["degraded"], case["psf"], case["spatial"], case["boundary"]
 
 
 def _deblur_args(case: Case) -> tuple:
@@ -399,28 +400,33 @@ def degrade_spatially(clip: np.ndarray, kind: str, seed: int) -> np.ndarray:
     return out[:, 0] if clip.ndim == 3 else np.ascontiguousarray(np.moveaxis(out, 1, -1))
 
 
-def degrade_clip(clip: np.ndarray, psf: np.ndarray) -> np.ndarray:
-    """Temporal PSF convolution of a clip (L, ...) with replicated edges (see the module docstring)."""
+def degrade_clip(clip: np.ndarray, psf: np.ndarray, boundary: str = "circular") -> np.ndarray:
+    """Temporal PSF convolution of a clip (L, ...), frames beyond it given by ``boundary`` (``circular`` or
+    ``replicate``, see the module docstring)."""
     length, half = len(clip), len(psf) // 2
     out = np.zeros_like(clip, dtype=np.float32)
     for j, weight in enumerate(psf):
-        out += weight * clip[np.clip(np.arange(length) + j - half, 0, length - 1)]
+        out += weight * clip[boundary_index(np.arange(length) + j - half, length, boundary)]
     return out
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """How a restore case's degraded clip is measured: ``noise`` std of additive Gaussian noise, then,
-    when ``bits`` is set, clipping to [0, 1] and rounding to ``2**bits - 1`` levels."""
+    """How a restore case's degraded clip is measured: the temporal PSF with ``boundary`` edges
+    (:func:`degrade_clip`), ``noise`` std of additive Gaussian noise, then, when ``bits`` is set,
+    clipping to [0, 1] and rounding to ``2**bits - 1`` levels."""
 
     noise: float = 0.0
     bits: int | None = None
+    boundary: str = "circular"
 
     def __post_init__(self) -> None:
         if not self.noise >= 0:
             raise ValueError(f"Measurement.noise must be >= 0, got {self.noise!r}")
         if self.bits is not None and not 1 <= self.bits <= 16:
             raise ValueError(f"Measurement.bits must be in 1..16, got {self.bits!r}")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"Measurement.boundary must be one of {', '.join(BOUNDARIES)}, got {self.boundary!r}")
 
     def apply(self, degraded: np.ndarray, seed: int) -> np.ndarray:
         """The measured clip (float32, ``degraded``'s shape); the noise is seeded by ``seed``."""
@@ -474,12 +480,12 @@ def dataset_cases(
         for i in range(len(view)):
             sample = view[i]
             clip = np.stack([_hwc(frame) for frame in sample["frames"]])
-            degraded = degrade_clip(clip, psf)
+            degraded = degrade_clip(clip, psf, measurement.boundary)
             if spatial:
                 degraded = degrade_spatially(degraded, spatial, seed=i)
             degraded = measurement.apply(degraded, seed=i)
             yield {"degraded": degraded, "psf": psf, "target": clip,
-                   "spatial": {"kind": spatial, "seed": i} if spatial else None,
+                   "spatial": {"kind": spatial, "seed": i} if spatial else None, "boundary": measurement.boundary,
                    "sequence": names[int(sample["sequence"])], "index": int(sample["aps"])}
 
 
@@ -851,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="restore: one or more of uniform7, uniform13, gaussian1, each optionally followed by "
                         "+blur, +sr4 or +inpaint (one block each)")
     parser.add_argument("--clip-length", type=int, default=CLIP_LENGTH, help="restore: APS frames per clip")
+    parser.add_argument("--boundary", default="circular", choices=BOUNDARIES,
+                        help="restore: frames beyond a clip in the temporal PSF (default circular, the paper's code)")
     parser.add_argument("--noise", type=float, default=0.0, help="restore: std of Gaussian noise on the measurement")
     parser.add_argument("--bits", type=int, help="restore: quantise the measurement to this many bits (8: a video "
                         "file's levels; default: float)")
@@ -866,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in args.k):
         parser.error(f"--k: gaps must be >= 1, got {args.k}")
     try:
-        measurement = Measurement(args.noise, args.bits)
+        measurement = Measurement(args.noise, args.bits, args.boundary)
     except ValueError as error:
         parser.error(str(error).replace("Measurement.", "--"))
     if args.max_samples is not None and args.max_samples < 1:
@@ -902,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k if args.task == "predict" else None,
         "degradation": args.degradation if args.task == "restore" else None,
         "clip_length": args.clip_length if args.task == "restore" else None,
+        "boundary": args.boundary if args.task == "restore" else None,
         "noise": args.noise if args.task == "restore" else None,
         "bits": args.bits if args.task == "restore" else None,
         "exposure_intervals": args.exposure_intervals if args.task == "deblur" else None,

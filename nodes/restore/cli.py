@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from evpipe.nodes.restore.node import DEGRADATIONS, SPATIAL, VIDEO_SUFFIXES
+from evpipe.nodes.restore.psf import BOUNDARIES
 
 CONFIG = "restore_clip.yaml"
 
@@ -19,12 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "recording with APS frames")
     parser.add_argument("output", help="restored video (.mp4)")
     parser.add_argument("--degradation", required=True, choices=DEGRADATIONS, help="the clip's temporal PSF")
+    parser.add_argument("--boundary", default="circular", choices=BOUNDARIES,
+                        help="frames beyond a window in the PSF: wrapped (default, the paper's code) or replicated")
     parser.add_argument("--spatial", default="none", choices=SPATIAL, help="spatial degradation after the PSF")
     parser.add_argument("--nfe", type=int, help="sampler steps per window (default 20; 100 with --spatial)")
     parser.add_argument("--eta", type=float, help="DDIM stochasticity (default 0.15; 0.8 with --spatial)")
     parser.add_argument("--cg-steps", type=int, default=5, help="CG steps per sampler step (default 5)")
-    parser.add_argument("--time-power", type=float, default=3.0,
-                        help="sampler time grid t_i = (1 - i/nfe)^p (default 3; 1 is the paper's even grid)")
+    parser.add_argument("--time-power", type=float, default=1.0,
+                        help="sampler time grid t_i = (1 - i/nfe)^p (default 1, the paper's even grid)")
     parser.add_argument("--window", type=int, default=16, help="frames restored together (default 16)")
     parser.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive windows (default 4)")
     parser.add_argument("--fps", type=float, help="frame rate of the output (default: the input video's, else 25)")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     eta = args.eta if args.eta is not None else (0.8 if spatial else 0.15)
     fps = args.fps or (_video_rate(source) if source.suffix.lower() in VIDEO_SUFFIXES else None) or 25.0
     overrides = [f"clip.path={source}", f"video.path={args.output}", f"video.fps={fps}",
-                 f"restore.degradation={args.degradation}", f"restore.spatial={args.spatial}", f"restore.nfe={nfe}",
+                 f"restore.degradation={args.degradation}", f"restore.boundary={args.boundary}",
+                 f"restore.spatial={args.spatial}", f"restore.nfe={nfe}",
                  f"restore.eta={eta}", f"restore.cg_steps={args.cg_steps}", f"restore.time_power={args.time_power}",
                  f"restore.window={args.window}", f"restore.overlap={args.overlap}",
                  f"restore.checkpoint={args.checkpoint}", f"restore.seed={args.seed}"]

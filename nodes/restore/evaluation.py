@@ -5,12 +5,13 @@ settings unless the NFE is overridden), ``dds-no-batch-consistent`` (the paper's
 noise per frame), ``cg`` (CG alone: the same M × NFE CG iterations, restarted every M like the sampler's,
 without the diffusion updates) and ``admm-tv`` (ADMM on ½‖y − Ax‖² + λ‖∇_t x‖₁, 30 × 20 iterations,
 λ chosen on training clips). CG-only and ADMM-TV start from the normalised back-projection
-``Aᵀy / Aᵀ(A 1)`` (the degraded clip itself for a temporal PSF), a stronger start than zeros.
+``Aᵀy / Aᵀ(A 1)``, a stronger start than zeros.
 
-Spatio-temporal cases (``--degradation uniform7+blur`` etc.) pass a third argument ``spatial``
-(``{"kind", "seed"}``, see ``evpipe.tools.evaluate``); the operator is
-:func:`evpipe.nodes.restore.operators.make_operator` and the DDS settings are the paper's
-spatio-temporal ones (η 0.8, 100 NFE). ``--checkpoint`` selects the prior (default the shipped
+Every model is called ``fn(degraded, psf, spatial, boundary)`` (see ``evpipe.tools.evaluate``): ``spatial``
+is None or, for the spatio-temporal cases (``--degradation uniform7+blur`` etc.), ``{"kind", "seed"}``;
+``boundary`` is the temporal PSF's (``--boundary``). The operator is
+:func:`evpipe.nodes.restore.operators.make_operator`; with a spatial degradation the DDS settings are the
+paper's spatio-temporal ones (η 0.8, 100 NFE). ``--checkpoint`` selects the prior (default the shipped
 ``tiny``). The environment variable ``EVPIPE_DDS_NFE`` overrides the NFE of every DDS model and of
 the CG-only baseline together (so both keep the same number of CG iterations); the values used are
 recorded in the report's fitted parameters.
@@ -59,14 +60,14 @@ def _fitted(configs: DDSConfig | tuple[DDSConfig, DDSConfig]) -> dict[str, float
             "time_power": temporal.time_power, "nfe_spatial": spatial.nfe, "eta_spatial": spatial.eta}
 
 
-def problem(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial
+def problem(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str
             ) -> tuple[LinearOperator, torch.Tensor, tuple[int, int, int, int]]:
     """(A, y (L, C, h, w), clip shape (L, C, H, W)) of a restore case (see ``evpipe.tools.evaluate``)."""
     y = to_clip(degraded)
     kind = spatial["kind"] if spatial else None
     scale = 4 if kind == "sr4" else 1
     shape = (y.shape[0], y.shape[1], y.shape[2] * scale, y.shape[3] * scale)
-    return make_operator(psf, shape, kind, spatial["seed"] if spatial else 0), y, shape
+    return make_operator(psf, shape, kind, spatial["seed"] if spatial else 0, boundary), y, shape
 
 
 def to_clip(frames: np.ndarray) -> torch.Tensor:
@@ -90,8 +91,8 @@ def _dds(batch_consistent: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
         configs = tuple(_config(s).with_(batch_consistent=batch_consistent) for s in (None, {"kind": "any"}))
         context.options["fitted"] = _fitted(configs)
 
-        def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial = None) -> np.ndarray:
-            op, y, shape = problem(degraded, psf, spatial)
+        def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str) -> np.ndarray:
+            op, y, shape = problem(degraded, psf, spatial, boundary)
             config = configs[1] if spatial else configs[0]
             return from_clip(dds_restore(model, op, y.to(context.device), shape, config), degraded)
 
@@ -103,15 +104,15 @@ def _dds(batch_consistent: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
 def _cg(context: Any) -> Callable[..., np.ndarray]:
     context.options["fitted"] = _fitted((_config(None), _config({"kind": "any"})))
 
-    def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial = None) -> np.ndarray:
-        op, y, shape = problem(degraded, psf, spatial)
+    def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str) -> np.ndarray:
+        op, y, shape = problem(degraded, psf, spatial, boundary)
         return from_clip(cg_only(op, y, shape, _config(spatial)), degraded)
 
     return restore
 
 
-def _admm(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, lam: float) -> torch.Tensor:
-    op, y, shape = problem(degraded, psf, spatial)
+def _admm(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str, lam: float) -> torch.Tensor:
+    op, y, shape = problem(degraded, psf, spatial, boundary)
     return admm_tv(op, y, back_projection(op, y, shape), lam).clamp(0.0, 1.0)
 
 
@@ -122,15 +123,15 @@ def _admm_tv(context: Any) -> Callable[..., np.ndarray]:
     def fit_mse(lam: float) -> float:
         errors = []
         for case in picks:
-            estimate = _admm(case["degraded"], case["psf"], case.get("spatial"), lam)
+            estimate = _admm(case["degraded"], case["psf"], case["spatial"], case["boundary"], lam)
             errors.append(float(torch.mean((estimate - to_clip(case["target"])) ** 2)))
         return float(np.mean(errors))
 
     best_mse, lam = min((fit_mse(lam), lam) for lam in ADMM_LAMBDAS)
     context.options["fitted"] = {"lambda": lam, "rho": 1.0, "fit_mse": best_mse}
 
-    def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial = None) -> np.ndarray:
-        return from_clip(_admm(degraded, psf, spatial, lam), degraded)
+    def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str) -> np.ndarray:
+        return from_clip(_admm(degraded, psf, spatial, boundary, lam), degraded)
 
     return restore
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evpipe.nodes.restore.psf import BOUNDARIES
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
@@ -76,8 +77,8 @@ class Restore(Node):
     """DDS video restoration of a clip in overlapping windows (gray, float32 [0, 1] out).
 
     Frames are converted to gray (the shipped prior is gray) and reflect-padded to a multiple of the
-    prior's stride. The measurement model: the temporal PSF ``degradation`` (replicated edges within
-    each window), then optionally ``spatial`` ``blur`` (Gaussian σ 2) or ``sr4`` (4× average pooling:
+    prior's stride. The measurement model: the temporal PSF ``degradation`` (frames beyond each window
+    given by ``boundary``), then optionally ``spatial`` ``blur`` (Gaussian σ 2) or ``sr4`` (4× average pooling:
     the output is 4× the input size). Reports frames in/out and windows.
     """
 
@@ -86,14 +87,16 @@ class Restore(Node):
         spec.input("frames", "frame", "degraded frames in time order, gray or colour, uint8 or float in [0, 1]")
         spec.output("frames", "frame", "restored frames, float32 (H, W) in [0, 1], the inputs' times")
         spec.param("degradation", str, "uniform7", "temporal PSF of the measurement", choices=list(DEGRADATIONS))
+        spec.param("boundary", str, "circular", "frames beyond a window in the PSF: wrapped around (the paper's "
+                   "code) or the end frames repeated", choices=list(BOUNDARIES))
         spec.param("spatial", str, "none", "spatial degradation after the PSF", choices=list(SPATIAL))
         spec.param("checkpoint", str, "tiny", "shipped prior name (tiny) or a prior .pt file")
         spec.param("nfe", int, 20, "network evaluations (sampler steps) per window", minimum=1)
         spec.param("cg_steps", int, 5, "conjugate-gradient steps per sampler step", minimum=0)
         spec.param("eta", float, 0.15, "DDIM stochasticity (0.8 is the paper's choice with a spatial degradation)",
                    minimum=0.0, maximum=1.0)
-        spec.param("time_power", float, 3.0, "sampler time grid t_i = (1 - i/nfe)^time_power (1: the paper's even "
-                   "grid; 3 ends nearer t = 0, see evpipe.nodes.restore.sampler)", minimum=0.01)
+        spec.param("time_power", float, 1.0, "sampler time grid t_i = (1 - i/nfe)^time_power (1: the paper's even "
+                   "grid; larger ends nearer t = 0, see evpipe.nodes.restore.sampler)", minimum=0.01)
         spec.param("batch_consistent", bool, True, "the same noise for every frame (DDS); false: per-frame noise")
         spec.param("window", int, 16, "frames restored together", minimum=2)
         spec.param("overlap", int, 4, "frames shared by consecutive windows (cross-faded)", minimum=0)
@@ -155,7 +158,7 @@ class Restore(Node):
         padded = np.pad(frames, ((0, 0), (0, pad_h // scale), (0, pad_w // scale)), mode="reflect")
         y = torch.from_numpy(padded[:, None]).to(p.device)
         shape = (len(frames), 1, (height + pad_h), (width + pad_w))
-        op = make_operator(self.psf, shape, None if p.spatial == "none" else p.spatial)
+        op = make_operator(self.psf, shape, None if p.spatial == "none" else p.spatial, boundary=p.boundary)
         restored = dds_restore(self.model, op, y, shape, self.config, progress=p.progress)
         restored = restored[:, 0, :height, :width].cpu().numpy().astype(np.float32)
         if self.carry is not None:  # cross-fade the overlap with the previous window's estimates

@@ -5,9 +5,12 @@ operator is linear). Measurements have the shape :meth:`LinearOperator.measureme
 
 Operators (the DDS paper's degradations, applied temporal first, then spatial):
 
-* :class:`TemporalPSF` — ``y[t] = sum_j psf[j] * x[clamp(t + j - w // 2, 0, L - 1)]``, edges
-  replicated: exactly ``evpipe.tools.evaluate.degrade_clip``. Built as an (L, L) matrix, so the
-  adjoint is its transpose.
+* :class:`TemporalPSF` — ``y[t] = sum_j psf[j] * x[edge(t + j - w // 2)]``, ``edge`` wrapping around the
+  clip (``circular``, the boundary of the paper's released code, the default) or repeating its end
+  frames (``replicate``): exactly ``evpipe.tools.evaluate.degrade_clip``. Built as an (L, L) matrix,
+  so the adjoint is its transpose. The boundary decides what is recoverable: a width-13 uniform PSF on
+  16 frames is invertible when circular (13 and 16 are coprime) but has a null vector when
+  replicated (frames 1 and 14 against the rest), which no per-frame prior can pin down.
 * :class:`GaussianBlur` — per frame, σ = 2 px, 13 taps, zero padding ('same' size), as two 1-D passes
   (the Gaussian is separable); self-adjoint: the kernel is symmetric and the padding zero.
 * :class:`AveragePool` — 4 × 4 mean; adjoint spreads each value / 16 over its block.
@@ -30,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import Tensor
+
+from evpipe.nodes.restore.psf import boundary_index
 
 Shape = tuple[int, int, int, int]
 
@@ -54,17 +59,18 @@ class LinearOperator(ABC):
 
 
 class TemporalPSF(LinearOperator):
-    """Convolution along time with ``psf`` (w,), replicated edges, for clips of ``length`` frames."""
+    """Convolution along time with ``psf`` (w,) for clips of ``length`` frames, frames beyond the clip
+    given by ``boundary`` (:mod:`evpipe.nodes.restore.psf`)."""
 
-    def __init__(self, psf: np.ndarray | Sequence[float], length: int) -> None:
+    def __init__(self, psf: np.ndarray | Sequence[float], length: int, boundary: str = "circular") -> None:
         psf = np.asarray(psf, dtype=np.float64)
         if psf.ndim != 1 or len(psf) == 0 or length < 1:
             raise ValueError(f"TemporalPSF: need a 1-D psf and length >= 1, got shape {psf.shape}, {length=}")
         half = len(psf) // 2
         matrix = np.zeros((length, length))
-        for t in range(length):
-            for j, weight in enumerate(psf):
-                matrix[t, min(max(t + j - half, 0), length - 1)] += weight
+        for j, weight in enumerate(psf):
+            np.add.at(matrix, (np.arange(length), boundary_index(np.arange(length) + j - half, length, boundary)),
+                      weight)
         self.matrix = torch.from_numpy(matrix).float()
         self.length = length
 
@@ -196,9 +202,10 @@ def spatial_operator(kind: str, shape: Shape, seed: int = 0) -> LinearOperator:
 
 
 def make_operator(psf: np.ndarray | Sequence[float], shape: Shape, spatial: str | None = None,
-                  seed: int = 0) -> LinearOperator:
-    """The temporal PSF on clips of ``shape`` (L, C, H, W), then optionally :func:`spatial_operator`."""
-    temporal = TemporalPSF(psf, shape[0])
+                  seed: int = 0, boundary: str = "circular") -> LinearOperator:
+    """The temporal PSF (``boundary`` edges) on clips of ``shape`` (L, C, H, W), then optionally
+    :func:`spatial_operator`."""
+    temporal = TemporalPSF(psf, shape[0], boundary)
     if spatial is None:
         return temporal
     return Compose([temporal, spatial_operator(spatial, shape, seed)])

@@ -13,11 +13,11 @@ Each reverse step of an ``nfe``-step sampler on the shared cosine schedule
 
 The output is the last data-consistent x̂0, clipped to [0, 1]. Paper defaults: ``cg_steps`` 5,
 η 0.15, 20 NFE for temporal PSFs; η 0.8, 100 NFE with a spatial degradation (:data:`PAPER_TEMPORAL`,
-:data:`PAPER_SPATIOTEMPORAL`). The time grid is ours: t_i = (1 − i/NFE)^``time_power`` with power 3
-(the paper's DDIM grid is even, power 1). The output is the x̂0 of the last step, so its error is the
-prior's denoising error at that step's noise level plus what ``cg_steps`` CG steps leave; power 3 puts
-the last step at t = 1.25e-4 instead of 0.05 (20 NFE) and raised DDS by 5.1 dB on uniform7 and 3.9 dB
-on gaussian1 in ``benchmarks/restore.md``. :func:`cg_only` is the paper's ablation without the prior: the same
+:data:`PAPER_SPATIOTEMPORAL`), on the paper's even DDIM grid t_i = 1 − i/NFE (``time_power`` 1).
+A larger ``time_power`` ends the grid nearer t = 0, so the last x̂0 carries less of the prior's
+denoising error: better on noiseless measurements, worse on quantised ones, where the late steps'
+CG fits the rounding noise and no denoising step follows (see ``benchmarks/RESULTS.md``).
+:func:`cg_only` is the paper's ablation without the prior: the same
 ``nfe`` rounds of ``cg_steps`` CG steps, from the back-projection ``Aᵀy / Aᵀ(A 1)``.
 
 Only the DDS loop lives here; the schedule, the Tweedie/ε conversion and the DDIM update are the
@@ -45,7 +45,7 @@ class DDSConfig:
     cg_steps: int = 5
     eta: float = 0.15
     gamma: float = 0.0
-    time_power: float = 3.0
+    time_power: float = 1.0
     batch_consistent: bool = True
     seed: int = 0
 
