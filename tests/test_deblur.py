@@ -201,6 +201,7 @@ def test_the_teacher_term_stops_pulling_within_the_teachers_own_error():
     ratio = gradient_norms(teacher_error) / gradient_norms(LOG_FLOOR)
     assert float(ratio[0]) < 0.15 and float(ratio[1]) > 0.95, ratio
 
+
 def test_onnx_student_matches_torch_and_the_sampler_backends_agree(checkpoint_dir, tmp_path, monkeypatch):
     from evpipe.nodes.deblur.export import cached_student_onnx, parity
     from evpipe.nodes.deblur.sampler import Deblurrer

@@ -90,7 +90,7 @@ from PIL import Image
 
 from evpipe.kernels import edi_integral
 from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error
-from evpipe.nodes.restore.psf import BOUNDARIES, boundary_index
+from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY, boundary_index
 from evpipe.runtime.events import Events
 from evpipe.tools import command_line
 from evpipe.tools.dataset import (
@@ -400,7 +400,7 @@ def degrade_spatially(clip: np.ndarray, kind: str, seed: int) -> np.ndarray:
     return out[:, 0] if clip.ndim == 3 else np.ascontiguousarray(np.moveaxis(out, 1, -1))
 
 
-def degrade_clip(clip: np.ndarray, psf: np.ndarray, boundary: str = "circular") -> np.ndarray:
+def degrade_clip(clip: np.ndarray, psf: np.ndarray, boundary: str = DEFAULT_BOUNDARY) -> np.ndarray:
     """Temporal PSF convolution of a clip (L, ...), frames beyond it given by ``boundary`` (``circular`` or
     ``replicate``, see the module docstring)."""
     length, half = len(clip), len(psf) // 2
@@ -418,7 +418,7 @@ class Measurement:
 
     noise: float = 0.0
     bits: int | None = None
-    boundary: str = "circular"
+    boundary: str = DEFAULT_BOUNDARY
 
     def __post_init__(self) -> None:
         if not self.noise >= 0:
@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="restore: one or more of uniform7, uniform13, gaussian1, each optionally followed by "
                         "+blur, +sr4 or +inpaint (one block each)")
     parser.add_argument("--clip-length", type=int, default=CLIP_LENGTH, help="restore: APS frames per clip")
-    parser.add_argument("--boundary", default="circular", choices=BOUNDARIES,
+    parser.add_argument("--boundary", default=DEFAULT_BOUNDARY, choices=BOUNDARIES,
                         help="restore: frames beyond a clip in the temporal PSF (default circular, the paper's code)")
     parser.add_argument("--noise", type=float, default=0.0, help="restore: std of Gaussian noise on the measurement")
     parser.add_argument("--bits", type=int, help="restore: quantise the measurement to this many bits (8: a video "

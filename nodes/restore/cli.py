@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from evpipe.nodes.restore.node import DEGRADATIONS, SPATIAL, VIDEO_SUFFIXES
-from evpipe.nodes.restore.psf import BOUNDARIES
+from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY
 
 CONFIG = "restore_clip.yaml"
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "recording with APS frames")
     parser.add_argument("output", help="restored video (.mp4)")
     parser.add_argument("--degradation", required=True, choices=DEGRADATIONS, help="the clip's temporal PSF")
-    parser.add_argument("--boundary", default="circular", choices=BOUNDARIES,
+    parser.add_argument("--boundary", default=DEFAULT_BOUNDARY, choices=BOUNDARIES,
                         help="frames beyond a window in the PSF: wrapped (default, the paper's code) or replicated")
     parser.add_argument("--spatial", default="none", choices=SPATIAL, help="spatial degradation after the PSF")
     parser.add_argument("--nfe", type=int, help="sampler steps per window (default 20; 100 with --spatial)")

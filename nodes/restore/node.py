@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evpipe.nodes.restore.psf import BOUNDARIES
+from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
@@ -87,7 +87,7 @@ class Restore(Node):
         spec.input("frames", "frame", "degraded frames in time order, gray or colour, uint8 or float in [0, 1]")
         spec.output("frames", "frame", "restored frames, float32 (H, W) in [0, 1], the inputs' times")
         spec.param("degradation", str, "uniform7", "temporal PSF of the measurement", choices=list(DEGRADATIONS))
-        spec.param("boundary", str, "circular", "frames beyond a window in the PSF: wrapped around (the paper's "
+        spec.param("boundary", str, DEFAULT_BOUNDARY, "frames beyond a window in the PSF: wrapped around (the paper's "
                    "code) or the end frames repeated", choices=list(BOUNDARIES))
         spec.param("spatial", str, "none", "spatial degradation after the PSF", choices=list(SPATIAL))
         spec.param("checkpoint", str, "tiny", "shipped prior name (tiny) or a prior .pt file")

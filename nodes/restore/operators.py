@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import Tensor
 
-from evpipe.nodes.restore.psf import boundary_index
+from evpipe.nodes.restore.psf import DEFAULT_BOUNDARY, boundary_index
 
 Shape = tuple[int, int, int, int]
 
@@ -62,7 +62,7 @@ class TemporalPSF(LinearOperator):
     """Convolution along time with ``psf`` (w,) for clips of ``length`` frames, frames beyond the clip
     given by ``boundary`` (:mod:`evpipe.nodes.restore.psf`)."""
 
-    def __init__(self, psf: np.ndarray | Sequence[float], length: int, boundary: str = "circular") -> None:
+    def __init__(self, psf: np.ndarray | Sequence[float], length: int, boundary: str = DEFAULT_BOUNDARY) -> None:
         psf = np.asarray(psf, dtype=np.float64)
         if psf.ndim != 1 or len(psf) == 0 or length < 1:
             raise ValueError(f"TemporalPSF: need a 1-D psf and length >= 1, got shape {psf.shape}, {length=}")
@@ -202,7 +202,7 @@ def spatial_operator(kind: str, shape: Shape, seed: int = 0) -> LinearOperator:
 
 
 def make_operator(psf: np.ndarray | Sequence[float], shape: Shape, spatial: str | None = None,
-                  seed: int = 0, boundary: str = "circular") -> LinearOperator:
+                  seed: int = 0, boundary: str = DEFAULT_BOUNDARY) -> LinearOperator:
     """The temporal PSF (``boundary`` edges) on clips of ``shape`` (L, C, H, W), then optionally
     :func:`spatial_operator`."""
     temporal = TemporalPSF(psf, shape[0], boundary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 BOUNDARIES = ("circular", "replicate")
+DEFAULT_BOUNDARY = "circular"  # the paper's; every operator, the harness and the node start from it
 
 
 def boundary_index(index: np.ndarray, length: int, boundary: str) -> np.ndarray:
