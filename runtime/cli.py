@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from evpipe.runtime.graph import ConfigError, Graph, load_graph
+from evpipe.runtime.graph import ConfigError, Graph, check_machine, load_graph
 
 DEFAULT_GRAPH = "default.yaml"
 
@@ -67,12 +67,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[bold red]error:[/] {graph.path}: --host given but the graph has no 'hosts' section",
                       soft_wrap=True)
         return 2
+    engines = _check_machine(graph, args.host, console)
+    if engines is None:
+        return 2
     try:
         supervisor = Supervisor(graph, host=args.host, console=console, log_level=args.log_level)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return 2
     result = supervisor.run()
+    result.report["engines"] = _engines_ran(engines, result.report)
     out = _stdout_console()
     for table in render_tables(result.report):
         out.print(table)
@@ -85,6 +89,29 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return result.exit_code
 
 
+def _check_machine(graph: Graph, host: str | None, console: Console) -> dict[str, dict[str, str]] | None:
+    """Stop before anything starts when a node asks for a backend or device this machine lacks; print
+    what each model node runs on (the run header). None after an error."""
+    try:
+        engines = check_machine(graph, host)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return None
+    for name, engine in engines.items():
+        console.print(f"  {name}: backend {engine['backend']}, device {engine['device']}, precision "
+                      f"{engine['precision']}, engine cache {engine['cache']}", highlight=False, soft_wrap=True)
+    return engines
+
+
+def _engines_ran(planned: dict[str, dict[str, str]], report: dict) -> dict[str, dict[str, str]]:
+    """The header's engines, with the cache files each node reported opening (the truth after the run)."""
+    engines = {}
+    for name, engine in planned.items():
+        opened = [r["engine"] for r in report.get("reports", {}).get(name, []) if "engine" in r]
+        engines[name] = {**engine, **opened[-1]} if opened else dict(engine)
+    return engines
+
+
 def cmd_build_engines(args: argparse.Namespace, console: Console) -> int:
     from tqdm import tqdm
 
@@ -93,7 +120,10 @@ def cmd_build_engines(args: argparse.Namespace, console: Console) -> int:
     graph = _load(args.config, args.set, console)
     if graph is None:
         return 2
-    todo = [n for n in graph.nodes.values() if n.cls.prepare.__func__ is not Node.prepare.__func__]
+    if _check_machine(graph, args.host, console) is None:
+        return 2
+    todo = [n for n in graph.nodes.values() if n.cls.prepare.__func__ is not Node.prepare.__func__
+            and (not graph.hosts or n.host == args.host)]
     if not todo:
         console.print(f"nothing to build: no node of {graph.path} has ahead-of-time work")
         return 0
@@ -103,8 +133,8 @@ def cmd_build_engines(args: argparse.Namespace, console: Console) -> int:
         except Exception as exc:  # a backend or checkpoint problem: name the node, not a traceback
             console.print(f"[bold red]error:[/] node {node.name!r} ({node.type}): {exc}", soft_wrap=True)
             return 1
-        for path in artefacts:
-            console.print(f"{node.name}: {path}")
+        for path, state in artefacts:
+            console.print(f"{node.name}: {state} {path}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -248,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-engines", help="export models and build inference engines a graph needs, ahead of time")
     p.add_argument("config", nargs="?")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE")
+    p.add_argument("--host", help="build only this host's nodes of a multi-host graph")
     p.set_defaults(func=cmd_build_engines)
 
     p = sub.add_parser("keys", help="make CURVE key pairs for the hosts of a multi-host graph")

@@ -417,6 +417,25 @@ def _check_acyclic(nodes: dict[str, NodeConfig], edges: list[EdgeConfig], path: 
             visit(n, [])
 
 
+def check_machine(graph: Graph, host: str | None = None) -> dict[str, dict[str, str]]:
+    """Check the nodes that run here (those of ``host`` in a multi-host graph) against this machine's
+    backends and devices (``Node.check_machine``); returns what each model node will run on. Raises
+    ConfigError (exit 2) naming the node, the parameter and what is missing."""
+    engines = {}
+    for name, node in graph.nodes.items():
+        if graph.hosts and node.host != host:
+            continue
+        try:
+            described = node.cls.check_machine(name, node.params)
+        except ParamError as exc:
+            raise ConfigError(graph.path, node.line, f"node {name!r} ({node.type}): {exc}",
+                              "choose a backend and device this machine has (`evpipe nodes "
+                              f"{node.type}` lists the choices), or install what the message names") from None
+        if described is not None:
+            engines[name] = described
+    return engines
+
+
 def topological_order(graph: Graph) -> list[str]:
     order, seen = [], set()
 

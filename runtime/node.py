@@ -190,10 +190,19 @@ class Node:
         return not cls.spec().inputs
 
     @classmethod
-    def prepare(cls, params: dict[str, Any]) -> list[str]:
+    def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
         """Ahead-of-time work a run would otherwise do in ``start`` (ONNX exports, engine builds), for
-        ``evpipe build-engines``. ``params`` are validated. Returns the artefacts made or found."""
+        ``evpipe build-engines``. ``params`` are validated and checked against this machine. Returns
+        (artefact path, ``built`` or ``cached``) for each artefact made or found."""
         return []
+
+    @classmethod
+    def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str] | None:
+        """Check, before any process starts, that this machine has what ``params`` (validated) ask for
+        (a backend, a GPU) and say what node ``name`` will run on: model nodes return ``backend``,
+        ``device``, ``precision`` and ``cache`` (the engine cache file) for the run header and report.
+        Raises ParamError naming the parameter and what is missing; never falls back silently."""
+        return None
 
     def start(self) -> None:
         """Acquire resources (open files, load models). Called once before any message."""

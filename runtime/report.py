@@ -155,6 +155,13 @@ def render_tables(report: dict[str, Any]) -> list[Any]:
         t.add_row(e["edge"] + remote, e["policy"],
                   *("-" if e[k] is None else str(e[k]) for k in ("sent", "processed", "dropped", "rejected", "lost")))
     tables.append(t)
+    if report.get("engines"):
+        t = Table(title="Model engines: what each model node ran on")
+        for col in ("node", "backend", "device", "precision", "engine cache"):
+            t.add_column(col)
+        for name, e in report["engines"].items():
+            t.add_row(name, e["backend"], e["device"], e["precision"], e["cache"])
+        tables.append(t)
     return tables
 
 

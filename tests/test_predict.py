@@ -380,7 +380,8 @@ def test_shipped_4step_onnx_export_matches_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path))
     params = Predictor.spec().resolve_params({"variant": "4step"})
     assert Predictor.prepare({**params, "backend": "torch"}) == []
-    (exported,) = Predictor.prepare(params)
+    ((exported, state),) = Predictor.prepare(params)
+    assert state == "built" and Predictor.prepare(params) == [(exported, "cached")]  # a second run is a cache hit
     path = cached_fused_onnx("4step", "tiny")
     assert path == Path(exported) and path.is_relative_to(tmp_path)
     model, steps = load_model("4step", "tiny")
@@ -415,7 +416,7 @@ def test_event_integration_calibration_reaches_the_model_and_needs_both_paramete
     from evpipe.nodes.predict.node import Predictor
     from evpipe.runtime.node import NodeError
 
-    params = {"backend": "onnxruntime", "variant": "4step", "checkpoint": "tiny", "contrast_threshold": 0.2,
-              "integration_eps": 0.0}
+    params = Predictor.spec().resolve_params({"backend": "onnxruntime", "variant": "4step", "checkpoint": "tiny",
+                                              "contrast_threshold": 0.2, "integration_eps": 0.0})
     with pytest.raises(NodeError, match="integration_eps"):
         Predictor.prepare(params)

@@ -19,7 +19,7 @@ import torch
 from evpipe.nodes.deblur.checkpoint import FILE, load_model, resolve_dir
 from evpipe.nodes.deblur.models import DiffEvent, FusedStudent
 from evpipe.nodes.deblur.sampler import INPUT_NAMES, OUTPUT_NAME
-from evpipe.runtime.engines.onnx_export import cached_export, export_onnx, onnx_parity
+from evpipe.runtime.engines.onnx_export import cached_export, export_cache_dir, export_onnx, onnx_parity
 
 # Bump when the exported graph changes for the same checkpoint (invalidates cached exports).
 _EXPORT_VERSION = "2"
@@ -52,13 +52,22 @@ def parity(model: DiffEvent, steps: int, path: Path, sizes: tuple[tuple[int, int
                        INPUT_NAMES, OUTPUT_NAME, sizes)
 
 
+def _export_name(directory: Path) -> str:
+    digest = hashlib.sha256(_EXPORT_VERSION.encode() + (directory / FILE).read_bytes()).hexdigest()[:16]
+    return f"{digest}-student.onnx"
+
+
+def student_onnx_path(checkpoint: str | Path = "tiny") -> Path:
+    """Where :func:`cached_student_onnx` keeps this export (whether or not it exists yet)."""
+    return export_cache_dir("deblur") / _export_name(resolve_dir(checkpoint))
+
+
 def cached_student_onnx(checkpoint: str | Path = "tiny") -> Path:
     """Path of the student's fused ONNX graph for a checkpoint; exported on first use."""
     directory = resolve_dir(checkpoint)
-    digest = hashlib.sha256(_EXPORT_VERSION.encode() + (directory / FILE).read_bytes()).hexdigest()[:16]
 
     def export(path: Path) -> None:
         model, info = load_model(directory)
         export_student(model, info["student_steps"], path)
 
-    return cached_export("deblur", f"{digest}-student.onnx", export)
+    return cached_export("deblur", _export_name(directory), export)

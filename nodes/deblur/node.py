@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from evpipe.nodes.predict.node import gray_unit
+from evpipe.nodes.model_engines import build_plans, choose_engine, declare_engine_params, engine_summary, no_cache
+from evpipe.nodes.predict.node import AUTO, gray_unit
 from evpipe.nodes.transforms.voxelizer import EventIntake
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, NodeError, Spec
+from evpipe.runtime.node import Node, NodeError, ParamError, Spec
 from evpipe.runtime.wire import Message
 
 METHODS = ("diffevent", "edi")
@@ -40,7 +43,9 @@ class Deblur(Node):
         spec.param("method", str, "diffevent", "diffevent (the distilled student) or edi (blurry / E)",
                    choices=list(METHODS))
         spec.param("checkpoint", str, "tiny", "shipped deblur checkpoint name (tiny) or a checkpoint directory")
-        spec.param("backend", str, "onnxruntime", "inference backend of the student", choices=["onnxruntime", "torch"])
+        declare_engine_params(spec, auto=AUTO)
+        spec.param("frame_size", list, None, "[width, height] of the frames, for `evpipe build-engines` to build "
+                   "the TensorRT plan ahead (one per static shape); null: built at the first frame")
         spec.param("threads", int, 0, "onnxruntime intra-op threads; 0 = all usable cores", minimum=0)
         spec.param("edi_c", float, 0.0, "edi: contrast threshold; 0 = the checkpoint's (the c the model saw)",
                    minimum=0.0)
@@ -49,15 +54,61 @@ class Deblur(Node):
         spec.param("max_buffer_us", int, 1_000_000, "events kept behind the watermark for late frames, µs",
                    minimum=1)
 
+    @classmethod
+    def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str] | None:
+        if params["method"] == "edi":
+            return None  # no network
+        choice = choose_engine(name, params)
+        if choice.backend == "torch":
+            return engine_summary(choice, no_cache(choice))
+        from evpipe.nodes.deblur.export import student_onnx_path  # torch loads only for a graph with this node
+
+        try:
+            path = student_onnx_path(params["checkpoint"])
+        except ValueError as error:
+            raise ParamError(f"{name}.checkpoint: {error}") from None
+        cache = f"{path} ({'cached' if path.is_file() else 'exported at start'})"
+        if choice.backend == "tensorrt":
+            cache += "; a TensorRT plan per frame size, built once and cached"
+        return engine_summary(choice, cache)
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """``evpipe build-engines``: the student's cached ONNX export (onnxruntime, tensorrt) and, with
+        tensorrt and ``frame_size``, its TensorRT plan. Nothing for ``method: edi`` or the torch backend."""
+        if params["method"] == "edi":
+            return []
+        choice = choose_engine(cls.__name__.lower(), params)
+        if choice.backend == "torch":
+            return []
+        from evpipe.nodes.deblur.export import cached_student_onnx, student_onnx_path
+
+        path = student_onnx_path(params["checkpoint"])
+        made = [(str(path), "cached" if path.is_file() else "built")]
+        cached_student_onnx(params["checkpoint"])
+        if choice.backend == "tensorrt" and params["frame_size"]:
+            made += build_plans(cls._deblurrer(params), params["frame_size"])
+        return made
+
+    @staticmethod
+    def _deblurrer(params: dict[str, Any]) -> Any:
+        from evpipe.nodes.deblur.sampler import Deblurrer  # torch loads only when a graph runs this node
+
+        if params["method"] == "edi":  # only the checkpoint's c and samples are used: no engine, no export
+            return Deblurrer("student", params["checkpoint"], "torch")
+        return Deblurrer("student", params["checkpoint"], params["backend"], device=params["device"],
+                         precision=params["precision"], threads=params["threads"] or None)
+
     def start(self) -> None:
-        # torch loads only when a graph runs this node
-        from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi, exposure_voxel
+        from evpipe.nodes.deblur.sampler import exposure_edi, exposure_voxel
 
         p = self.params
         try:
-            self.deblurrer = Deblurrer("student", p.checkpoint, p.backend, threads=p.threads or None)
+            self.deblurrer = self._deblurrer(vars(p))
         except ValueError as error:
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
+        if p.method == "diffevent":
+            self.report({"engine": engine_summary(self.deblurrer.choice, self._cache())})
         self.exposure_edi, self.exposure_voxel = exposure_edi, exposure_voxel
         self.c = p.edi_c or self.deblurrer.c
         self.stream = EventIntake()
@@ -116,6 +167,10 @@ class Deblur(Node):
         meta = {"deblurred": self.params.method, "exposure_us": frame.exposure_us}
         self.emit("frames", Message.from_frame(Frame(sharp, frame.t, 0, meta)))
 
+    def _cache(self) -> str:
+        files = self.deblurrer.network.cache_files()
+        return ", ".join(files) if files else no_cache(self.deblurrer.choice)
+
     def _release(self) -> None:
         """Keep events from the oldest pending exposure, and ``max_buffer_us`` behind the watermark."""
         if self.stream.watermark is None:
@@ -129,6 +184,8 @@ class Deblur(Node):
         if hasattr(self, "stream"):
             self._emit_ready(final=True)
         if hasattr(self, "deblurrer"):
+            if self.params.method == "diffevent" and self.deblurrer.choice.backend != "torch":
+                self.report({"engine": engine_summary(self.deblurrer.choice, self._cache())})
             self.deblurrer.close()
         if hasattr(self, "counts"):
             self.report(dict(self.counts))

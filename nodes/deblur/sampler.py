@@ -1,10 +1,10 @@
 """Running the trained deblurrer on numpy frames: the raw E of an exposure, padding, backends.
 
 :class:`Deblurrer` wraps one variant: ``student`` (the distilled few-step graph the node runs, on
-``torch`` or ``onnxruntime`` through :func:`evpipe.runtime.engines.open_engine`) or the guided
-``teacher`` (torch only: Algorithm 1 with ``degradation`` ``Ex``, ``fEx`` or ``fEx+r``). Frames of any
-size are padded (edge values) to a multiple of the model's stride and cropped back; one engine is
-opened per padded size.
+any backend through the engine interface, :class:`evpipe.nodes.model_engines.NetworkEngines`) or the
+guided ``teacher`` (torch only: Algorithm 1 with ``degradation`` ``Ex``, ``fEx`` or ``fEx+r``). Frames
+of any size are padded (edge values) to a multiple of the model's stride and cropped back; one engine
+is opened per padded size.
 
     deblurrer = Deblurrer("student", checkpoint="tiny", backend="onnxruntime")
     sharp = deblurrer.deblur_events(blurry, events, exposure_start, exposure_end, t_ref)  # (H, W) in [0, 1]
@@ -24,11 +24,11 @@ from evpipe.kernels import edi_integral, voxel_grid
 from evpipe.nodes.deblur.checkpoint import load_model
 from evpipe.nodes.deblur.models import DEGRADATIONS, FusedStudent, GuidedTeacher
 from evpipe.nodes.deblur.presets import Guidance
-from evpipe.runtime.engines import Engine, ModelSource, TensorSpec, open_engine
+from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
+from evpipe.runtime.engines import BACKENDS, select_engine
 from evpipe.runtime.events import Events
 
 VARIANTS = ("student", "teacher")
-BACKENDS = ("torch", "onnxruntime")
 INPUT_NAMES = ("blurry", "edi", "voxel", "noise")
 OUTPUT_NAME = "sharp"
 
@@ -53,17 +53,18 @@ class Deblurrer:
 
     def __init__(self, variant: str = "student", checkpoint: str | Path = "tiny", backend: str = "onnxruntime", *,
                  degradation: str = "fEx+r", guidance: Guidance | None = None, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 precision: str = "fp32", threads: int | None = None) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if variant == "teacher" and backend != "torch":
+        if variant == "teacher" and backend not in ("auto", "torch"):
             raise ValueError("the guided teacher runs on the torch backend only (it is not exported)")
         if degradation not in DEGRADATIONS:
             raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
         self.model, self.info = load_model(checkpoint)
-        self.variant, self.backend, self.device, self.threads = variant, backend, device, threads
+        self.choice = EngineChoice(*select_engine(backend, device, precision,
+                                                  BACKENDS if variant == "student" else ("torch",)), precision)
+        self.variant, self.threads = variant, threads
+        self.backend, self.device = self.choice.backend, self.choice.device
         self.checkpoint = checkpoint
         if variant == "student":
             self.module: torch.nn.Module = FusedStudent(self.model, self.info["student_steps"]).eval()
@@ -73,22 +74,18 @@ class Deblurrer:
         self.c, self.samples = self.model.config.edi_c, self.model.config.edi_samples
         self.bins = self.model.config.event_bins
         self.multiple = self.model.multiple
-        self._engines: dict[tuple[int, int], Engine] = {}
+        onnx = None
+        if self.backend != "torch":
+            from evpipe.nodes.deblur.export import cached_student_onnx
 
-    def _engine(self, height: int, width: int) -> Engine:
-        if (height, width) not in self._engines:
-            if self.backend == "onnxruntime":
-                from evpipe.nodes.deblur.export import cached_student_onnx
+            onnx = cached_student_onnx(checkpoint)  # exported now (once per machine), not at the first frame
+        self.network = NetworkEngines(self.choice, self.module, INPUT_NAMES, OUTPUT_NAME,
+                                      onnx=None if onnx is None else lambda: onnx, threads=threads)
 
-                source = ModelSource(onnx=cached_student_onnx(self.checkpoint))
-            else:
-                specs = [TensorSpec(name, (1, self.bins if name == "voxel" else 1, height, width),
-                                    np.dtype(np.float32)) for name in INPUT_NAMES]
-                source = ModelSource(torch=self.module, inputs=specs, output_names=[OUTPUT_NAME])
-            options = {"threads": self.threads} if self.threads else None
-            self._engines[(height, width)] = open_engine(source, backend=self.backend, device=self.device,
-                                                         onnxruntime=options)
-        return self._engines[(height, width)]
+    def warm_up(self, height: int, width: int) -> None:
+        """Open (build) the engine for height x width frames now."""
+        zeros = np.zeros((height, width), np.float32)
+        self.deblur(zeros, zeros + 1.0, np.zeros((self.bins, height, width), np.float32))
 
     def deblur(self, blurry: np.ndarray, edi: np.ndarray, voxel: np.ndarray) -> np.ndarray:
         """Sharp frame float32 (H, W) in [0, 1] from a blurry gray frame (H, W) in [0, 1] (uint8 is
@@ -110,7 +107,7 @@ class Deblurrer:
                  "edi": np.pad(np.asarray(edi, np.float32), pad, mode="edge")[None, None],
                  "voxel": np.pad(np.asarray(voxel, np.float32), ((0, 0), *pad))[None],
                  "noise": np.zeros((1, 1, hp, wp), np.float32)}
-        return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
+        return self.network.run(feeds)[0, 0, :h, :w]
 
     def deblur_events(self, blurry: np.ndarray, events: Events, exposure_start: int, exposure_end: int,
                       t_ref: int) -> np.ndarray:
@@ -120,6 +117,4 @@ class Deblurrer:
                                                 self.samples), exposure_voxel(events, h, w, self.bins))
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        self.network.close()

@@ -19,7 +19,7 @@ import torch
 
 from evpipe.nodes.predict.checkpoint import load_model, resolve_dir
 from evpipe.nodes.predict.models import Dessert, FusedPredictor
-from evpipe.runtime.engines.onnx_export import cached_export, export_onnx, onnx_parity
+from evpipe.runtime.engines.onnx_export import cached_export, export_cache_dir, export_onnx, onnx_parity
 
 INPUT_NAMES = ("anchor", "voxel", "noise")
 OUTPUT_NAME = "prediction"
@@ -61,12 +61,24 @@ def _checkpoint_hash(directory: Path, variant: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _export_name(directory: Path, variant: str, model: Dessert, integration: tuple[float, float] | None) -> str:
+    calibration = "" if integration is None else f"-c{integration[0]:.6g}-eps{integration[1]:.6g}"
+    return f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}{calibration}.onnx"
+
+
+def fused_onnx_path(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None,
+                    integration: tuple[float, float] | None = None) -> Path:
+    """Where :func:`cached_fused_onnx` keeps this export (whether or not it exists yet)."""
+    directory = resolve_dir(checkpoint)
+    model, _ = load_model(variant, directory, compose, integration)
+    return export_cache_dir("predict") / _export_name(directory, variant, model, integration)
+
+
 def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None,
                       integration: tuple[float, float] | None = None) -> Path:
     """Path of the fused ONNX graph of a checkpoint's ``variant`` (``compose`` and ``integration`` as
     in :func:`~evpipe.nodes.predict.checkpoint.load_model`); exported on first use."""
     directory = resolve_dir(checkpoint)
     model, steps = load_model(variant, directory, compose, integration)
-    calibration = "" if integration is None else f"-c{integration[0]:.6g}-eps{integration[1]:.6g}"
-    name = f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}{calibration}.onnx"
-    return cached_export("predict", name, lambda path: export_fused(model, steps, path))
+    return cached_export("predict", _export_name(directory, variant, model, integration),
+                         lambda path: export_fused(model, steps, path))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from evpipe.nodes.model_engines import build_plans, choose_engine, declare_engine_params, engine_summary, no_cache
 from evpipe.nodes.predict.checkpoint import VARIANTS
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
@@ -14,6 +15,8 @@ from evpipe.runtime.wire import Message
 
 # Luma weights of linear RGB (Rec. 709), as evpipe.tools.dataset uses for its gray frames.
 _LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
+AUTO = ("onnxruntime on the CPU; on a GPU tensorrt, then torch (CUDA graphs), then onnxruntime's CUDA provider, "
+        "whichever is installed first")
 # Windows held while their anchor frame has not arrived; beyond this the oldest is dropped (counted).
 _MAX_PENDING = 16
 
@@ -63,8 +66,9 @@ class Predictor(Node):
         spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a checkpoint directory")
         spec.param("variant", str, default="4step", doc="model variant: the distilled students run in real time",
                    choices=list(VARIANTS))
-        spec.param("backend", str, default="onnxruntime", choices=["onnxruntime", "torch"],
-                   doc="inference backend (onnxruntime runs the cached fused ONNX export)")
+        declare_engine_params(spec, auto=AUTO)
+        spec.param("frame_size", list, None, "[width, height] of the frames, for `evpipe build-engines` to build "
+                   "the TensorRT plan ahead (one per static shape); null: built at the first frame")
         spec.param("threads", int, default=0, minimum=0,
                    doc="intra-op threads of onnxruntime or torch; 0 = the backend's default (all usable cores)")
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
@@ -81,21 +85,49 @@ class Predictor(Node):
                    "longer than the predictor's compute time, so a slow predictor still finds its anchors")
 
     @classmethod
-    def prepare(cls, params: dict[str, Any]) -> list[str]:
-        """``evpipe build-engines``: export (or find) the cached fused ONNX graph the onnxruntime backend
-        runs, so the first run does not spend half a minute exporting it. The torch backend needs nothing."""
-        if params["backend"] != "onnxruntime":
+    def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str]:
+        choice = choose_engine(name, params)
+        if choice.backend == "torch":
+            return engine_summary(choice, no_cache(choice))
+        from evpipe.nodes.predict.export import fused_onnx_path  # torch loads only for a graph with this node
+
+        path = fused_onnx_path(params["variant"], params["checkpoint"], integration=_integration(params))
+        cache = f"{path} ({'cached' if path.is_file() else 'exported at start'})"
+        if choice.backend == "tensorrt":
+            cache += "; a TensorRT plan per frame size, built once and cached"
+        return engine_summary(choice, cache)
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """``evpipe build-engines``: export (or find) the cached fused ONNX graph the onnxruntime and
+        tensorrt backends run, and with tensorrt build the plan for ``frame_size``, so the first run does
+        not spend half a minute exporting (minutes building). The torch backend needs nothing."""
+        integration = _integration(params)
+        choice = choose_engine(cls.__name__.lower(), params)
+        if choice.backend == "torch":
             return []
-        from evpipe.nodes.predict.export import cached_fused_onnx
+        from evpipe.nodes.predict.export import cached_fused_onnx, fused_onnx_path
 
-        return [str(cached_fused_onnx(params["variant"], params["checkpoint"], integration=_integration(params)))]
+        path = fused_onnx_path(params["variant"], params["checkpoint"], integration=integration)
+        made = [(str(path), "cached" if path.is_file() else "built")]
+        cached_fused_onnx(params["variant"], params["checkpoint"], integration=integration)
+        if choice.backend == "tensorrt" and params["frame_size"]:
+            made += build_plans(cls._predictor(params), params["frame_size"])
+        return made
 
-    def start(self) -> None:
+    @staticmethod
+    def _predictor(params: dict[str, Any]) -> Any:
         from evpipe.nodes.predict.sampler import FramePredictor  # torch loads only when a graph runs this node
 
+        return FramePredictor(params["variant"], params["checkpoint"], params["backend"],
+                              integration=_integration(params), temperature=params["temperature"],
+                              device=params["device"], precision=params["precision"],
+                              threads=params["threads"] or None, seed=params["seed"])
+
+    def start(self) -> None:
         p = self.params
-        self.predictor = FramePredictor(p.variant, p.checkpoint, p.backend, integration=_integration(vars(p)),
-                                        temperature=p.temperature, threads=p.threads or None, seed=p.seed)
+        self.predictor = self._predictor(vars(p))
+        self.report({"engine": engine_summary(self.predictor.choice, self._cache())})
         self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
         self.frame_times: deque[int] = deque()  # real frames within anchor_history_us, oldest first
         self.pending: list[Message] = []
@@ -140,7 +172,13 @@ class Predictor(Node):
         meta = {"predicted": True, "t_anchor": t_anchor}
         self.emit("predictions", Message.from_frame(Frame(prediction, t_target, 0, meta)))
 
+    def _cache(self) -> str:
+        files = self.predictor.network.cache_files()
+        return ", ".join(files) if files else no_cache(self.predictor.choice)
+
     def stop(self) -> None:
         if hasattr(self, "predictor"):
+            if self.predictor.choice.backend != "torch":  # the engines opened at run time: name their files
+                self.report({"engine": engine_summary(self.predictor.choice, self._cache())})
             self.predictor.close()
         self.report(dict(self.counts))

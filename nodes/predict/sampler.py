@@ -1,10 +1,11 @@
 """Running a trained predictor on numpy frames: padding, noise, backends, rollout.
 
-:class:`FramePredictor` wraps one model variant behind an inference engine
-(:func:`evpipe.runtime.engines.open_engine`): ``torch`` runs the fused module eagerly, ``onnxruntime``
-runs its cached ONNX export. Frames of any size are padded (edge values for the frame, zeros for the
-voxel grid) to a multiple of the model's stride and cropped back; one engine is opened per padded
-size, so GPU backends see fixed shapes.
+:class:`FramePredictor` wraps one model variant behind the engine interface
+(:class:`evpipe.nodes.model_engines.NetworkEngines`): ``torch`` runs the fused module (eagerly on the
+CPU, as a CUDA graph on a GPU), ``onnxruntime`` and ``tensorrt`` run its cached ONNX export. Frames of
+any size are padded (edge values for the frame, zeros for the voxel grid) to a multiple of the
+model's stride and cropped back; one engine is opened per padded size, so GPU backends see fixed
+shapes.
 
     predictor = FramePredictor("4step", checkpoint="tiny", backend="onnxruntime")
     target = predictor.predict(anchor, voxel)                    # (H, W) float32 in [0, 1]
@@ -21,13 +22,12 @@ import numpy as np
 import torch
 
 from evpipe.kernels import voxel_grid
+from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
 from evpipe.nodes.predict.checkpoint import load_model
 from evpipe.nodes.predict.export import INPUT_NAMES, OUTPUT_NAME, cached_fused_onnx
 from evpipe.nodes.predict.models import FusedPredictor
-from evpipe.runtime.engines import Engine, ModelSource, TensorSpec, open_engine
+from evpipe.runtime.engines import select_engine
 from evpipe.runtime.events import Events
-
-BACKENDS = ("torch", "onnxruntime")
 
 
 def events_voxel(events: Events, t_anchor: int, t_target: int, bins: int, height: int, width: int) -> np.ndarray:
@@ -40,51 +40,56 @@ def events_voxel(events: Events, t_anchor: int, t_target: int, bins: int, height
 
 
 class FramePredictor:
-    """One predictor variant on one backend.
+    """One predictor variant on one backend, device and precision.
 
     ``temperature`` scales the sampler's initial noise: 1 draws true samples from the model; 0 (the
     default) starts every DDIM trajectory at the prior's mean, a deterministic prediction close to
     the conditional mean: less texture, measurably higher PSNR (see benchmarks/predict.md).
     ``integration`` = (c, eps) calibrates the event-integration base to the sensor (default: the
     checkpoint's fit on its training data). ``seed`` fixes the noise sequence when the temperature is
-    above 0. ``threads`` sets the intra-op threads of ONNX Runtime, or of torch for the whole process
+    above 0. ``backend`` / ``device`` / ``precision`` as in :func:`evpipe.runtime.engines.select_engine`
+    (``auto``: the fastest here; a backend or device that is missing raises SelectionError).
+    ``threads`` sets the intra-op threads of ONNX Runtime, or of torch for the whole process
     (``torch.set_num_threads``): on a busy 2-core machine torch's default of one thread per core stalls
     in its barriers (the 64-step teacher measured 21 s per frame with two threads, 0.5 s with one).
     """
 
     def __init__(self, variant: str = "4step", checkpoint: str | Path = "tiny", backend: str = "onnxruntime",
                  *, compose: str | None = None, integration: tuple[float, float] | None = None,
-                 temperature: float = 0.0, device: str = "cpu", threads: int | None = None, seed: int = 0) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+                 temperature: float = 0.0, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 seed: int = 0) -> None:
         if not 0.0 <= temperature <= 1.0:
             raise ValueError(f"temperature must be in [0, 1], got {temperature!r}")
         self.temperature = float(temperature)
         self.model, self.steps = load_model(variant, checkpoint, compose, integration)
-        self.variant, self.backend, self.device, self.threads = variant, backend, device, threads
+        self.choice = EngineChoice(*select_engine(backend, device, precision), precision)
+        self.variant, self.threads = variant, threads
+        self.backend, self.device = self.choice.backend, self.choice.device
         self.bins = self.model.config.bins
         self.multiple = self.model.multiple
-        self._onnx = (cached_fused_onnx(variant, checkpoint, compose, integration) if backend == "onnxruntime"
-                      else None)
-        self._torch_threads = threads if backend == "torch" else None
-        self._engines: dict[tuple[int, int], Engine] = {}
+        # Exported now (once per machine), not at the first frame.
+        onnx = None if self.backend == "torch" else cached_fused_onnx(variant, checkpoint, compose, integration)
+        self.network = NetworkEngines(self.choice, FusedPredictor(self.model, self.steps).eval(), INPUT_NAMES,
+                                      OUTPUT_NAME, onnx=None if onnx is None else lambda: onnx, threads=threads)
+        self._torch_threads = threads if self.backend == "torch" and self.device == "cpu" else None
         self._rng = np.random.default_rng(seed)
 
-    def _engine(self, height: int, width: int) -> Engine:
-        if (height, width) not in self._engines:
-            if self._onnx is not None:
-                source = ModelSource(onnx=self._onnx)
-            else:
-                source = ModelSource(
-                    torch=FusedPredictor(self.model, self.steps).eval(),
-                    inputs=[TensorSpec("anchor", (1, 1, height, width), np.dtype(np.float32)),
-                            TensorSpec("voxel", (1, self.bins, height, width), np.dtype(np.float32)),
-                            TensorSpec("noise", (1, *self.model.noise_shape(height, width)), np.dtype(np.float32))],
-                    output_names=[OUTPUT_NAME])
-            options = {"threads": self.threads} if self.threads else None
-            self._engines[(height, width)] = open_engine(source, backend=self.backend, device=self.device,
-                                                         onnxruntime=options)
-        return self._engines[(height, width)]
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size a height x width frame runs at: padded up to a multiple of the model's stride."""
+        return -(-height // self.multiple) * self.multiple, -(-width // self.multiple) * self.multiple
+
+    def _feeds(self, anchor: np.ndarray, voxel: np.ndarray) -> dict[str, np.ndarray]:
+        h, w = anchor.shape
+        hp, wp = self.padded_size(h, w)
+        anchor_p = np.pad(anchor.astype(np.float32, copy=False), ((0, hp - h), (0, wp - w)), mode="edge")
+        voxel_p = np.pad(voxel.astype(np.float32, copy=False), ((0, 0), (0, hp - h), (0, wp - w)))
+        noise = self._rng.standard_normal((1, *self.model.noise_shape(hp, wp)), dtype=np.float32) * \
+            np.float32(self.temperature)
+        return dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))
+
+    def warm_up(self, height: int, width: int) -> None:
+        """Open (build) the engine for height x width frames now."""
+        self.predict(np.zeros((height, width), np.float32), np.zeros((self.bins, height, width), np.float32))
 
     def predict(self, anchor: np.ndarray, voxel: np.ndarray) -> np.ndarray:
         """Predicted frame float32 (H, W) in [0, 1] from an anchor (H, W) in [0, 1] (uint8 is scaled by
@@ -98,16 +103,11 @@ class FramePredictor:
         if voxel.shape != (self.bins, h, w):
             raise ValueError(f"voxel grid shape {voxel.shape} does not match the model's {self.bins} bins and the "
                              f"anchor's {h}x{w} (expected {(self.bins, h, w)})")
-        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
-        anchor_p = np.pad(anchor.astype(np.float32, copy=False), ((0, hp - h), (0, wp - w)), mode="edge")
-        voxel_p = np.pad(voxel.astype(np.float32, copy=False), ((0, 0), (0, hp - h), (0, wp - w)))
-        noise = self._rng.standard_normal((1, *self.model.noise_shape(hp, wp)), dtype=np.float32) * \
-            np.float32(self.temperature)
-        feeds = dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))
+        feeds = self._feeds(anchor, voxel)
         if self._torch_threads:
             # Set before every call: the voxel grid's parallel Numba kernels reset this thread's count.
             torch.set_num_threads(self._torch_threads)
-        return self._engine(hp, wp).run(feeds)[OUTPUT_NAME][0, 0, :h, :w]
+        return self.network.run(feeds)[0, 0, :h, :w]
 
     def predict_events(self, anchor: np.ndarray, events: Events, t_anchor: int, t_target: int) -> np.ndarray:
         """The evaluation protocol: the frame at ``t_target`` from the anchor at ``t_anchor`` and the events."""
@@ -126,6 +126,4 @@ class FramePredictor:
         return frames
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        self.network.close()

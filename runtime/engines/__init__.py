@@ -24,7 +24,15 @@ from evpipe.runtime.engines.base import (
     ModelSource,
     TensorSpec,
 )
-from evpipe.runtime.engines.factory import BACKEND_OPTIONS, available_backends, open_engine, resolve_device
+from evpipe.runtime.engines.factory import (
+    BACKEND_OPTIONS,
+    SelectionError,
+    available_backends,
+    device_unavailable_reason,
+    open_engine,
+    resolve_device,
+    select_engine,
+)
 
 __all__ = [
     "BACKENDS",
@@ -37,8 +45,11 @@ __all__ = [
     "EngineInputError",
     "EngineRunError",
     "ModelSource",
+    "SelectionError",
     "TensorSpec",
     "available_backends",
+    "device_unavailable_reason",
     "open_engine",
     "resolve_device",
+    "select_engine",
 ]

@@ -180,6 +180,22 @@ class Engine(ABC):
         self._check_open()
         return self._run_checked(self.check_feeds(feeds))
 
+    def run_torch(self, tensors: Sequence[Any]) -> dict[str, Any]:
+        """``run`` for callers that hold torch tensors (the diffusion samplers): ``tensors`` in
+        ``inputs`` order, outputs as torch tensors on the first input's device.
+
+        This default goes through numpy: zero-copy for contiguous CPU tensors, one host copy each way
+        for GPU tensors. The torch backend on a GPU overrides it so tensors never leave the device.
+        """
+        import torch
+
+        if len(tensors) != len(self.inputs):
+            raise EngineInputError(f"{len(tensors)} tensors given; this engine expects {[s.name for s in self.inputs]}")
+        device = tensors[0].device
+        feeds = {spec.name: tensor.detach().to("cpu").contiguous().numpy()
+                 for spec, tensor in zip(self.inputs, tensors, strict=True)}
+        return {name: torch.from_numpy(array).to(device) for name, array in self.run(feeds).items()}
+
     def submit(self, feeds: Mapping[str, np.ndarray]) -> int:
         """Queue one request for asynchronous execution; returns its ticket (0, 1, 2, ...).
 

@@ -115,6 +115,113 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+class SelectionError(BackendUnavailableError):
+    """What a caller asked for cannot run on this machine. ``parameter`` names what to change
+    (``backend``, ``device`` or ``precision``); the message names the missing package or device and
+    how to get it, without the parameter's name (the caller prefixes its own, e.g. ``predictor.backend``)."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def select_engine(backend: str, device: str, precision: str, forms: tuple[str, ...] = BACKENDS) -> tuple[str, str]:
+    """The (backend, device) that ``open_engine`` will use here for a model available to ``forms``.
+
+    backend ``auto`` takes the fastest of ``forms`` (backends the model can be given to) that can run,
+    in the order of :func:`open_engine`; an explicit backend, device or precision that cannot run here
+    raises :class:`SelectionError` naming what is missing — never a silent fall back to another
+    backend or to the CPU. ``device`` ``auto`` is the first CUDA GPU when torch sees one, else the CPU.
+    """
+    if backend != "auto" and backend not in BACKENDS:
+        raise SelectionError("backend", f"{backend!r} is not one of auto, {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise SelectionError("precision", f"{precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        where = resolve_device(device)
+    except ValueError as error:
+        raise SelectionError("device", str(error).replace("device must be", "must be")) from None
+    if device != "auto":
+        missing = device_unavailable_reason(where)
+        if missing is not None:
+            raise SelectionError("device", missing)
+    if backend != "auto":
+        if backend not in forms:
+            raise SelectionError("backend", f"{backend} cannot run this model (it is given to {', '.join(forms)})")
+        reason = _selection_reason(backend, where, precision)
+        if reason is not None:
+            raise reason
+        return backend, where
+    order = [name for name in _AUTO_ORDER["cpu" if where == "cpu" else "cuda"] if name in forms]
+    reasons = []
+    for name in order:
+        reason = _selection_reason(name, where, precision)
+        if reason is None:
+            return name, where
+        reasons.append(f"{name}: {reason}")
+    raise SelectionError("precision" if precision != "fp32" else "backend",
+                         f"no backend can run this model on {where} at {precision} ({'; '.join(reasons)})")
+
+
+def device_unavailable_reason(device: str) -> str | None:
+    """Why the normalised ``device`` (``cpu`` or ``cuda:N``) cannot be used here (None: it can)."""
+    if device == "cpu":
+        return None
+    try:
+        from evpipe.runtime.engines.torch_backend import import_torch
+
+        torch = import_torch()
+    except BackendUnavailableError as error:
+        return f"{device} needs torch to find the GPU ({error})"
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        return (f"{device.split(':')[0]} is not available: no CUDA GPU is visible (torch {torch.__version__} is "
+                f"{build}; on a CUDA machine pip install 'evpipe[gpu]' with a CUDA build of torch)")
+    index, count = int(device.split(":")[1]), torch.cuda.device_count()
+    if index >= count:
+        return f"{device} does not exist: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})"
+    return None
+
+
+def _selection_reason(backend: str, device: str, precision: str) -> SelectionError | None:
+    """Why ``backend`` cannot run on ``device`` at ``precision`` here, phrased for a user (None: it can)."""
+    if backend == "onnxruntime":
+        try:
+            from evpipe.runtime.engines.ort_backend import cuda_provider_available, import_onnxruntime
+
+            import_onnxruntime()
+        except BackendUnavailableError:
+            return SelectionError("backend", "onnxruntime is not installed (pip install onnxruntime, or "
+                                  "onnxruntime-gpu on a CUDA machine)")
+        if precision != "fp32":
+            return SelectionError("precision", f"{precision} is not supported by onnxruntime (it runs the ONNX "
+                                  "graph at its exported fp32; use backend torch or tensorrt)")
+        if device != "cpu" and not cuda_provider_available():
+            return SelectionError("backend", "onnxruntime has no CUDA execution provider: the CPU build is "
+                                  "installed (pip uninstall -y onnxruntime && pip install onnxruntime-gpu)")
+        return None
+    if backend == "tensorrt":
+        try:
+            from evpipe.runtime.engines.cuda_rt import import_cudart
+            from evpipe.runtime.engines.trt_backend import import_tensorrt
+
+            import_tensorrt()
+            import_cudart()
+        except BackendUnavailableError:
+            return SelectionError("backend", "tensorrt is not installed (pip install 'evpipe[trt]')")
+        if device == "cpu":
+            return SelectionError("device", "cpu cannot run backend tensorrt (it runs on a CUDA GPU only)")
+        return None
+    try:
+        from evpipe.runtime.engines.torch_backend import import_torch
+
+        import_torch()
+    except BackendUnavailableError:
+        return SelectionError("backend", "torch is not installed (pip install torch)")
+    missing = device_unavailable_reason(device)
+    return None if missing is None else SelectionError("device", missing)
+
+
 def available_backends(device: str = "auto", precision: str = "fp32") -> dict[str, str | None]:
     """For each backend: None if it can run on ``device`` at ``precision`` here, else the reason."""
     device = resolve_device(device)

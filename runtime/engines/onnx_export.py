@@ -60,6 +60,7 @@ def cached_export(family: str, name: str, export: Callable[[Path], object]) -> P
     """Path of the cached export ``name`` of ``family``; ``export(path)`` writes it on first use. Written to
     a temporary file and renamed, so a concurrent reader never sees half a file."""
     path = export_cache_dir(family) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file():
         log.info("exporting %s", path)
         partial = path.with_suffix(f".{os.getpid()}.tmp")

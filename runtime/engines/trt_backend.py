@@ -239,6 +239,8 @@ class TrtEngine(Engine):
         engine = None
         if self.plan_path.is_file() and not rebuild:
             engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        # True when this engine built its plan, False when it loaded the cached one (build-engines says which).
+        self.plan_built = engine is None
         if engine is None:  # no plan yet, rebuild asked, or a stale/corrupt plan file
             plan = _build_plan(trt, self._logger, onnx_path, precision, profiles, workspace_mb)
             _write_atomically(self.plan_path, plan)
