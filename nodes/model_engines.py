@@ -15,6 +15,7 @@ and, for the ONNX backends, a function that returns its cached ONNX export.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,18 @@ def declare_engine_params(spec: Spec, auto: str, forms: Sequence[str] = BACKENDS
                "when torch sees one, else the CPU); a device asked for and missing stops the graph before it starts")
     spec.param("precision", str, "fp32", "compute precision; fp16 needs backend torch or tensorrt (inputs and "
                "outputs stay float32)", choices=list(PRECISIONS))
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, node: str) -> None:
+    """``--backend``, ``--device``, ``--precision`` for a command that runs model node ``node``."""
+    spec = Spec()
+    declare_engine_params(spec, auto="")
+    parser.add_argument("--backend", default="auto", choices=spec.params["backend"].choices,
+                        help=f"inference backend (default auto: `evpipe nodes {node}` says what it picks)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_FORMS} (default auto: the first CUDA GPU when "
+                        "torch sees one, else the CPU); a device asked for and missing stops with exit 2")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32 (default) or fp16 (torch and tensorrt on a GPU)")
 
 
 @dataclass(frozen=True)

@@ -92,14 +92,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _check_machine(graph: Graph, host: str | None, console: Console) -> dict[str, dict[str, str]] | None:
     """Stop before anything starts when a node asks for a backend or device this machine lacks; print
     what each model node runs on (the run header). None after an error."""
+    from rich.markup import escape  # messages hold install hints such as evpipe[trt]
+
     try:
         engines = check_machine(graph, host)
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return None
     for name, engine in engines.items():
-        console.print(f"  {name}: backend {engine['backend']}, device {engine['device']}, precision "
-                      f"{engine['precision']}, engine cache {engine['cache']}", highlight=False, soft_wrap=True)
+        console.print(escape(f"  {name}: backend {engine['backend']}, device {engine['device']}, precision "
+                             f"{engine['precision']}, engine cache {engine['cache']}"), highlight=False, soft_wrap=True)
     return engines
 
 
@@ -246,12 +248,14 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_upsample(args: argparse.Namespace, console: Console) -> int:
+    from rich.markup import escape
+
     from evpipe.nodes.upsample.cli import UpsampleInputError, run
 
     try:
         return run(args)
     except (UpsampleInputError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
 
 

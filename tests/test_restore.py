@@ -202,7 +202,7 @@ def _run_restore_node(clip: np.ndarray, **params: object) -> list:
     from evpipe.runtime.events import Frame
     from evpipe.runtime.wire import Message
 
-    node = Restore("restore", {"nfe": 2, "progress": False, **params})
+    node = Restore("restore", {"nfe": 2, "progress": False, "device": "cpu", **params})
     out: list = []
     node.attach_emitter(lambda port, msg: out.append(msg))
     node.attach_reporter(lambda report: out.append(report))
@@ -219,6 +219,8 @@ def test_restore_node_windows_cover_the_clip_in_order() -> None:
     frames, report = [m.frame() for m in out[:-1]], out[-1]
     assert [f.t for f in frames] == [1000 * i for i in range(15)]
     assert all(f.image.shape == (16, 12) and f.image.dtype == np.float32 for f in frames)
+    engine = {"backend": "torch", "device": "cpu", "precision": "fp32", "cache": "none (torch eager)"}
+    assert report.pop("engine") == engine  # auto on the CPU: torch
     assert report == {"frames_in": 15, "frames_out": 15, "windows": 4}  # 0-5, 4-9, 8-13, 12-14
     # One window holding the whole clip is exactly the sampler on the clip.
     measured = torch.from_numpy(np.round(clip[:6] * 255 - 0.5) / 255)[:, None].float()

@@ -107,8 +107,7 @@ class Deblur(Node):
             self.deblurrer = self._deblurrer(vars(p))
         except ValueError as error:
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
-        if p.method == "diffevent":
-            self.report({"engine": engine_summary(self.deblurrer.choice, self._cache())})
+
         self.exposure_edi, self.exposure_voxel = exposure_edi, exposure_voxel
         self.c = p.edi_c or self.deblurrer.c
         self.stream = EventIntake()
@@ -183,9 +182,10 @@ class Deblur(Node):
     def stop(self) -> None:
         if hasattr(self, "stream"):
             self._emit_ready(final=True)
+        engine = {}
         if hasattr(self, "deblurrer"):
-            if self.params.method == "diffevent" and self.deblurrer.choice.backend != "torch":
-                self.report({"engine": engine_summary(self.deblurrer.choice, self._cache())})
+            if self.params.method == "diffevent":  # what really ran
+                engine = {"engine": engine_summary(self.deblurrer.choice, self._cache())}
             self.deblurrer.close()
         if hasattr(self, "counts"):
-            self.report(dict(self.counts))
+            self.report({**self.counts, **engine})

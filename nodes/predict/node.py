@@ -127,7 +127,6 @@ class Predictor(Node):
     def start(self) -> None:
         p = self.params
         self.predictor = self._predictor(vars(p))
-        self.report({"engine": engine_summary(self.predictor.choice, self._cache())})
         self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
         self.frame_times: deque[int] = deque()  # real frames within anchor_history_us, oldest first
         self.pending: list[Message] = []
@@ -177,8 +176,8 @@ class Predictor(Node):
         return ", ".join(files) if files else no_cache(self.predictor.choice)
 
     def stop(self) -> None:
+        engine = {}
         if hasattr(self, "predictor"):
-            if self.predictor.choice.backend != "torch":  # the engines opened at run time: name their files
-                self.report({"engine": engine_summary(self.predictor.choice, self._cache())})
+            engine = {"engine": engine_summary(self.predictor.choice, self._cache())}  # what really ran
             self.predictor.close()
-        self.report(dict(self.counts))
+        self.report({**self.counts, **engine})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from evpipe.nodes.model_engines import add_engine_arguments
 from evpipe.nodes.restore.node import DEGRADATIONS, SPATIAL, VIDEO_SUFFIXES
 from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, help="frame rate of the output (default: the input video's, else 25)")
     parser.add_argument("--checkpoint", default="tiny", help="prior: shipped name or .pt file (default tiny)")
     parser.add_argument("--seed", type=int, default=0)
+    add_engine_arguments(parser, "restore")
 
 
 def _video_rate(path: Path) -> float | None:
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
                  f"restore.spatial={args.spatial}", f"restore.nfe={nfe}",
                  f"restore.eta={eta}", f"restore.cg_steps={args.cg_steps}", f"restore.time_power={args.time_power}",
                  f"restore.window={args.window}", f"restore.overlap={args.overlap}",
-                 f"restore.checkpoint={args.checkpoint}", f"restore.seed={args.seed}"]
+                 f"restore.checkpoint={args.checkpoint}", f"restore.seed={args.seed}",
+                 f"restore.backend={args.backend}", f"restore.device={args.device}",
+                 f"restore.precision={args.precision}"]
     config = Path(str(resources.files("evpipe.configs").joinpath(CONFIG)))
     return cmd_run(argparse.Namespace(config=str(config), set=overrides, view=False, view_port=0, host=None,
                                       log_level=getattr(args, "log_level", "INFO"),

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from evpipe.nodes.model_engines import NetworkEngines, choose_engine, declare_engine_params, engine_summary, no_cache
 from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, NodeError, Spec
+from evpipe.runtime.node import Node, NodeError, ParamError, Spec
 from evpipe.runtime.wire import Message
 
 DEGRADATIONS = ("uniform7", "uniform13", "gaussian1")
 SPATIAL = ("none", "blur", "sr4")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+AUTO_RESTORE = ("torch (eager on the CPU, CUDA graphs per window shape on a GPU); onnxruntime and tensorrt run the "
+                "prior's ONNX export when asked for")
 
 
 class ClipReader(Node):
@@ -101,8 +105,8 @@ class Restore(Node):
         spec.param("window", int, 16, "frames restored together", minimum=2)
         spec.param("overlap", int, 4, "frames shared by consecutive windows (cross-faded)", minimum=0)
         spec.param("seed", int, 0, "seed of the sampler's noise")
-        spec.param("threads", int, 0, "torch CPU threads; 0: torch's default", minimum=0)
-        spec.param("device", str, "cpu", "torch device")
+        spec.param("threads", int, 0, "torch CPU threads (and onnxruntime's); 0: the backend's default", minimum=0)
+        declare_engine_params(spec, auto=AUTO_RESTORE)
         spec.param("progress", bool, True, "show a progress bar per window on stderr")
 
     def start(self) -> None:
@@ -118,10 +122,12 @@ class Restore(Node):
             raise NodeError(f"restore: overlap ({p.overlap}) must be smaller than window ({p.window})")
         if p.threads:
             torch.set_num_threads(p.threads)
+        self.choice = choose_engine(self.name, vars(p), auto_forms=("torch",))
         try:
-            self.model, _ = load_prior(p.checkpoint, p.device)
+            self.model, _ = load_prior(p.checkpoint, self.choice.device)
         except (FileNotFoundError, ValueError) as error:
             raise NodeError(f"restore: {error}") from error
+        self.network = self._network()
         self.config = DDSConfig(nfe=p.nfe, cg_steps=p.cg_steps, eta=p.eta, time_power=p.time_power,
                                 batch_consistent=p.batch_consistent, seed=p.seed)
         self.psf = temporal_psf(p.degradation)
@@ -130,6 +136,14 @@ class Restore(Node):
         self.counts = {"frames_in": 0, "frames_out": 0, "windows": 0}
         self.size: tuple[int, int] | None = None
         self.gray = gray_unit
+
+    def _network(self) -> NetworkEngines:
+        """The prior behind the engine interface, on the backend and device chosen."""
+        from evpipe.nodes.restore.export import INPUT_NAMES, OUTPUT_NAME, cached_prior_onnx
+
+        checkpoint = self.params.checkpoint
+        return NetworkEngines(self.choice, self.model, INPUT_NAMES, OUTPUT_NAME,
+                              onnx=lambda: cached_prior_onnx(checkpoint), threads=self.params.threads or None)
 
     def process(self, port: str, msg: Message) -> None:
         frame = msg.frame()
@@ -156,10 +170,10 @@ class Restore(Node):
         height, width = frames.shape[1] * scale, frames.shape[2] * scale
         pad_h, pad_w = -height % (multiple * scale), -width % (multiple * scale)
         padded = np.pad(frames, ((0, 0), (0, pad_h // scale), (0, pad_w // scale)), mode="reflect")
-        y = torch.from_numpy(padded[:, None]).to(p.device)
+        y = torch.from_numpy(padded[:, None]).to(self.choice.device)
         shape = (len(frames), 1, (height + pad_h), (width + pad_w))
         op = make_operator(self.psf, shape, None if p.spatial == "none" else p.spatial, boundary=p.boundary)
-        restored = dds_restore(self.model, op, y, shape, self.config, progress=p.progress)
+        restored = dds_restore(self.model, op, y, shape, self.config, progress=p.progress, network=self.network)
         restored = restored[:, 0, :height, :width].cpu().numpy().astype(np.float32)
         if self.carry is not None:  # cross-fade the overlap with the previous window's estimates
             n = len(self.carry)
@@ -177,6 +191,35 @@ class Restore(Node):
             self.emit("frames", Message.from_frame(Frame(image, t, 0, meta)))
             self.counts["frames_out"] += 1
 
+    @classmethod
+    def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str]:
+        choice = choose_engine(name, params, auto_forms=("torch",))
+        if choice.backend == "torch":
+            return engine_summary(choice, no_cache(choice))
+        from evpipe.nodes.restore.export import prior_onnx_path  # torch loads only for a graph with this node
+
+        try:
+            path = prior_onnx_path(params["checkpoint"])
+        except FileNotFoundError as error:
+            raise ParamError(f"{name}.checkpoint: {error}") from None
+        cache = f"{path} ({'cached' if path.is_file() else 'exported at the first window'})"
+        if choice.backend == "tensorrt":
+            cache += "; a TensorRT plan per window shape, built once and cached"
+        return engine_summary(choice, cache)
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """``evpipe build-engines``: the prior's cached ONNX export for the onnxruntime and tensorrt
+        backends (TensorRT plans follow the clip's frame size and are built at the first window)."""
+        if choose_engine(cls.__name__.lower(), params, auto_forms=("torch",)).backend == "torch":
+            return []
+        from evpipe.nodes.restore.export import cached_prior_onnx, prior_onnx_path
+
+        path = prior_onnx_path(params["checkpoint"])
+        state = "cached" if path.is_file() else "built"
+        cached_prior_onnx(params["checkpoint"])
+        return [(str(path), state)]
+
     def stop(self) -> None:
         if not hasattr(self, "buffer"):
             return
@@ -185,4 +228,7 @@ class Restore(Node):
             self._restore_window(final=True)
         elif self.carry is not None:  # the stream ended exactly at a window: its overlap is final as it is
             self._send(self.carry, self.buffer)
-        self.report(dict(self.counts))
+        files = self.network.cache_files()
+        engine = engine_summary(self.choice, ", ".join(files) if files else no_cache(self.choice))
+        self.network.close()
+        self.report({**self.counts, "engine": engine})

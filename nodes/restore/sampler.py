@@ -26,6 +26,7 @@ shared ones of :mod:`evpipe.nodes.diffusion`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -90,10 +91,13 @@ def cg_only(op: LinearOperator, y: Tensor, shape: tuple[int, int, int, int], con
 
 @torch.no_grad()
 def dds_restore(model: ImagePrior, op: LinearOperator, y: Tensor, shape: tuple[int, int, int, int],
-                config: DDSConfig = PAPER_TEMPORAL, progress: bool = False) -> Tensor:
+                config: DDSConfig = PAPER_TEMPORAL, progress: bool = False,
+                network: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """Restore a clip of ``shape`` (L, C, H, W) from measurements ``y`` = A(clip) (float32, the shape
     ``op.measurement_shape(shape)``, image units). Returns float32 (L, C, H, W) in [0, 1] on ``y``'s
-    device. Deterministic given ``config.seed``."""
+    device. Deterministic given ``config.seed``. ``network(x, t)`` evaluates the prior: the restore
+    node passes its engine (:class:`evpipe.nodes.model_engines.NetworkEngines`); default ``model`` itself,
+    eagerly (training and evaluation)."""
     if tuple(y.shape) != tuple(op.measurement_shape(shape)):
         raise ValueError(f"dds_restore: measurements have shape {tuple(y.shape)}, the operator gives "
                          f"{op.measurement_shape(shape)} for a clip of {shape}")
@@ -110,7 +114,7 @@ def dds_restore(model: ImagePrior, op: LinearOperator, y: Tensor, shape: tuple[i
     for i in tqdm(range(config.nfe), desc="DDS", unit="step", disable=not progress, leave=False):
         alpha_t, sigma_t = schedule.alpha_sigma(times[i])
         alpha_s, sigma_s = schedule.alpha_sigma(times[i + 1])
-        pred = model(x, times[i].expand(shape[0]).to(device))
+        pred = (network or model)(x, times[i].expand(shape[0]).to(device))
         x0, eps = diffusion.x0_eps_from_prediction(pred, prediction, x, alpha_t, sigma_t)
         x0 = x0.clamp(-1.0, 1.0)
         x0 = to_model(data_consistency(op, y, from_model(x0), config.cg_steps, config.gamma))

@@ -35,8 +35,13 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import Tensor
 
 from evpipe.nodes import diffusion
+from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
 from evpipe.nodes.upsample.alignment import align_to_middle
+from evpipe.nodes.upsample.export import INPUT_NAMES, OUTPUT_NAME, cached_denoiser_onnx
 from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint, to_model
+from evpipe.runtime.engines import BACKENDS, select_engine
+
+Network = Callable[..., Tensor]  # (z_t, t, frame0, frame1, estimate, available) -> v, as HiFI.forward
 
 
 @dataclass(frozen=True)
@@ -120,11 +125,13 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 
 def multidiffusion_denoiser(model: HiFI, frame0: Tensor, frame1: Tensor, estimate: Tensor, available: bool,
-                            patch: int | None, overlap: float, patch_batch: int) -> Callable[[Tensor, Tensor], Tensor]:
+                            patch: int | None, overlap: float, patch_batch: int,
+                            network: Network | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """A whole-image v predictor ``fn(z_t (1, C, H, W), t (1,)) -> v`` for ``evpipe.nodes.diffusion``'s
     sampler: the network's v on overlapping patches, averaged where they overlap. Conditions are
     (1, C, H, W): frames in the model range, ``estimate`` in data units; ``patch`` None evaluates the
-    whole image in one call."""
+    whole image in one call. ``network`` evaluates the denoiser (the node and CLI pass their engine,
+    :class:`evpipe.nodes.model_engines.NetworkEngines`; default ``model`` itself, eagerly)."""
     height, width = z_shape = frame0.shape[-2:]
     if patch is None:
         size, origins = (height, width), [(0, 0)]
@@ -132,18 +139,20 @@ def multidiffusion_denoiser(model: HiFI, frame0: Tensor, frame1: Tensor, estimat
         size = (min(patch, height), min(patch, width))
         origins = patch_grid(height, width, patch, overlap)
     rows, cols = coverage(height, width, origins, size)
-    flag = torch.full((1,), float(available))
+    rows, cols = rows.to(frame0.device), cols.to(frame0.device)
+    flag = torch.full((1,), float(available), device=frame0.device)
+    call = network or model
     chunks = list(_chunks(origins, patch_batch))
     cond_patches = [(cut_patches(frame0, c, size), cut_patches(frame1, c, size), cut_patches(estimate, c, size))
                     for c in chunks] if len(chunks) == 1 else None  # one chunk: cut the conditions once
 
     def denoise(z_t: Tensor, t: Tensor) -> Tensor:
-        total = torch.zeros(z_t.shape[0], z_t.shape[1], *z_shape)
+        total = torch.zeros(z_t.shape[0], z_t.shape[1], *z_shape, device=z_t.device)
         for j, chunk in enumerate(chunks):
             f0, f1, est = cond_patches[j] if cond_patches else (
                 cut_patches(frame0, chunk, size), cut_patches(frame1, chunk, size), cut_patches(estimate, chunk, size))
             n = len(chunk)
-            v = model(cut_patches(z_t, chunk, size), t.expand(n), f0, f1, est, flag.expand(n))
+            v = call(cut_patches(z_t, chunk, size), t.expand(n), f0, f1, est, flag.expand(n))
             merge_patches(v, chunk, total.shape, total)
         return total.div_(rows).div_(cols)
 
@@ -155,8 +164,10 @@ def _pad_multiple(levels: int, model: HiFI) -> int:
 
 
 @torch.no_grad()
-def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSettings | None = None) -> Tensor:
-    """The middle frame of ``frame0`` and ``frame1`` (float32 (C, H, W) in [0, 1]) -> (C, H, W) in [0, 1]."""
+def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSettings | None = None,
+                network: Network | None = None) -> Tensor:
+    """The middle frame of ``frame0`` and ``frame1`` (float32 (C, H, W) in [0, 1]) -> (C, H, W) in [0, 1];
+    ``network`` as in :func:`multidiffusion_denoiser`."""
     settings = settings or CascadeSettings()
     if frame0.shape != frame1.shape or frame0.ndim != 3:
         raise ValueError(f"interpolate: frames must be (C, H, W) of the same shape, got {tuple(frame0.shape)} "
@@ -188,11 +199,12 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
                                  f0, f1)
             available, estimate = True, None  # the coarser estimate is not needed past its upsampled copy
         denoise = multidiffusion_denoiser(model, f0, f1, cond, available, settings.patch, settings.overlap,
-                                          settings.patch_batch)
+                                          settings.patch_batch, network)
         mean = torch.zeros_like(f0)
         for i in range(settings.samples):
             generator = torch.Generator().manual_seed(settings.seed + i)
-            mean += diffusion.ddim_sample(denoise, torch.randn(f0.shape, generator=generator), model.schedule,
+            mean += diffusion.ddim_sample(denoise, torch.randn(f0.shape, generator=generator).to(f0.device),
+                                          model.schedule,
                                           settings.steps, prediction="v")
         del denoise, cond  # their full-size buffers before the next ones are made
         estimate = model.from_data(mean.div_(settings.samples), f0, f1).clamp_(-1.0, 1.0)
@@ -216,13 +228,23 @@ def recursive_middles(frame0: Tensor, frame1: Tensor, factor: int,
 
 class Upsampler:
     """Numpy front end for the node, the CLI and the evaluation: images float32 (H, W) gray or (H, W, 3)
-    colour in [0, 1] (the model's channel count decides which); ``checkpoint`` a shipped name or a file."""
+    colour in [0, 1] (the model's channel count decides which); ``checkpoint`` a shipped name or a file.
+
+    The denoiser runs through the engine interface on ``backend`` / ``device`` / ``precision``
+    (:func:`evpipe.runtime.engines.select_engine`); ``auto`` is torch here (eager on the CPU, a CUDA
+    graph per patch-batch shape on a GPU): the cascade calls the network with a different batch and
+    size per level, and onnxruntime / tensorrt (the cached ONNX export) are used when asked for."""
 
     def __init__(self, checkpoint: str | Path = "tiny", settings: CascadeSettings | None = None,
-                 device: str = "cpu") -> None:
-        self.model = load_checkpoint(checkpoint, device)
+                 device: str = "cpu", backend: str = "torch", precision: str = "fp32") -> None:
+        forms = ("torch",) if backend == "auto" else BACKENDS
+        self.choice = EngineChoice(*select_engine(backend, device, precision, forms), precision)
+        self.device = self.choice.device
+        self.model = load_checkpoint(checkpoint, self.device)
         self.settings = settings or CascadeSettings()
-        self.device = device
+
+        self.network = NetworkEngines(self.choice, self.model, INPUT_NAMES, OUTPUT_NAME,
+                                      onnx=lambda: cached_denoiser_onnx(checkpoint))
 
     def _tensor(self, image: np.ndarray) -> Tensor:
         image = np.asarray(image, dtype=np.float32)
@@ -238,12 +260,24 @@ class Upsampler:
         array = tensor.cpu().numpy()
         return array[0] if array.shape[0] == 1 else np.ascontiguousarray(np.moveaxis(array, 0, 2))
 
+    def _middle(self, frame0: Tensor, frame1: Tensor) -> Tensor:
+        return interpolate(self.model, frame0, frame1, self.settings, self.network)
+
     def middle(self, image0: np.ndarray, image1: np.ndarray) -> np.ndarray:
         """The frame halfway between two images (see the class docstring for the image format)."""
-        return self._image(interpolate(self.model, self._tensor(image0), self._tensor(image1), self.settings))
+        return self._image(self._middle(self._tensor(image0), self._tensor(image1)))
 
     def between(self, image0: np.ndarray, image1: np.ndarray, factor: int) -> list[np.ndarray]:
         """The ``factor - 1`` frames at k / factor between the images (``factor`` a power of two)."""
-        middles = recursive_middles(self._tensor(image0), self._tensor(image1), factor,
-                                    lambda a, b: interpolate(self.model, a, b, self.settings))
+        middles = recursive_middles(self._tensor(image0), self._tensor(image1), factor, self._middle)
         return [self._image(frame) for frame in middles]
+
+    def cache(self) -> str:
+        """The engine cache files opened so far, or what the torch backend keeps instead."""
+        files = self.network.cache_files()
+        if files:
+            return ", ".join(files)
+        return "none (torch CUDA graph captured per shape)" if self.device != "cpu" else "none (torch eager)"
+
+    def close(self) -> None:
+        self.network.close()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evpipe.nodes.model_engines import add_engine_arguments, choose_engine
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples averaged per level (default 4)")
     parser.add_argument("--fps", type=float, help="input frame rate (default: the video's; 25 for images)")
     parser.add_argument("--max-frames", type=int, help="read at most this many input frames")
+    add_engine_arguments(parser, "upsample")
 
 
 def _read_video(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], float]:
@@ -143,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.factor not in (2, 4, 8, 16):
         raise UpsampleInputError(f"--factor must be 2, 4, 8 or 16, got {args.factor}")
+    # Before reading anything: a backend or device that is missing stops the command (exit 2).
+    choose_engine("upsample", vars(args), auto_forms=("torch",))
     frames, fps = read_frames(args.input, args.max_frames)
     if len(frames) < 2:
         raise UpsampleInputError(f"{args.input}: need at least two frames, found {len(frames)}")
@@ -151,12 +156,16 @@ def run(args: argparse.Namespace) -> int:
     fps = args.fps or fps or 25.0
     patch = load_checkpoint(args.checkpoint).config.patch
     settings = CascadeSettings(levels=args.levels, steps=args.steps, samples=args.samples, patch=patch)
-    upsampler = Upsampler(args.checkpoint, settings)
+    upsampler = Upsampler(args.checkpoint, settings, args.device, args.backend, args.precision)
+    choice = upsampler.choice
+    print(f"upsample: backend {choice.backend}, device {choice.device}, precision {choice.precision}")
     writer = FrameWriter(args.output, fps * args.factor)
     try:
         for image in upsampled(frames, args.factor, upsampler):
             writer.write(image)
     finally:
         writer.close()
-    print(f"wrote {writer.count} frames to {args.output} ({fps * args.factor:g} fps)")
+        upsampler.close()
+    print(f"wrote {writer.count} frames to {args.output} ({fps * args.factor:g} fps); engine cache: "
+          f"{upsampler.cache()}")
     return 0

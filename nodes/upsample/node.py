@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from evpipe.nodes.model_engines import choose_engine, declare_engine_params, engine_summary, no_cache
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, NodeError, Spec
+from evpipe.runtime.node import Node, NodeError, ParamError, Spec
 from evpipe.runtime.wire import Message
 
 FACTORS = [2, 4, 8, 16]
+AUTO_UPSAMPLE = ("torch (eager on the CPU, CUDA graphs per patch-batch shape on a GPU); onnxruntime and tensorrt run "
+                 "the denoiser's ONNX export when asked for")
 
 
 class Upsample(Node):
@@ -30,6 +35,7 @@ class Upsample(Node):
         spec.param("samples", int, default=4, minimum=1, doc="samples averaged per level")
         spec.param("overlap", float, default=0.25, minimum=0.0, maximum=0.9, doc="patch overlap fraction")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise")
+        declare_engine_params(spec, auto=AUTO_UPSAMPLE)
 
     def start(self) -> None:
         # torch loads only when a graph runs this node
@@ -43,7 +49,7 @@ class Upsample(Node):
             raise NodeError(f"upsample.checkpoint: {error}") from None
         settings = CascadeSettings(levels=p.levels, steps=p.steps, samples=p.samples, patch=patch,
                                    overlap=p.overlap, seed=p.seed)
-        self.upsampler = Upsampler(p.checkpoint, settings)
+        self.upsampler = Upsampler(p.checkpoint, settings, p.device, p.backend, p.precision)
         self.previous: Frame | None = None
         self.counts = {"frames": 0, "interpolated": 0}
 
@@ -71,5 +77,39 @@ class Upsample(Node):
                 self.counts["interpolated"] += 1
         self.emit("frames", Message.from_frame(frame))
 
+    @classmethod
+    def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str]:
+        choice = choose_engine(name, params, auto_forms=("torch",))
+        if choice.backend == "torch":
+            return engine_summary(choice, no_cache(choice))
+        from evpipe.nodes.upsample.export import denoiser_onnx_path  # torch loads only for a graph with this node
+
+        try:
+            path = denoiser_onnx_path(params["checkpoint"])
+        except FileNotFoundError as error:
+            raise ParamError(f"{name}.checkpoint: {error}") from None
+        cache = f"{path} ({'cached' if path.is_file() else 'exported at the first frame pair'})"
+        if choice.backend == "tensorrt":
+            cache += "; a TensorRT plan per patch-batch shape, built once and cached"
+        return engine_summary(choice, cache)
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """``evpipe build-engines``: the denoiser's cached ONNX export for the onnxruntime and tensorrt
+        backends (TensorRT plans follow the levels' patch batches and are built at the first frame pair)."""
+        if choose_engine(cls.__name__.lower(), params, auto_forms=("torch",)).backend == "torch":
+            return []
+        from evpipe.nodes.upsample.export import cached_denoiser_onnx, denoiser_onnx_path
+
+        path = denoiser_onnx_path(params["checkpoint"])
+        state = "cached" if path.is_file() else "built"
+        cached_denoiser_onnx(params["checkpoint"])
+        return [(str(path), state)]
+
     def stop(self) -> None:
-        self.report(dict(self.counts))
+        engine = {}
+        if hasattr(self, "upsampler"):
+            engine = {"engine": engine_summary(self.upsampler.choice, self.upsampler.cache())}
+            self.upsampler.close()
+        if hasattr(self, "counts"):
+            self.report({**self.counts, **engine})
