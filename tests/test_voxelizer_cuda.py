@@ -49,9 +49,9 @@ def test_voxelizer_on_cuda_emits_the_cpu_grids():
 
 @pytest.mark.skipif(IN_SIMULATOR, reason="the simulator pretends to have a GPU")
 def test_voxelizer_device_cuda_without_a_gpu_is_a_configuration_error():
-    from evpipe.nodes.transforms.voxelizer import Voxelizer, kernel_device
-
     from numba import cuda
+
+    from evpipe.nodes.transforms.voxelizer import Voxelizer, kernel_device
 
     if cuda.is_available():
         pytest.skip("a CUDA GPU is visible: the missing-device error cannot occur")

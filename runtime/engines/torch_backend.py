@@ -16,8 +16,10 @@ matmuls, so fp32 means IEEE fp32 (each evpipe model node is its own process).
 UNVERIFIED HERE: this workplace has no GPU, so :class:`TorchCudaEngine` has never run in it; the
 CPU path is tested. The GPU path follows the documented torch CUDA-graph recipe.
 
-Inputs and outputs keep the module's own dtypes: with ``precision="fp16"`` floating inputs are cast
-to fp16 inside the engine and floating outputs come back as float32.
+Inputs and outputs keep the module's own dtypes: with ``precision="fp16"`` the module runs under
+``torch.autocast(float16)`` (weights stay fp32; convolutions and matmuls compute in fp16) and floating
+outputs come back as float32. Autocast rather than ``module.half()``: the diffusion samplers build
+fp32 tensors inside their forward (time embeddings, schedule constants), which a half module rejects.
 """
 
 from __future__ import annotations
@@ -104,11 +106,8 @@ class TorchCpuEngine(Engine):
     ) -> None:
         torch = import_torch()
         _check_static(inputs)
-        module = load_module(module_or_loader)
-        self._compute_dtype = torch.float16 if precision == "fp16" else torch.float32
-        if precision == "fp16":
-            module = copy.deepcopy(module).to(dtype=torch.float16)  # leave the caller's module as it was
-        self._module = module.eval()
+        self._fp16 = precision == "fp16"
+        self._module = load_module(module_or_loader).eval()
         self._output_names = output_names
         with torch.inference_mode():
             trial = self._forward([np.zeros(spec.shape, spec.dtype) for spec in inputs])
@@ -129,9 +128,9 @@ class TorchCpuEngine(Engine):
         args = []
         for array in arrays:
             # from_numpy shares memory; a read-only array would make torch warn on every call.
-            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-            args.append(tensor.to(self._compute_dtype) if tensor.is_floating_point() else tensor)
-        return normalize_output(self._module(*args), self._output_names)
+            args.append(torch.from_numpy(array if array.flags.writeable else array.copy()))
+        with torch.autocast("cpu", dtype=torch.float16, enabled=self._fp16):
+            return normalize_output(self._module(*args), self._output_names)
 
     def _run_checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = import_torch()
@@ -189,9 +188,9 @@ class TorchCudaEngine(Engine):
         self._torch_device = torch.device(device)
         if precision == "fp32":
             _disable_tf32(torch)
-        self._compute_dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._fp16 = precision == "fp16"
         module = copy.deepcopy(load_module(module_or_loader))  # leave the caller's module on its device
-        self._module = module.to(device=self._torch_device, dtype=self._compute_dtype).eval()
+        self._module = module.to(device=self._torch_device).eval()
         self._output_names = output_names
         self._cuda_graph = cuda_graph
         self._graph: Any = None
@@ -203,7 +202,7 @@ class TorchCudaEngine(Engine):
         self._slots: dict[int, _Slot] = {}
         with torch.cuda.device(self._torch_device), torch.inference_mode():
             self._static_in = {
-                spec.name: torch.zeros(spec.shape, dtype=self._device_dtype(spec), device=self._torch_device)
+                spec.name: torch.zeros(spec.shape, dtype=_torch_dtype(spec.dtype), device=self._torch_device)
                 for spec in inputs
             }
             self._static_out = self._capture(warmup)
@@ -220,9 +219,12 @@ class TorchCudaEngine(Engine):
             policy=policy,
         )
 
-    def _device_dtype(self, spec: TensorSpec) -> Any:
-        dtype = _torch_dtype(spec.dtype)
-        return self._compute_dtype if dtype.is_floating_point else dtype
+    def _forward(self, args: Sequence[Any]) -> dict[str, Any]:
+        """The module on device tensors, under fp16 autocast for ``precision="fp16"`` (no autocast
+        cache: its cached casts would go stale between CUDA graph replays)."""
+        torch = import_torch()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self._fp16, cache_enabled=False):
+            return normalize_output(self._module(*args), self._output_names)
 
     def _capture(self, warmup: int) -> dict[str, Any]:
         torch = import_torch()
@@ -233,13 +235,13 @@ class TorchCudaEngine(Engine):
         side.wait_stream(torch.cuda.current_stream(self._torch_device))
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                result = normalize_output(self._module(*args), self._output_names)
+                result = self._forward(args)
         torch.cuda.current_stream(self._torch_device).wait_stream(side)
         if not self._cuda_graph:
             return result
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph):
-            static_out = normalize_output(self._module(*args), self._output_names)
+            static_out = self._forward(args)
         torch.cuda.synchronize(self._torch_device)
         return static_out
 
@@ -287,8 +289,7 @@ class TorchCudaEngine(Engine):
                     self._graph.replay()
                     result = self._static_out
                 else:
-                    args = [buffers.dev_in[spec.name].to(self._device_dtype(spec)) for spec in self.inputs]
-                    result = normalize_output(self._module(*args), self._output_names)
+                    result = self._forward([buffers.dev_in[spec.name] for spec in self.inputs])
                 for name, device_out in buffers.dev_out.items():
                     device_out.copy_(result[name])  # also casts fp16 -> the declared dtype
                 buffers.computed.record(self._compute)
@@ -315,12 +316,12 @@ class TorchCudaEngine(Engine):
             self._compute.wait_stream(caller)
             with torch.cuda.stream(self._compute):
                 for spec, tensor in zip(self.inputs, tensors, strict=True):
-                    self._static_in[spec.name].copy_(tensor, non_blocking=True)  # also casts, e.g. to fp16
+                    self._static_in[spec.name].copy_(tensor, non_blocking=True)
                 if self._cuda_graph:
                     self._graph.replay()
                     result = self._static_out
                 else:
-                    result = normalize_output(self._module(*self._static_in.values()), self._output_names)
+                    result = self._forward(list(self._static_in.values()))
                 outputs = {spec.name: result[spec.name].to(_torch_dtype(spec.dtype), copy=True)
                            for spec in self.outputs}
             caller.wait_stream(self._compute)
