@@ -187,7 +187,11 @@ def _selection_reason(backend: str, device: str, precision: str) -> SelectionErr
     """Why ``backend`` cannot run on ``device`` at ``precision`` here, phrased for a user (None: it can)."""
     if backend == "onnxruntime":
         try:
-            from evpipe.runtime.engines.ort_backend import cuda_provider_available, import_onnxruntime
+            from evpipe.runtime.engines.ort_backend import (
+                cuda_provider_available,
+                cuda_provider_missing,
+                import_onnxruntime,
+            )
 
             import_onnxruntime()
         except BackendUnavailableError:
@@ -197,8 +201,7 @@ def _selection_reason(backend: str, device: str, precision: str) -> SelectionErr
             return SelectionError("precision", f"{precision} is not supported by onnxruntime (it runs the ONNX "
                                   "graph at its exported fp32; use backend torch or tensorrt)")
         if device != "cpu" and not cuda_provider_available():
-            return SelectionError("backend", "onnxruntime has no CUDA execution provider: the CPU build is "
-                                  "installed (pip uninstall -y onnxruntime && pip install onnxruntime-gpu)")
+            return SelectionError("backend", cuda_provider_missing())
         return None
     if backend == "tensorrt":
         try:

@@ -61,6 +61,34 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def installed_builds() -> list[str]:
+    """Which ONNX Runtime distributions pip has installed: ``onnxruntime`` (CPU) and/or
+    ``onnxruntime-gpu`` (CUDA). Both at once is broken: they install the same ``onnxruntime`` package
+    folder, so whichever came last overwrote the other's files."""
+    from importlib import metadata
+
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def cuda_provider_missing() -> str:
+    """Why this onnxruntime has no CUDA execution provider, and the pip commands that fix it."""
+    builds = installed_builds()
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    if len(builds) == 2:
+        return f"onnxruntime and onnxruntime-gpu are both installed and overwrite each other ({fix})"
+    if "onnxruntime-gpu" in builds:
+        return ("onnxruntime-gpu is installed but its CUDA execution provider does not load (check that its "
+                "CUDA and cuDNN libraries match the driver)")
+    return f"onnxruntime has no CUDA execution provider: the CPU build is installed ({fix})"
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (respects affinity masks and container CPU sets)."""
     try:
@@ -105,11 +133,7 @@ class OrtEngine(Engine):
             self._device_id = -1
         else:
             if not cuda_provider_available():
-                raise BackendUnavailableError(
-                    f"backend 'onnxruntime' on {device} needs the CUDA execution provider, which this "
-                    f"onnxruntime lacks (providers: {ort.get_available_providers()}). "
-                    "Install it with: pip install onnxruntime-gpu"
-                )
+                raise BackendUnavailableError(f"backend 'onnxruntime' on {device}: {cuda_provider_missing()}")
             self._device_id = int(device.split(":")[1])
             providers = [("CUDAExecutionProvider", {"device_id": self._device_id, "use_tf32": 0})]
         try:
