@@ -92,7 +92,7 @@ def test_a_graph_asking_for_cuda_on_this_cpu_machine_exits_2_naming_the_device(t
 def test_bad_device_text_and_unsupported_precision_are_named(tmp_path, capsys):
     assert main(["run", str(_graph(tmp_path, "device: gpu"))]) == 2
     assert "pred.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'" in capsys.readouterr().err
-    assert main(["run", str(_graph(tmp_path, "{backend: onnxruntime, precision: fp16}"[1:-1]))]) == 2
+    assert main(["run", str(_graph(tmp_path, "backend: onnxruntime, precision: fp16"))]) == 2
     assert "pred.precision: fp16 is not supported by onnxruntime" in capsys.readouterr().err.replace("\n", " ")
 
 
@@ -137,7 +137,6 @@ def test_upsample_through_the_engine_equals_the_direct_network_calls():
     a, b = rng.random((40, 36), dtype=np.float32), rng.random((40, 36), dtype=np.float32)
     direct = interpolate(upsampler.model, torch.from_numpy(a)[None], torch.from_numpy(b)[None], settings)
     assert np.array_equal(upsampler.middle(a, b), direct[0].numpy())
-    assert len(upsampler.network._engines) >= 2  # one engine per (patch batch, level size)
     upsampler.close()
 
 
