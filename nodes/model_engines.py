@@ -86,7 +86,7 @@ def engine_summary(choice: EngineChoice, cache: str) -> dict[str, str]:
 
 def no_cache(choice: EngineChoice) -> str:
     """The cache entry of a backend that keeps nothing on disk (torch)."""
-    return "none (torch CUDA graph captured at start)" if choice.device != "cpu" else "none (torch eager)"
+    return "none (torch CUDA graphs, captured per input shape)" if choice.device != "cpu" else "none (torch eager)"
 
 
 def build_plans(model: Any, frame_size: list[int]) -> list[tuple[str, str]]:
@@ -164,6 +164,12 @@ class NetworkEngines:
             if path is not None and str(path) not in found:
                 found.append(str(path))
         return found
+
+    def summary(self) -> dict[str, str]:
+        """What this network ran on, for the run report: the choice and the cache files opened so far
+        (or what the backend keeps instead)."""
+        files = self.cache_files()
+        return engine_summary(self.choice, ", ".join(files) if files else no_cache(self.choice))
 
     def plans(self) -> list[tuple[str, str]]:
         """(TensorRT plan file, ``built`` or ``cached``) of the engines opened so far."""

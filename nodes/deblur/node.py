@@ -166,10 +166,6 @@ class Deblur(Node):
         meta = {"deblurred": self.params.method, "exposure_us": frame.exposure_us}
         self.emit("frames", Message.from_frame(Frame(sharp, frame.t, 0, meta)))
 
-    def _cache(self) -> str:
-        files = self.deblurrer.network.cache_files()
-        return ", ".join(files) if files else no_cache(self.deblurrer.choice)
-
     def _release(self) -> None:
         """Keep events from the oldest pending exposure, and ``max_buffer_us`` behind the watermark."""
         if self.stream.watermark is None:
@@ -184,8 +180,8 @@ class Deblur(Node):
             self._emit_ready(final=True)
         engine = {}
         if hasattr(self, "deblurrer"):
-            if self.params.method == "diffevent":  # what really ran
-                engine = {"engine": engine_summary(self.deblurrer.choice, self._cache())}
+            if self.params.method == "diffevent":
+                engine = {"engine": self.deblurrer.network.summary()}
             self.deblurrer.close()
         if hasattr(self, "counts"):
             self.report({**self.counts, **engine})

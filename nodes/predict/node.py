@@ -171,13 +171,9 @@ class Predictor(Node):
         meta = {"predicted": True, "t_anchor": t_anchor}
         self.emit("predictions", Message.from_frame(Frame(prediction, t_target, 0, meta)))
 
-    def _cache(self) -> str:
-        files = self.predictor.network.cache_files()
-        return ", ".join(files) if files else no_cache(self.predictor.choice)
-
     def stop(self) -> None:
         engine = {}
         if hasattr(self, "predictor"):
-            engine = {"engine": engine_summary(self.predictor.choice, self._cache())}  # what really ran
+            engine = {"engine": self.predictor.network.summary()}
             self.predictor.close()
         self.report({**self.counts, **engine})

@@ -228,7 +228,6 @@ class Restore(Node):
             self._restore_window(final=True)
         elif self.carry is not None:  # the stream ended exactly at a window: its overlap is final as it is
             self._send(self.carry, self.buffer)
-        files = self.network.cache_files()
-        engine = engine_summary(self.choice, ", ".join(files) if files else no_cache(self.choice))
+        engine = self.network.summary()
         self.network.close()
         self.report({**self.counts, "engine": engine})

@@ -272,12 +272,5 @@ class Upsampler:
         middles = recursive_middles(self._tensor(image0), self._tensor(image1), factor, self._middle)
         return [self._image(frame) for frame in middles]
 
-    def cache(self) -> str:
-        """The engine cache files opened so far, or what the torch backend keeps instead."""
-        files = self.network.cache_files()
-        if files:
-            return ", ".join(files)
-        return "none (torch CUDA graph captured per shape)" if self.device != "cpu" else "none (torch eager)"
-
     def close(self) -> None:
         self.network.close()

@@ -167,5 +167,5 @@ def run(args: argparse.Namespace) -> int:
         writer.close()
         upsampler.close()
     print(f"wrote {writer.count} frames to {args.output} ({fps * args.factor:g} fps); engine cache: "
-          f"{upsampler.cache()}")
+          f"{upsampler.network.summary()['cache']}")
     return 0

@@ -109,7 +109,7 @@ class Upsample(Node):
     def stop(self) -> None:
         engine = {}
         if hasattr(self, "upsampler"):
-            engine = {"engine": engine_summary(self.upsampler.choice, self.upsampler.cache())}
+            engine = {"engine": self.upsampler.network.summary()}
             self.upsampler.close()
         if hasattr(self, "counts"):
             self.report({**self.counts, **engine})
