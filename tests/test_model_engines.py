@@ -231,3 +231,24 @@ def test_run_header_and_report_name_each_model_nodes_backend_device_and_cache(tm
     engines = json.loads(report.read_text())["engines"]
     assert engines == {"restore": {"backend": "torch", "device": "cpu", "precision": "fp32",
                                    "cache": "none (torch eager)"}}
+
+
+@pytest.mark.parametrize(("installed", "expected"), [
+    (("onnxruntime",), "the CPU build is installed (pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+                       "onnxruntime-gpu)"),
+    (("onnxruntime", "onnxruntime-gpu"), "onnxruntime and onnxruntime-gpu are both installed and overwrite each other"),
+    (("onnxruntime-gpu",), "onnxruntime-gpu is installed but its CUDA execution provider does not load"),
+])
+def test_which_onnxruntime_build_is_installed_decides_the_message(monkeypatch, installed, expected):
+    from importlib import metadata
+
+    from evpipe.runtime.engines import ort_backend
+
+    def distribution(name: str) -> object:
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return object()
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    assert ort_backend.installed_builds() == list(installed)
+    assert expected in ort_backend.cuda_provider_missing()
