@@ -125,7 +125,8 @@ def write_restored(video_params: dict[str, Any], windows: Iterator[np.ndarray], 
     stitcher, sent = WindowStitcher(overlap), 0
     try:
         for index, restored in enumerate(windows):
-            for image in stitcher.add(restored, final=index == len(windows) - 1):
+            writable = np.array(restored)  # arrays back from an engine may be read-only; the stitcher fades in place
+            for image in stitcher.add(writable, final=index == len(windows) - 1):
                 msg = restored_message(image, times[sent], degradation)
                 msg.stream, msg.seq = "restore.frames", sent
                 sink.process("in", msg)
