@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from evpipe.runtime.graph import ConfigError
 from evpipe.tools.batch_manifest import Manifest, write_summary
@@ -88,7 +89,7 @@ class Batch:
         if not self.manifest.finished(stem, settings, folder):
             return False
         entry = self.manifest.entries[stem]
-        self.row(stem, path, **{k: v for k, v in entry.items() if k not in ("outputs", "settings")},
+        self.row(stem, path, **{k: v for k, v in entry.items() if k not in ("outputs", "settings", "status")},
                  status="skipped")
         return True
 
@@ -345,21 +346,21 @@ def main(argv: list[str], console: Console) -> int:
     130 interrupted)."""
     if not argv or argv[0] in ("-h", "--help"):
         console.print("usage: evpipe batch CONFIG|restore|upsample --inputs GLOB --out DIR [options]; "
-                      "`evpipe batch restore --help` lists a target's options", highlight=False)
+                      "`evpipe batch restore --help` lists a target's options", highlight=False, markup=False)
         return 0 if argv else 2
     target = argv[0]
     args = build_parser(target).parse_args(argv[1:])
     try:
         import ray
     except ImportError:
-        console.print(f"[bold red]error:[/] {INSTALL_HINT}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(INSTALL_HINT)}", highlight=False, soft_wrap=True)
         return 2
     config = None
     if target not in MODEL_TARGETS:
         config = _graph_file(target)
         if config is None:
-            console.print(f"[bold red]error:[/] {target}: no such graph file (nor a shipped config); the target is "
-                          "a graph YAML, 'restore' or 'upsample'", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(target)}: no such graph file (nor a shipped config); the "
+                          "target is a graph YAML, 'restore' or 'upsample'", highlight=False)
             return 2
     command = shlex.join(["evpipe", "batch", *argv])
     try:
@@ -370,7 +371,7 @@ def main(argv: list[str], console: Console) -> int:
         else:
             plan_graph_jobs(config, expand_inputs(args.inputs), args.out.resolve(), args.param, args.set)
     except (BatchError, ConfigError, ValueError, OSError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     return _run(ray, batch, target, config)
 
@@ -417,7 +418,8 @@ def _run(ray: Any, batch: Batch, target: str, config: Path | None) -> int:
                         + f"; report {md_path} and {json_path.name}", highlight=False)
     for row in rows:
         if row["status"] == "failed":
-            batch.console.print(f"[red]failed:[/] {row['input']}: {row['error']}", highlight=False, soft_wrap=True)
+            batch.console.print(f"[red]failed:[/] {escape(row['input'])}: {escape(row['error'])}", highlight=False,
+                                soft_wrap=True)
     if interrupted:
         return 130
     return 1 if counts.get("failed") else 0
