@@ -45,7 +45,7 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a Ray "
                         "started on this machine for this command)")
     parser.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use (default: all)")
-    parser.add_argument("--object-store-memory", type=int, default=LOCAL_OBJECT_STORE, metavar="BYTES",
+    parser.add_argument("--object-store-memory", type=int, metavar="BYTES",
                         help=f"local Ray only: object store size (default {LOCAL_OBJECT_STORE >> 20} MiB)")
     parser.add_argument("--max-attempts", type=int, default=3,
                         help="tries per input (restore/upsample: per window or pair) before it is reported failed")
@@ -362,6 +362,13 @@ def main(argv: list[str], console: Console) -> int:
             console.print(f"[bold red]error:[/] {escape(target)}: no such graph file (nor a shipped config); the "
                           "target is a graph YAML, 'restore' or 'upsample'", highlight=False)
             return 2
+    if args.address and (args.num_cpus or args.object_store_memory):
+        console.print("[bold red]error:[/] --num-cpus and --object-store-memory size the local Ray; a cluster's "
+                      "nodes set theirs with `ray start --num-cpus ... --object-store-memory ...`", highlight=False)
+        return 2
+    if args.max_attempts < 1:
+        console.print(f"[bold red]error:[/] --max-attempts must be at least 1, got {args.max_attempts}")
+        return 2
     command = shlex.join(["evpipe", "batch", *argv])
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +401,7 @@ def _run(ray: Any, batch: Batch, target: str, config: Path | None) -> int:
     local = args.address is None
     init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
     if local:
-        init.update(num_cpus=args.num_cpus, object_store_memory=args.object_store_memory)
+        init.update(num_cpus=args.num_cpus, object_store_memory=args.object_store_memory or LOCAL_OBJECT_STORE)
     ray.init(address=args.address, **init)
     workers = int(ray.cluster_resources().get("CPU", 0))
     started = time.monotonic()
