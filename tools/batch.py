@@ -19,6 +19,7 @@ import argparse
 import collections
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from rich.markup import escape
 
 from evpipe.runtime.graph import ConfigError
 from evpipe.tools.batch_manifest import Manifest, write_summary
-from evpipe.tools.batch_plan import BatchError, Resources, expand_inputs, fingerprint, pair_units, plan_graph_jobs
+from evpipe.tools.batch_plan import BatchError, expand_inputs, fingerprint, pair_units, plan_graph_jobs, resources_for
 
 INSTALL_HINT = "evpipe batch runs on Ray, which is not installed: pip install 'evpipe[batch]'"
 MODEL_TARGETS = ("restore", "upsample")
@@ -193,14 +194,15 @@ def run_graphs(ray: Any, batch: Batch, config: Path, bar: Any) -> None:
 class VideoState:
     """A video being worked on: its pieces in, the results out, joined when all are back."""
 
-    def __init__(self, stem: str, path: Path, settings: str, units: list[tuple[int, int]], data: dict[str, Any]):
-        self.stem, self.path, self.settings, self.units, self.data = stem, path, settings, units, data
+    def __init__(self, stem: str, units: list[tuple[int, int]], data: dict[str, Any]) -> None:
+        self.stem, self.units, self.data = stem, units, data
         self.results: dict[int, Any] = {}
         self.started = time.monotonic()
 
 
 def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
     """Windows (restore) or frame pairs (upsample) of every video on a pool of model actors."""
+    from evpipe.nodes.restore.windows import window_spans
     from evpipe.tools import batch_jobs
 
     args = batch.args
@@ -209,13 +211,13 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
     if target == "restore":
         graph = batch_jobs.restore_graph(args, inputs[0], out / "unused.mp4")
         model_params = dict(graph.nodes["restore"].params)
-        resources = _resources(model_params)
+        resources = resources_for([model_params])
         settings = fingerprint({"target": target, "restore": model_params})
         model_class = batch_jobs.RestoreModel
     else:
         model_params = {"checkpoint": args.checkpoint, "levels": args.levels, "steps": args.steps,
                         "samples": args.samples, "factor": args.factor}
-        resources = _resources({})
+        resources = resources_for([])  # the upsample command has no device choice: CPU
         settings = fingerprint({"target": target, "upsample": model_params, "max_frames": args.max_frames,
                                 "fps": args.fps})
         model_class = batch_jobs.UpsampleModel
@@ -242,10 +244,10 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
         batch.row(stem, path, status="running", attempts=1)
         try:
             if target == "restore":
-                graph = batch_jobs.restore_graph(args, path, out / ".batch" / "staging" / stem / f"{stem}.mp4")
+                staging = out / ".batch" / "staging" / stem
+                shutil.rmtree(staging, ignore_errors=True)  # what an interrupted run left
+                graph = batch_jobs.restore_graph(args, path, staging / f"{stem}.mp4")
                 frames, times = batch_jobs.read_clip(graph.nodes["clip"].params)
-                from evpipe.nodes.restore.windows import window_spans
-
                 units = window_spans(len(frames), model_params["window"], model_params["overlap"])
                 data = {"frames": frames, "times": times, "video": dict(graph.nodes["video"].params)}
             else:
@@ -260,7 +262,7 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
             batch.record(stem, settings, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
             bar.update(1)
             return None
-        return VideoState(stem, path, settings, units, data)
+        return VideoState(stem, units, data)
 
     def refill() -> None:
         while queue and len(scheduler.pending) < 2 * len(actors):
@@ -307,7 +309,9 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
         del videos[video.stem]
         staging = out / ".batch" / "staging" / video.stem
         try:
-            staging.mkdir(parents=True, exist_ok=True)
+            if target == "upsample":  # restore's sink writes into its staging folder itself
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
             ordered = [video.results[i] for i in range(len(video.units))]
             if target == "restore":
                 report = batch_jobs.write_restored(video.data["video"], iter(ordered), model_params["overlap"],
@@ -332,12 +336,6 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
 
     batch.stop = stop
     scheduler.run(submit, done, failed, capacity=lambda: len(actors), refill=refill, settle=settle)
-
-
-def _resources(params: dict[str, Any]) -> Resources:
-    from evpipe.tools.batch_plan import resources_for
-
-    return resources_for([params])
 
 
 # -- the command ----------------------------------------------------------------------------------------
