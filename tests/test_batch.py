@@ -233,3 +233,39 @@ def test_restore_batch_splits_videos_into_windows_and_equals_the_serial_command(
     for path in paths:
         produced = (out / path.stem / f"{path.stem}.mp4").read_bytes()
         assert produced == (serial / f"{path.stem}.mp4").read_bytes(), f"{path.stem}: batch differs from serial"
+
+
+@pytest.mark.slow
+def test_upsample_batch_splits_videos_into_frame_pairs_and_equals_the_serial_command(cluster, clips, tmp_path):
+    paths, _ = clips
+    options = ("--factor", "2", "--levels", "1", "--steps", "2", "--samples", "1", "--max-frames", "5")
+    for path in paths[:2]:
+        proc = evpipe("upsample", str(path), str(tmp_path / "serial" / f"{path.stem}.mp4"), *options, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out"
+    proc = evpipe("batch", "upsample", *[x for p in paths[:2] for x in ("--inputs", str(p))], "--out", str(out),
+                  *options, "--address", cluster.address, timeout=300, env=cluster.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [row["units"] for row in json.loads((out / "batch_report.json").read_text())["inputs"]] == [4, 4]
+    for path in paths[:2]:
+        produced = (out / path.stem / f"{path.stem}_x2.mp4").read_bytes()
+        assert produced == (tmp_path / "serial" / f"{path.stem}.mp4").read_bytes(), f"{path.stem}: differs"
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_failing_input_is_retried_then_reported_while_the_others_finish(cluster, recordings, tmp_path):
+    inputs, serial = recordings
+    broken = tmp_path / "broken.aedat4"
+    broken.write_bytes(b"#!AER-DAT4.0\r\n" + b"\0" * 64)  # a header and nothing readable after it
+    out = tmp_path / "out"
+    proc = batch(cluster, out, [inputs[0], broken], "--max-attempts", "2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "failed:" in proc.stderr and "broken.aedat4" in proc.stderr
+    entries = manifest(out)
+    assert entries["broken"]["status"] == "failed" and entries["broken"]["attempts"] == 2
+    assert entries["broken"]["error"]
+    assert entries[inputs[0].stem]["status"] == "done"
+    assert [a["stem"] for a in attempts(out)].count("broken") == 2
+    assert_same_as_serial(out, serial, inputs[:1])
+    assert "| broken | failed | 2 |" in (out / "batch_report.md").read_text()

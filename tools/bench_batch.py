@@ -213,7 +213,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
              "`evpipe run` per input in turn.",
              f"- restore: {len(VIDEOS)} real videos cut to {CLIP['frames']} frames at {CLIP['width']}x{CLIP['height']} "
              f"(`{' '.join(RESTORE)}`); serial = `evpipe restore` per clip in turn; batch = `evpipe batch restore` "
-             "(each clip's windows spread over the actors).", "",
+             "(each clip's windows spread over the actors).",
              "- in-process serial (restore only): the same windows restored one after another in one process with "
              "the prior loaded once: the loop without any per-clip start-up, the reference for what the "
              "parallel workers themselves gain.", "",
