@@ -239,6 +239,7 @@ def test_restore_batch_splits_videos_into_windows_and_equals_the_serial_command(
 def test_upsample_batch_splits_videos_into_frame_pairs_and_equals_the_serial_command(cluster, clips, tmp_path):
     paths, _ = clips
     options = ("--factor", "2", "--levels", "1", "--steps", "2", "--samples", "1", "--max-frames", "5")
+    (tmp_path / "serial").mkdir()
     for path in paths[:2]:
         proc = evpipe("upsample", str(path), str(tmp_path / "serial" / f"{path.stem}.mp4"), *options, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
