@@ -17,7 +17,7 @@ import glob
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,19 +142,6 @@ def plan_graph_jobs(config: Path, inputs: list[Path], out: Path, param: str | No
         settings = fingerprint({"graph": text, "overrides": overrides, "param": f"{node}.{name}"})
         jobs.append(GraphJob(path.stem, path, Path(config), job_overrides, folder, staging, resources, settings))
     return jobs
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """A video cut into units (restore windows or upsample frame pairs) done independently, then joined."""
-
-    stem: str
-    input: Path
-    output: Path
-    units: tuple[tuple[int, int], ...]  # restore: [start, stop) frame spans; upsample: (i, i + 1) pairs
-    resources: Resources
-    settings: str
-    model: dict[str, Any] = field(default_factory=dict)  # what the worker needs to build and run the model
 
 
 def pair_units(n_frames: int) -> tuple[tuple[int, int], ...]:
