@@ -18,6 +18,7 @@ BUILTIN_NODES: dict[str, str] = {
     "video": "evpipe.nodes.sinks.video:VideoWriter",
     "aedat4": "evpipe.nodes.sinks.aedat4:Aedat4Recorder",
     "images": "evpipe.nodes.sinks.images:ImageWriter",
+    "npz": "evpipe.nodes.sinks.npz:NpzWriter",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",
     "predictor": "evpipe.nodes.predict.node:Predictor",
     "deblur": "evpipe.nodes.deblur.node:Deblur",

@@ -265,6 +265,12 @@ def cmd_restore(args: argparse.Namespace, console: Console) -> int:
     return run(args, console)
 
 
+def cmd_batch(args: argparse.Namespace, console: Console) -> int:
+    from evpipe.tools.batch import main
+
+    return main([args.target, *args.rest], console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evpipe", description="Streaming real-time pipeline for event cameras.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -323,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_arguments(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("batch", help="run a graph, restore or upsample over many inputs on Ray (evpipe[batch])",
+                       description="evpipe batch CONFIG|restore|upsample --inputs GLOB --out DIR [options]; "
+                       "`evpipe batch TARGET --help` lists a target's options")
+    p.add_argument("target", help="a graph YAML (a path or a shipped config), restore or upsample")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the target's options")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

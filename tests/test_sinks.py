@@ -165,6 +165,29 @@ def test_events_store_holds_exactly_the_given_events():
     np.testing.assert_array_equal(array["polarity"].astype(bool), events.p > 0)
 
 
+# ------------------------------------------------------------------------------------ npz
+
+
+def test_npz_sink_holds_every_voxel_grid_of_a_real_recording(tmp_path, shared_data):
+    """replay_to_voxels.yaml on the DVXplorer recording: one grid per 40 ms window, back to back, and
+    every event of the recording counted in exactly one grid (byte-identical runs: tests/test_batch.py)."""
+    from tests.conftest import evpipe
+
+    recording = shared_data / "dvxplorer" / "dvxplorer_sample.aedat4"
+    path = tmp_path / "voxels.npz"
+    proc = evpipe("run", "replay_to_voxels.yaml", "--set", f"replay.path={recording}", "--set",
+                  f"voxels.path={path}", "--set", f"recorder.path={tmp_path / 'events.aedat4'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(path) as npz:
+        voxels, t_start, t_end, events = npz["voxels"], npz["t_start"], npz["t_end"], npz["events"]
+    with open_recording(recording) as source:
+        total = sum(len(packet) for packet in source.events())
+    assert voxels.dtype == np.float32 and voxels.shape[1:] == (5, 240, 320) and len(voxels) == len(t_start)
+    assert np.all(t_end - t_start == 40_000) and np.all(t_start[1:] == t_end[:-1])
+    assert events.sum() == total
+    assert np.isclose(np.abs(voxels).sum(axis=(1, 2, 3)), 0).sum() < len(voxels)  # grids hold the events
+
+
 # ------------------------------------------------------------------------------------ images
 
 

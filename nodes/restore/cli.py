@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help=f"degraded clip: a video file ({', '.join(VIDEO_SUFFIXES)}) or an event "
                         "recording with APS frames")
     parser.add_argument("output", help="restored video (.mp4)")
+    add_model_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The restoration settings (shared with ``evpipe batch restore``)."""
     parser.add_argument("--degradation", required=True, choices=DEGRADATIONS, help="the clip's temporal PSF")
     parser.add_argument("--boundary", default=DEFAULT_BOUNDARY, choices=BOUNDARIES,
                         help="frames beyond a window in the PSF: wrapped (default, the paper's code) or replicated")
@@ -48,6 +53,27 @@ def _video_rate(path: Path) -> float | None:
         return None  # the reader node reports an undecodable file with its own error
 
 
+def config_path() -> Path:
+    """The shipped graph this command runs."""
+    return Path(str(resources.files("evpipe.configs").joinpath(CONFIG)))
+
+
+def graph_overrides(args: argparse.Namespace, source: Path, output: str | Path) -> list[str]:
+    """``NODE.PARAM=VALUE`` settings of :data:`CONFIG` that restore ``source`` into ``output``."""
+    spatial = args.spatial != "none"
+    nfe = args.nfe if args.nfe is not None else (100 if spatial else 20)
+    eta = args.eta if args.eta is not None else (0.8 if spatial else 0.15)
+    fps = args.fps or (_video_rate(source) if source.suffix.lower() in VIDEO_SUFFIXES else None) or 25.0
+    return [f"clip.path={source}", f"video.path={output}", f"video.fps={fps}",
+            f"restore.degradation={args.degradation}", f"restore.boundary={args.boundary}",
+            f"restore.spatial={args.spatial}", f"restore.nfe={nfe}",
+            f"restore.eta={eta}", f"restore.cg_steps={args.cg_steps}", f"restore.time_power={args.time_power}",
+            f"restore.window={args.window}", f"restore.overlap={args.overlap}",
+            f"restore.checkpoint={args.checkpoint}", f"restore.seed={args.seed}",
+            f"restore.backend={args.backend}", f"restore.device={args.device}",
+            f"restore.precision={args.precision}"]
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     """Build the overrides and run the graph as ``evpipe run`` does; returns its exit code."""
     from evpipe.runtime.cli import cmd_run
@@ -56,19 +82,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if not source.exists():
         console.print(f"[bold red]error:[/] input {source} does not exist", highlight=False)
         return 2
-    spatial = args.spatial != "none"
-    nfe = args.nfe if args.nfe is not None else (100 if spatial else 20)
-    eta = args.eta if args.eta is not None else (0.8 if spatial else 0.15)
-    fps = args.fps or (_video_rate(source) if source.suffix.lower() in VIDEO_SUFFIXES else None) or 25.0
-    overrides = [f"clip.path={source}", f"video.path={args.output}", f"video.fps={fps}",
-                 f"restore.degradation={args.degradation}", f"restore.boundary={args.boundary}",
-                 f"restore.spatial={args.spatial}", f"restore.nfe={nfe}",
-                 f"restore.eta={eta}", f"restore.cg_steps={args.cg_steps}", f"restore.time_power={args.time_power}",
-                 f"restore.window={args.window}", f"restore.overlap={args.overlap}",
-                 f"restore.checkpoint={args.checkpoint}", f"restore.seed={args.seed}",
-                 f"restore.backend={args.backend}", f"restore.device={args.device}",
-                 f"restore.precision={args.precision}"]
-    config = Path(str(resources.files("evpipe.configs").joinpath(CONFIG)))
-    return cmd_run(argparse.Namespace(config=str(config), set=overrides, view=False, view_port=0, host=None,
+    overrides = graph_overrides(args, source, args.output)
+    return cmd_run(argparse.Namespace(config=str(config_path()), set=overrides, view=False, view_port=0, host=None,
                                       log_level=getattr(args, "log_level", "INFO"),
                                       report=None), console)

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from evpipe.nodes.model_engines import NetworkEngines, choose_engine, declare_engine_params, engine_summary, no_cache
+from evpipe.nodes.model_engines import (
+    EngineChoice,
+    NetworkEngines,
+    choose_engine,
+    declare_engine_params,
+    engine_summary,
+    no_cache,
+)
 from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, ParamError, Spec
@@ -27,6 +34,22 @@ SPATIAL = ("none", "blur", "sr4")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 AUTO_RESTORE = ("torch (eager on the CPU, CUDA graphs per window shape on a GPU); onnxruntime and tensorrt run the "
                 "prior's ONNX export when asked for")
+
+
+def open_prior(name: str, params: dict[str, Any]) -> tuple[EngineChoice, Any, NetworkEngines]:
+    """The engine choice, the prior (an ImagePrior on the chosen device) and the prior behind the engine
+    interface, for restore node ``name``'s parameters (also what ``evpipe batch restore`` runs)."""
+    from evpipe.nodes.restore.export import INPUT_NAMES, OUTPUT_NAME, cached_prior_onnx
+    from evpipe.nodes.restore.model import load_prior
+
+    choice = choose_engine(name, params, auto_forms=("torch",))
+    try:
+        model, _ = load_prior(params["checkpoint"], choice.device)
+    except (FileNotFoundError, ValueError) as error:
+        raise NodeError(f"{name}: {error}") from error
+    network = NetworkEngines(choice, model, INPUT_NAMES, OUTPUT_NAME,
+                             onnx=lambda: cached_prior_onnx(params["checkpoint"]), threads=params["threads"] or None)
+    return choice, model, network
 
 
 class ClipReader(Node):
@@ -113,8 +136,7 @@ class Restore(Node):
         import torch
 
         from evpipe.nodes.predict.node import gray_unit  # imports torch: only when a graph runs this node
-        from evpipe.nodes.restore.model import load_prior
-        from evpipe.nodes.restore.sampler import DDSConfig
+        from evpipe.nodes.restore.windows import WindowStitcher, sampler_config
         from evpipe.tools.evaluate import temporal_psf
 
         p = self.params
@@ -122,28 +144,14 @@ class Restore(Node):
             raise NodeError(f"restore: overlap ({p.overlap}) must be smaller than window ({p.window})")
         if p.threads:
             torch.set_num_threads(p.threads)
-        self.choice = choose_engine(self.name, vars(p), auto_forms=("torch",))
-        try:
-            self.model, _ = load_prior(p.checkpoint, self.choice.device)
-        except (FileNotFoundError, ValueError) as error:
-            raise NodeError(f"restore: {error}") from error
-        self.network = self._network()
-        self.config = DDSConfig(nfe=p.nfe, cg_steps=p.cg_steps, eta=p.eta, time_power=p.time_power,
-                                batch_consistent=p.batch_consistent, seed=p.seed)
+        self.choice, self.model, self.network = open_prior(self.name, vars(p))
+        self.config = sampler_config(vars(p))
         self.psf = temporal_psf(p.degradation)
         self.buffer: list[tuple[np.ndarray, int]] = []  # (gray frame, time) not yet restored in a full window
-        self.carry: np.ndarray | None = None  # the previous window's estimates of the buffer's first frames
+        self.stitcher = WindowStitcher(p.overlap)
         self.counts = {"frames_in": 0, "frames_out": 0, "windows": 0}
         self.size: tuple[int, int] | None = None
         self.gray = gray_unit
-
-    def _network(self) -> NetworkEngines:
-        """The prior behind the engine interface, on the backend and device chosen."""
-        from evpipe.nodes.restore.export import INPUT_NAMES, OUTPUT_NAME, cached_prior_onnx
-
-        checkpoint = self.params.checkpoint
-        return NetworkEngines(self.choice, self.model, INPUT_NAMES, OUTPUT_NAME,
-                              onnx=lambda: cached_prior_onnx(checkpoint), threads=self.params.threads or None)
 
     def process(self, port: str, msg: Message) -> None:
         frame = msg.frame()
@@ -158,37 +166,22 @@ class Restore(Node):
             self._restore_window(final=False)
 
     def _restore_window(self, final: bool) -> None:
-        import torch
-
-        from evpipe.nodes.restore.operators import make_operator
-        from evpipe.nodes.restore.sampler import dds_restore
+        from evpipe.nodes.restore.windows import restore_window
 
         p = self.params
         frames = np.stack([image for image, _ in self.buffer])
-        scale = 4 if p.spatial == "sr4" else 1
-        multiple = self.model.multiple
-        height, width = frames.shape[1] * scale, frames.shape[2] * scale
-        pad_h, pad_w = -height % (multiple * scale), -width % (multiple * scale)
-        padded = np.pad(frames, ((0, 0), (0, pad_h // scale), (0, pad_w // scale)), mode="reflect")
-        y = torch.from_numpy(padded[:, None]).to(self.choice.device)
-        shape = (len(frames), 1, (height + pad_h), (width + pad_w))
-        op = make_operator(self.psf, shape, None if p.spatial == "none" else p.spatial, boundary=p.boundary)
-        restored = dds_restore(self.model, op, y, shape, self.config, progress=p.progress, network=self.network)
-        restored = restored[:, 0, :height, :width].cpu().numpy().astype(np.float32)
-        if self.carry is not None:  # cross-fade the overlap with the previous window's estimates
-            n = len(self.carry)
-            weight = ((np.arange(n) + 1) / (n + 1)).astype(np.float32)[:, None, None]
-            restored[:n] = (1 - weight) * self.carry + weight * restored[:n]
-        keep = 0 if final else p.overlap
-        self._send(restored[: len(frames) - keep], self.buffer[: len(frames) - keep])
-        self.carry = restored[len(frames) - keep :] if keep else None
-        self.buffer = self.buffer[len(frames) - keep :]
+        restored = restore_window(self.model, self.psf, frames, self.config, spatial=p.spatial, boundary=p.boundary,
+                                  device=self.choice.device, progress=p.progress, network=self.network)
+        ready = self.stitcher.add(restored, final)
+        self._send(ready, self.buffer[: len(ready)])
+        self.buffer = self.buffer[len(ready):]
         self.counts["windows"] += 1
 
     def _send(self, images: np.ndarray, frames: list[tuple[np.ndarray, int]]) -> None:
+        from evpipe.nodes.restore.windows import restored_message
+
         for image, (_, t) in zip(images, frames, strict=True):
-            meta = {"restored": True, "degradation": self.params.degradation}
-            self.emit("frames", Message.from_frame(Frame(image, t, 0, meta)))
+            self.emit("frames", restored_message(image, t, self.params.degradation))
             self.counts["frames_out"] += 1
 
     @classmethod
@@ -223,11 +216,10 @@ class Restore(Node):
     def stop(self) -> None:
         if not hasattr(self, "buffer"):
             return
-        done = 0 if self.carry is None else len(self.carry)
-        if len(self.buffer) > done:
+        if len(self.buffer) > self.stitcher.pending:
             self._restore_window(final=True)
-        elif self.carry is not None:  # the stream ended exactly at a window: its overlap is final as it is
-            self._send(self.carry, self.buffer)
+        elif self.stitcher.pending:  # the stream ended exactly at a window: its overlap is final as it is
+            self._send(self.stitcher.flush(), self.buffer)
         engine = self.network.summary()
         self.network.close()
         self.report({**self.counts, "engine": engine})

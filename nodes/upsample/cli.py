@@ -29,6 +29,11 @@ class UpsampleInputError(ValueError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="video file or folder of images")
     parser.add_argument("output", type=Path, help="video file (.mp4/.mkv/.avi/.mov) or a folder for PNG frames")
+    add_model_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The upsampling settings (shared with ``evpipe batch upsample``)."""
     parser.add_argument("--factor", type=int, default=2, help="frame-rate multiplier: 2, 4, 8 or 16 (default 2)")
     parser.add_argument("--checkpoint", default="tiny", help="shipped checkpoint name or a .pt file (default tiny)")
     parser.add_argument("--levels", type=int, default=3, help="cascade levels (default 3; 1 = no cascade)")
@@ -125,38 +130,52 @@ class FrameWriter:
             self.container.close()
 
 
+def model_images(frames: list[np.ndarray], channels: int) -> list[np.ndarray]:
+    """The frames as a model of ``channels`` takes them (gray for a gray checkpoint)."""
+    from evpipe.nodes.predict.node import gray_unit
+
+    return [gray_unit(frame) if channels == 1 else frame for frame in frames]
+
+
 def upsampled(frames: list[np.ndarray], factor: int, upsampler) -> Iterator[np.ndarray]:
     """Every input frame followed by the ``factor - 1`` frames between it and the next, with a progress bar."""
     from tqdm import tqdm
 
-    from evpipe.nodes.predict.node import gray_unit
-
-    gray = upsampler.model.config.channels == 1
-    images = [gray_unit(frame) if gray else frame for frame in frames]
+    images = model_images(frames, upsampler.model.config.channels)
     for i in tqdm(range(len(images)), desc=f"upsample x{factor}", unit="frame"):
         yield images[i]
         if i + 1 < len(images):
             yield from upsampler.between(images[i], images[i + 1], factor)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The command: returns the exit status; raises UpsampleInputError / ValueError / FileNotFoundError."""
-    from evpipe.nodes.upsample.cascade import CascadeSettings, Upsampler
-    from evpipe.nodes.upsample.model import load_checkpoint
-
+def load_clip(args: argparse.Namespace) -> tuple[list[np.ndarray], float]:
+    """The checked input frames and their rate; raises UpsampleInputError naming the problem."""
     if args.factor not in (2, 4, 8, 16):
         raise UpsampleInputError(f"--factor must be 2, 4, 8 or 16, got {args.factor}")
     # Before reading anything: a backend or device that is missing stops the command (exit 2).
     choose_engine("upsample", vars(args), auto_forms=("torch",))
-    frames, fps = read_frames(args.input, args.max_frames)
+    frames, fps = read_frames(Path(args.input), args.max_frames)
     if len(frames) < 2:
         raise UpsampleInputError(f"{args.input}: need at least two frames, found {len(frames)}")
     if len({frame.shape for frame in frames}) != 1:
         raise UpsampleInputError(f"{args.input}: frames differ in size")
-    fps = args.fps or fps or 25.0
+    return frames, args.fps or fps or 25.0
+
+
+def make_upsampler(args: argparse.Namespace):
+    """The cascade with the command's settings (the checkpoint's patch size)."""
+    from evpipe.nodes.upsample.cascade import CascadeSettings, Upsampler
+    from evpipe.nodes.upsample.model import load_checkpoint
+
     patch = load_checkpoint(args.checkpoint).config.patch
     settings = CascadeSettings(levels=args.levels, steps=args.steps, samples=args.samples, patch=patch)
-    upsampler = Upsampler(args.checkpoint, settings, args.device, args.backend, args.precision)
+    return Upsampler(args.checkpoint, settings, args.device, args.backend, args.precision)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command: returns the exit status; raises UpsampleInputError / ValueError / FileNotFoundError."""
+    frames, fps = load_clip(args)
+    upsampler = make_upsampler(args)
     choice = upsampler.choice
     print(f"upsample: backend {choice.backend}, device {choice.device}, precision {choice.precision}")
     writer = FrameWriter(args.output, fps * args.factor)
