@@ -9,8 +9,9 @@
 AEDAT4 (``aedat4``), HDF5 in the DSEC or plain layout (``hdf5``), RPG/ECD text (``rpg-text``; a file
 or a sequence folder), NumPy (``npy``, ``npz``), Prophesee EVT 2.0 / 3.0 ``.raw`` (``evt2``,
 ``evt3``), Event Stream (``event-stream``) and ROS 1 / ROS 2 bags (``rosbag1``, ``rosbag2``). Every
-`Recording` yields the shared `Events`, `Frame`, `Imu` and `Triggers` types with int64 µs timestamps; see `base` for the timebase and bad-input policy, and
-`describe` for the summary behind ``evpipe info``.
+`Recording` yields the shared `Events`, `Frame`, `Imu` and `Triggers` types with int64 µs
+timestamps; see `base` for the timebase and bad-input policy, and `describe` for the summary behind
+``evpipe info``.
 """
 
 from __future__ import annotations

@@ -164,10 +164,8 @@ class _RosbagRecording(Recording):
 
     def _close(self) -> None:
         for source in getattr(self, "_sources", []):
-            try:
+            with suppress(Exception):
                 source.close()
-            except Exception:
-                pass
         self._sources = []
 
     def _register(self, topic: Topic) -> None:
