@@ -11,7 +11,7 @@ import numpy as np
 
 from evpipe.nodes.sources.pacing import Pacer, prefetch
 from evpipe.nodes.sources.readers import Recording, RecordingError, open_recording
-from evpipe.runtime.events import Events, Frame
+from evpipe.runtime.events import Events, Frame, Triggers
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message, Trace
 
@@ -40,7 +40,9 @@ class Replay(Node):
     Events meta: ``width``, ``height`` (after the ROI crop). Frames: kind frame, ``image`` uint8 (H, W)
     gray or (H, W, 3) RGB (float images of 16-bit files become uint8), meta ``t`` (exposure midpoint)
     and ``exposure_us``. IMU: kind imu, arrays ``t`` int64 (N,), ``accel`` float32 (N, 3) in g,
-    ``gyro`` float32 (N, 3) in deg/s, grouped on the ``packet_us`` grid.
+    ``gyro`` float32 (N, 3) in deg/s, grouped on the ``packet_us`` grid. Triggers (EVT 3.0 ``EXT_TRIGGER``,
+    ROS bags): kind triggers, arrays ``t`` int64, ``edge`` uint8 (1 rising, 0 falling), ``channel`` uint8,
+    grouped on the same grid and due at the end of their slot. ROS bags: ``topics`` picks the topic per stream.
 
     **Order and pacing.** All three streams are merged in sensor-time order of the instant each item
     is complete: a time slice at its end, a count packet at its last event, an IMU group at the end of
@@ -55,7 +57,8 @@ class Replay(Node):
     ``issues`` (and the reader warns once per kind). ROI and polarity filtering are counted too.
 
     Report: ``produced`` (events ``messages``, ``events`` and their order-independent ``checksum``,
-    ``frames``, ``imu_messages``, ``imu_samples``: counted before each item is sent), ``removed``,
+    ``frames``, ``imu_messages``, ``imu_samples``, ``trigger_messages``, ``triggers``: counted before each item
+    is sent), ``removed``,
     ``issues``, ``recording`` and, in realtime, ``pacing`` (lag of each item behind its due instant).
     """
 
@@ -64,7 +67,10 @@ class Replay(Node):
         spec.output("events", "events", "event packets in sensor-time order")
         spec.output("frames", "frame", "APS frames of the recording (none for event-only formats)")
         spec.output("imu", "imu", "IMU samples of the recording (none for formats without IMU)")
+        spec.output("triggers", "triggers", "external trigger edges (EVT 3.0 .raw, ROS bags; none for other formats)")
         spec.param("path", str, doc="recording file (or RPG/ECD sequence folder)")
+        spec.param("topics", dict, None, "ROS bags: the topic per stream, e.g. {events: /dvs/events, frames: "
+                   "/dvs/image_raw}; a stream left out is taken when the bag has one topic of it")
         spec.param("sensor_size", list, None, "[width, height] for formats whose header has none (Prophesee .raw)")
         spec.param("t_start", int, 0, "µs after the recording's start where playback begins", minimum=0)
         spec.param("t_stop", int, None, "µs after the recording's start where playback ends (exclusive); null: "
@@ -84,6 +90,7 @@ class Replay(Node):
         spec.param("loops", int, 1, "times the recording is played", minimum=1)
         spec.param("frames", bool, True, "emit the recording's APS frames")
         spec.param("imu", bool, True, "emit the recording's IMU samples")
+        spec.param("triggers", bool, True, "emit the recording's external trigger edges")
         spec.param("checksum", bool, True, "checksum what is produced (about 5 ns per event)")
 
     # ------------------------------------------------------------------------------------ setup
@@ -91,7 +98,7 @@ class Replay(Node):
     def start(self) -> None:
         p = self.params
         self.produced = {"messages": 0, "events": 0, "checksum": 0, "frames": 0, "imu_messages": 0,
-                         "imu_samples": 0}
+                         "imu_samples": 0, "trigger_messages": 0, "triggers": 0}
         self.removed = {"roi": 0, "polarity": 0}
         self.error: str | None = None
         self.pacer: Pacer | None = None
@@ -102,7 +109,8 @@ class Replay(Node):
                 self._fail(f"parameter 'sensor_size' must be [width, height] (positive integers), got {p.sensor_size}")
             sensor_size = tuple(p.sensor_size)
         try:
-            self.recording: Recording = open_recording(p.path, sensor_size=sensor_size, on_error=p.on_error)
+            self.recording: Recording = open_recording(p.path, sensor_size=sensor_size, on_error=p.on_error,
+                                                       topics=p.topics)
             first, end = self.recording.time_range()
         except (RecordingError, ValueError, OSError) as exc:
             self._fail(str(exc))
@@ -154,6 +162,8 @@ class Replay(Node):
                 streams.append(self._imu_items(k))
             if self.params.frames:
                 streams.append(self._frame_items(k))
+            if self.params.triggers:
+                streams.append(self._trigger_items(k))
             yield from heapq.merge(*streams, key=itemgetter(0))
 
     def _file_window(self) -> tuple[int, int]:
@@ -264,6 +274,19 @@ class Replay(Node):
                 due = grid_start + (int(slots[lo]) + 1) * slot_us
                 yield due, "imu", Message("imu", arrays, {}, t_range, Trace(sensor_t=t_range[1]))
 
+    def _trigger_items(self, k: int) -> Iterator[Item]:
+        """Trigger edges grouped on the ``packet_us`` grid like IMU samples, due at the end of their slot."""
+        shift = k * self.span - self.origin
+        grid_start = self.params.t_start + k * self.span
+        slot_us = self.params.packet_us
+        for batch in self.recording.triggers(*self._file_window()):
+            t = batch.t + shift
+            slots = (t - grid_start) // slot_us
+            bounds = np.flatnonzero(np.diff(slots)) + 1
+            for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(t)], strict=True):
+                group = Triggers(t[lo:hi], batch.edge[lo:hi], batch.channel[lo:hi])
+                yield grid_start + (int(slots[lo]) + 1) * slot_us, "triggers", Message.from_triggers(group)
+
     def _count(self, port: str, msg: Message) -> None:
         produced = self.produced
         if port == "events":
@@ -274,6 +297,9 @@ class Replay(Node):
                 produced["checksum"] = (produced["checksum"] + msg.events().checksum()) % (1 << 64)
         elif port == "frames":
             produced["frames"] += 1
+        elif port == "triggers":
+            produced["trigger_messages"] += 1
+            produced["triggers"] += len(msg.arrays["t"])
         else:
             produced["imu_messages"] += 1
             produced["imu_samples"] += len(msg.arrays["t"])
