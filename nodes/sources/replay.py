@@ -275,17 +275,28 @@ class Replay(Node):
                 yield due, "imu", Message("imu", arrays, {}, t_range, Trace(sensor_t=t_range[1]))
 
     def _trigger_items(self, k: int) -> Iterator[Item]:
-        """Trigger edges grouped on the ``packet_us`` grid like IMU samples, due at the end of their slot."""
+        """Trigger edges grouped on the ``packet_us`` grid like IMU samples, due at the end of their slot; a slot's
+        group is held until a later edge (or the end) shows it complete, so it does not depend on the reader's
+        batches."""
         shift = k * self.span - self.origin
         grid_start = self.params.t_start + k * self.span
         slot_us = self.params.packet_us
+        pending = Triggers.empty()
         for batch in self.recording.triggers(*self._file_window()):
-            t = batch.t + shift
-            slots = (t - grid_start) // slot_us
-            bounds = np.flatnonzero(np.diff(slots)) + 1
-            for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(t)], strict=True):
-                group = Triggers(t[lo:hi], batch.edge[lo:hi], batch.channel[lo:hi])
-                yield grid_start + (int(slots[lo]) + 1) * slot_us, "triggers", Message.from_triggers(group)
+            pending = Triggers.concatenate([pending, Triggers(batch.t + shift, batch.edge, batch.channel)])
+            slots = (pending.t - grid_start) // slot_us
+            complete = int(np.searchsorted(slots, slots[-1], side="left"))
+            yield from self._trigger_groups(pending[:complete], grid_start, slot_us)
+            pending = pending[complete:]
+        yield from self._trigger_groups(pending, grid_start, slot_us)
+
+    @staticmethod
+    def _trigger_groups(triggers: Triggers, grid_start: int, slot_us: int) -> Iterator[Item]:
+        slots = (triggers.t - grid_start) // slot_us
+        bounds = np.flatnonzero(np.diff(slots)) + 1
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(slots)], strict=True):
+            if hi > lo:
+                yield grid_start + (int(slots[lo]) + 1) * slot_us, "triggers", Message.from_triggers(triggers[lo:hi])
 
     def _count(self, port: str, msg: Message) -> None:
         produced = self.produced
