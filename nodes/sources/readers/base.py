@@ -490,7 +490,9 @@ class _EventCheck:
             outside |= (x < 0) | (y < 0)
         valid = ~(bad_polarity | outside)
         t_valid = t if valid.all() else t[valid]
-        running_max = np.maximum.accumulate(t_valid)
+        # The running maximum starts from the previous chunks' one: every event is checked against it, not only
+        # a chunk's first.
+        running_max = np.maximum(np.maximum.accumulate(t_valid), self.t_max)
         if len(t_valid):
             previous_max = np.concatenate(([self.t_max], running_max[:-1]))
             backwards = np.zeros(len(t), dtype=bool)
