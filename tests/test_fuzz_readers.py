@@ -79,9 +79,10 @@ def _seed_files(folder: Path) -> dict[str, Path]:
         "evt2": write_evt2(folder / "seed2.raw", events, geometry=(WIDTH, HEIGHT)),
         "evt3": write_evt3(folder / "seed3.raw", events, geometry=(WIDTH, HEIGHT)),
         "event-stream": write_event_stream(folder / "seed.es", events, WIDTH, HEIGHT),
-        "rosbag1": _write_bag(folder / "seed.bag", events, {"format": "ros1"}),
-        "rosbag2-sqlite3": _write_bag(folder / "sqlite", events, {"storage": "sqlite3", "events_as": "mono"}),
+        "rosbag1": _write_bag(folder / "seed.bag", events, {"format": "ros1", "events_as": "dvs"}),
+        "rosbag2-sqlite3": _write_bag(folder / "sqlite", events, {"storage": "sqlite3", "events_as": "dvs"}),
         "rosbag2-mcap": _write_bag(folder / "mcap", events, {"storage": "mcap"}),
+        "rosbag2-mcap-mono": _write_bag(folder / "mono", events, {"storage": "mcap", "events_as": "mono"}),
     }
 
 
@@ -192,7 +193,7 @@ def fuzz_target(seeds: dict[str, Path], fmt: str, tmp_path: Path) -> tuple[Path,
 
 # AEDAT4's budget includes the known dv-processing hangs (each waits READ_TIMEOUT_S): over 20 s, so slow.
 FORMATS = [pytest.param("aedat4", marks=pytest.mark.slow), "hdf5", "hdf5-dsec", "rpg-text", "npy", "npz", "evt2",
-           "evt3", "event-stream", "rosbag1", "rosbag2-sqlite3", "rosbag2-mcap"]
+           "evt3", "event-stream", "rosbag1", "rosbag2-sqlite3", "rosbag2-mcap", "rosbag2-mcap-mono"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -323,3 +323,59 @@ def _raw(tmp_path):
     path.write_bytes(_raw_header("3.0", (64, 48)) + encode_evt3(np.array([1]), np.array([1]), np.array([1]),
                                                                 np.array([1]))[0].tobytes())
     return path
+
+
+@pytest.mark.parametrize("ros1", [True, False], ids=["ros1", "ros2"])
+def test_event_arrays_parsed_with_numpy_equal_rosbags_own_deserialization(tmp_path, ros1):
+    """prophesee_event_msgs/EventArray of 1, 2 and 5 events (CDR pads differ with the count and frame_id length)."""
+    from rosbags.rosbag2 import Writer as Writer2
+
+    store = builtin_typestore(ros1)
+    types = store.types
+    msgtype = "prophesee_event_msgs/msg/EventArray"
+    rng = np.random.default_rng(5)
+    path = tmp_path / ("p.bag" if ros1 else "p")
+    writer = Writer1(path) if ros1 else Writer2(path, version=9)
+    expected = []
+    with writer:
+        conn = writer.add_connection("/prophesee/events", msgtype, typestore=store)
+        for k, (n, frame_id) in enumerate([(1, "cam"), (2, "camera0"), (5, "")]):
+            t = np.sort(rng.integers(0, 10**9, n))
+            x, y, p = rng.integers(0, 64, n), rng.integers(0, 48, n), rng.integers(0, 2, n)
+            events = [types["prophesee_event_msgs/msg/Event"](
+                x=int(x[i]), y=int(y[i]), ts=types["builtin_interfaces/msg/Time"](sec=int(t[i]) // 10**6,
+                                                                                  nanosec=int(t[i]) % 10**6 * 1000),
+                polarity=bool(p[i])) for i in range(n)]
+            stamp = types["builtin_interfaces/msg/Time"](sec=k, nanosec=0)
+            header = (types["std_msgs/msg/Header"](seq=k, stamp=stamp, frame_id=frame_id) if ros1
+                      else types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id))
+            message = types[msgtype](header=header, height=48, width=64, events=events)
+            data = store.serialize_ros1(message, msgtype) if ros1 else store.serialize_cdr(message, msgtype)
+            writer.write(conn, k, data)
+            expected.append(Events.from_arrays(t, x, y, p))
+    expected = Events.concatenate(expected)
+    with open_recording(path, on_error="skip") as rec:
+        topic = rec.selected["events"]
+        assert topic.extra["fast_event_array"]
+        fast = [raw for raw, _ in rec._decoded(topic)]
+        topic.extra["fast_event_array"] = False
+        slow = [raw for raw, _ in rec._decoded(topic)]
+    for name in ("t", "x", "y", "p"):
+        got = np.concatenate([getattr(r, name) for r in fast])
+        np.testing.assert_array_equal(got, np.concatenate([getattr(r, name) for r in slow]))
+        np.testing.assert_array_equal(got.astype(np.int64), getattr(expected, name).astype(np.int64)
+                                      if name != "p" else (expected.p > 0).astype(np.int64))
+
+
+def test_a_mono_packet_with_an_impossible_time_base_is_a_corrupt_message(tmp_path):
+    events, triggers, frames, imu = sample_streams(1400)
+    path = tmp_path / "mono.bag"
+    write_bag(path, {"format": "ros1", "events_as": "mono"}, sink_items(events, triggers, frames, imu)[:2])
+    data = bytearray(path.read_bytes())
+    time_base_end = data.find(b"mono") - 4  # uint64 time_base, then the encoding string's uint32 length
+    data[time_base_end - 8:time_base_end] = (1 << 63).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError, match="time_base"):
+        read_all(path)
+    got, _, _, _ = read_all(path, on_error="skip")
+    np.testing.assert_array_equal(got.t, events.t[700:])  # the first packet dropped, the second kept
