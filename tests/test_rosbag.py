@@ -379,3 +379,19 @@ def test_a_mono_packet_with_an_impossible_time_base_is_a_corrupt_message(tmp_pat
         read_all(path)
     got, _, _, _ = read_all(path, on_error="skip")
     np.testing.assert_array_equal(got.t, events.t[700:])  # the first packet dropped, the second kept
+
+
+def test_frames_on_another_clock_than_the_events_are_left_out_unless_named(tmp_path):
+    events = random_events(2000, 64, 48, seed=4)
+    ros_time_us = 1_675_956_550_318_916  # ROS time of a real evt3 bag, against a camera clock near 0
+    frame = Frame(np.zeros((48, 64), np.uint8), ros_time_us)
+    path = tmp_path / "clocks"
+    write_bag(path, {}, [("events", Message.from_events(events, width=64, height=48)),
+                         ("frames", Message.from_frame(frame))])
+    with open_recording(path) as rec:
+        assert rec.selected["frames"] is None and list(rec.frames()) == []
+        (_, frames_row) = sorted(rec.topic_summary(), key=lambda row: row["topic"])
+        assert "not on the event clock" in frames_row["problem"] and frames_row["read_as"] is None
+        assert rec.time_range() == (int(events.t[0]), int(events.t[-1]) + 1)
+    _, _, frames, _ = read_all(path, topics={"frames": "/event_camera/image_raw"})
+    assert [f.t for f in frames] == [ros_time_us]

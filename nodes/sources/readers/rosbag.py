@@ -15,7 +15,8 @@ from m/s² and rad/s to g and deg/s. Triggers: the EXT_TRIGGER words of an ``evt
 camera's µs counter (24 bits, wraps counted from the topic's first packet), for ``mono`` / ``trigger``
 ``time_base`` + offset, for the EventArray types each event's ``ts``. Frames and IMU samples use their
 ``header.stamp``, the clock of the driver that published them: for ``dvs_msgs`` bags that is the events'
-clock; for ``evt3`` bags it is ROS time, which the camera clock is not synchronised with. ``t_offset`` is
+clock; for ``evt3`` bags it is ROS time, which the camera clock is not synchronised with, so a frames or IMU
+topic stamped more than an hour from the first event is not read unless ``topics`` names it. ``t_offset`` is
 the first timestamp. Windows (``t_start``/``t_stop``) are found by decoding from the topic's start:
 sensor time is not the bag's index time, so the bag index cannot seek to it.
 
@@ -67,6 +68,8 @@ STANDARD_GRAVITY = 9.80665  # m/s² per g
 EVENT_ENCODINGS = ("evt3", "mono")
 TRIGGER_ENCODING = "trigger"
 STREAMS = ("events", "frames", "imu", "triggers")
+# Frames or IMU stamped further than this from the first event are on another clock (an hour).
+CLOCK_GAP_US = 3_600_000_000
 _IMAGE_CHANNELS = {"mono8": 1, "rgb8": 3, "bgr8": 3}
 
 
@@ -238,12 +241,34 @@ class _RosbagRecording(Recording):
                     f"choose one with topics={{'{stream}': name}} (replay parameter 'topics'); its topics: "
                     f"{self._topic_list()}")
             selected[stream] = candidates[0] if candidates else None
+        self._drop_other_clocks(selected)
         if selected["events"] is None and "events" not in self._requested:
             unreadable = [f"{t.name}: {t.problem}" for t in self.topics.values() if t.problem]
             detail = f" ({'; '.join(unreadable)})" if unreadable else ""
             raise self.error(f"the bag has no event topic evpipe can read{detail}; its topics: {self._topic_list()}",
                              kind="no_events")
         return selected
+
+    def _drop_other_clocks(self, selected: dict[str, Topic | None]) -> None:
+        """Leave out an automatically chosen frames or IMU topic whose header stamps are far from the event clock:
+        an ``evt3`` camera's µs counter is not ROS time, and a replay spanning both would wait for decades."""
+        events = selected["events"]
+        first_event = None
+        if events is not None:
+            decoded = (raw for raw, _ in self._decoded(events) if len(raw.t))
+            first_raw = next(decoded, None)
+            decoded.close()
+            first_event = None if first_raw is None else int(first_raw.t[0])
+        for stream in ("frames", "imu"):
+            topic = selected[stream]
+            if topic is None or stream in self._requested or first_event is None:
+                continue
+            first = self._first_message(topic)
+            if first is not None and abs(_stamp_us(first.header.stamp) - first_event) > CLOCK_GAP_US:
+                selected[stream] = None
+                topic.problem = (f"not read: its header stamps ({_stamp_us(first.header.stamp):,} µs) are not on the "
+                                 f"event clock ({first_event:,} µs); pass topics={{'{stream}': '{topic.name}'}} "
+                                 "to read it anyway")
 
     # --------------------------------------------------------------------------------- messages
 
