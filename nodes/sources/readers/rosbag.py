@@ -68,6 +68,8 @@ STANDARD_GRAVITY = 9.80665  # m/s² per g
 EVENT_ENCODINGS = ("evt3", "mono")
 TRIGGER_ENCODING = "trigger"
 STREAMS = ("events", "frames", "imu", "triggers")
+# Events merged into one block for the shared checks (messages hold a few hundred each).
+MERGE_EVENTS = 1 << 16
 # Frames or IMU stamped further than this from the first event are on another clock (an hour).
 CLOCK_GAP_US = 3_600_000_000
 _IMAGE_CHANNELS = {"mono8": 1, "rgb8": 3, "bgr8": 3}
@@ -324,17 +326,28 @@ class _RosbagRecording(Recording):
     # ------------------------------------------------------------------------------ event decode
 
     def _read_events(self, t_start: int | None, t_stop: int | None, chunk_events: int) -> Iterator[RawEvents]:
+        # Messages hold a few hundred events each: they are merged into blocks, so the shared checks and the
+        # packet assembly run per block rather than per message.
         topic = self.selected["events"]
         if topic is None:
             return
+        block = min(chunk_events, MERGE_EVENTS)
         first = last = None
+        pending: list[RawEvents] = []
+        n_pending = 0
         for raw, _ in self._decoded(topic):
             if len(raw.t):
                 first = int(raw.t[0]) if first is None else first
                 last = int(raw.t[-1])
-                yield raw
-            if t_stop is not None and last is not None and last >= t_stop:
-                return
+                pending.append(raw)
+                n_pending += len(raw.t)
+            if n_pending >= block or (t_stop is not None and last is not None and last >= t_stop):
+                yield _merged(pending)
+                pending, n_pending = [], 0
+                if t_stop is not None and last >= t_stop:
+                    return
+        if pending:
+            yield _merged(pending)
         self._cached_range["events"] = None if first is None else (first, last + 1)
 
     def _read_triggers(self, t_start: int | None, t_stop: int | None) -> Iterator[Triggers]:
@@ -543,6 +556,13 @@ def _event_array_cdr(data: memoryview) -> tuple[np.ndarray, np.ndarray, np.ndarr
     first = _event_fields(np.frombuffer(block, _EVENT_CDR_FIRST, 1))
     rest = _event_fields(np.frombuffer(block, _EVENT_CDR_NEXT, n - 1, 14))
     return tuple(np.concatenate(pair) for pair in zip(first, rest, strict=True))
+
+
+def _merged(raws: list[RawEvents]) -> RawEvents:
+    if len(raws) == 1:
+        return raws[0]
+    return RawEvents(*(np.concatenate([getattr(r, name) for r in raws]) for name in ("t", "x", "y", "p")), "message",
+                     positions=np.concatenate([r.positions for r in raws]))
 
 
 def _no_events() -> RawEvents:
