@@ -395,3 +395,20 @@ def test_frames_on_another_clock_than_the_events_are_left_out_unless_named(tmp_p
         assert rec.time_range() == (int(events.t[0]), int(events.t[-1]) + 1)
     _, _, frames, _ = read_all(path, topics={"frames": "/event_camera/image_raw"})
     assert [f.t for f in frames] == [ros_time_us]
+
+
+def test_replay_of_a_bag_paces_sensor_time_in_real_time(shared_data):
+    import time
+
+    node = Replay("replay", {"path": str(shared_data / BAGS["rosbag2"]), "pace": "realtime", "speed": 4.0})
+    reports: list[dict] = []
+    node.attach_reporter(reports.append)
+    node.start()
+    started = time.monotonic()
+    produced = list(node.produce())
+    elapsed = time.monotonic() - started
+    node.stop()
+    span_s = (9_218_024 - 7_139_840) / 1e6  # the bag's time range, events and triggers
+    assert elapsed >= span_s / 4.0 * 0.95, elapsed  # never ahead of sensor time / speed
+    assert reports[-1]["produced"]["events"] == 343_474 and reports[-1]["produced"]["triggers"] == 4157
+    assert produced[-1][1].t_range[1] <= int(span_s * 1e6)
