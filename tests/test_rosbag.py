@@ -18,6 +18,7 @@ from evpipe.nodes.sources.readers.evt3 import decode_evt3, encode_evt3
 from evpipe.nodes.sources.readers.ros_messages import builtin_typestore
 from evpipe.nodes.sources.replay import Replay
 from evpipe.runtime.events import Events, Frame, Imu, Triggers
+from evpipe.runtime.node import NodeError
 from evpipe.runtime.wire import Message, decode, encode
 from tests.conftest import run_graph
 from tests.data_fixtures.recordings import _raw_header, random_events
@@ -412,3 +413,17 @@ def test_replay_of_a_bag_paces_sensor_time_in_real_time(shared_data):
     assert elapsed >= span_s / 4.0 * 0.95, elapsed  # never ahead of sensor time / speed
     assert reports[-1]["produced"]["events"] == 343_474 and reports[-1]["produced"]["triggers"] == 4157
     assert produced[-1][1].t_range[1] <= int(span_s * 1e6)
+
+
+def test_sink_takes_trigger_edges_before_anything_tells_the_sensor_size(tmp_path):
+    # A camera's first trigger edge can precede its first event (the real bag's does by 5 µs): found by a graph
+    # whose first message into the sink was a triggers message.
+    events, triggers, frames, imu = sample_streams(1000)
+    items = sink_items(events, triggers, frames, imu)
+    items.sort(key=lambda item: item[0] != "triggers")  # every triggers message first
+    write_bag(tmp_path / "t", {}, items)
+    got, got_triggers, _, _ = read_all(tmp_path / "t")
+    assert got.checksum() == events.checksum()
+    np.testing.assert_array_equal(got_triggers.t, triggers.t)
+    with pytest.raises(NodeError, match="sensor size is unknown"):
+        write_bag(tmp_path / "u", {}, [("events", Message.from_events(events))])

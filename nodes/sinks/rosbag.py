@@ -88,19 +88,26 @@ class RosbagRecorder(Node):
 
     # ------------------------------------------------------------------------------- writing
 
-    def _open(self, msg: Message) -> None:
+    def _resolve_size(self, msg: Message) -> None:
+        """The sensor size EventPackets and EventArrays declare: from the parameter, the events' meta or a frame."""
         size = self.params.sensor_size
         if size is None and "width" in msg.meta and "height" in msg.meta:
             size = [int(msg.meta["width"]), int(msg.meta["height"])]
         if size is None and msg.kind == "frame":
             size = [int(msg.arrays["image"].shape[1]), int(msg.arrays["image"].shape[0])]
-        if size is None or len(size) != 2:
-            raise NodeError(f"{self.name}: the sensor size is unknown (the first message, {msg.kind}, carries no "
-                            "width/height); set parameter 'sensor_size' to [width, height]")
+        if size is None:
+            if msg.kind == "events":
+                raise NodeError(f"{self.name}: the sensor size is unknown (the events carry no width/height meta); "
+                                "set parameter 'sensor_size' to [width, height]")
+            return
+        if len(size) != 2:
+            raise NodeError(f"{self.name}: parameter 'sensor_size' must be [width, height], got {size}")
         self.size = (int(size[0]), int(size[1]))
         if self.params.events_as == "evt3" and max(self.size) > MAX_COORDINATE + 1:
             raise NodeError(f"{self.name}: EVT 3.0 holds coordinates up to {MAX_COORDINATE}; the sensor is "
                             f"{self.size[0]}x{self.size[1]}: use events_as mono or dvs")
+
+    def _open(self) -> None:
         try:
             if self.ros1:
                 self.writer = Writer1(self.path)
@@ -108,7 +115,7 @@ class RosbagRecorder(Node):
                 plugin = StoragePlugin.MCAP if self.params.storage == "mcap" else StoragePlugin.SQLITE3
                 self.writer = Writer2(self.path, version=9, storage_plugin=plugin)
             self.writer.open()
-        except Exception as exc:
+        except Exception as exc:  # rosbags' writers raise their own errors and OS errors alike
             raise NodeError(f"{self.name}: cannot write {self.path} ({type(exc).__name__}: {exc})") from None
 
     def _write(self, stream: str, msgtype: str, t_us: int, message: Any) -> None:
@@ -127,14 +134,17 @@ class RosbagRecorder(Node):
         return types["std_msgs/msg/Header"](stamp=stamp, frame_id=self.params.frame_id)
 
     def _packet(self, stream: str, t0: int, encoding: str, time_base: int, payload: np.ndarray) -> Any:
+        width, height = self.size or (0, 0)  # trigger packets may come before anything that tells the size
         return self.store.types[EVENT_PACKET](
-            header=self._header(stream, t0), height=self.size[1], width=self.size[0], seq=self.seq[stream],
+            header=self._header(stream, t0), height=height, width=width, seq=self.seq[stream],
             time_base=time_base, encoding=encoding, is_bigendian=False,
             events=np.ascontiguousarray(payload).view(np.uint8))
 
     def process(self, port: str, msg: Message) -> None:
+        if self.size is None:
+            self._resolve_size(msg)
         if self.writer is None:
-            self._open(msg)
+            self._open()
         if port == "events":
             self._write_events(msg)
         elif port == "frames":
