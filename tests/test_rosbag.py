@@ -357,9 +357,9 @@ def test_event_arrays_parsed_with_numpy_equal_rosbags_own_deserialization(tmp_pa
     expected = Events.concatenate(expected)
     with open_recording(path, on_error="skip") as rec:
         topic = rec.selected["events"]
-        assert topic.extra["fast_event_array"]
+        assert topic.fast_event_array
         fast = [raw for raw, _ in rec._decoded(topic)]
-        topic.extra["fast_event_array"] = False
+        topic.fast_event_array = False
         slow = [raw for raw, _ in rec._decoded(topic)]
     for name in ("t", "x", "y", "p"):
         got = np.concatenate([getattr(r, name) for r in fast])

@@ -33,7 +33,7 @@ import heapq
 import struct
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,7 +105,7 @@ class Topic:
     problem: str = ""
     encoding: str = ""  # an EventPacket topic's encoding, from its first message
     definition_source: str = ""  # "bag" or "built-in"
-    extra: dict = field(default_factory=dict)
+    fast_event_array: bool = False  # an EventArray of the standard layout, parsed with numpy
 
     @property
     def kind(self) -> str | None:
@@ -142,7 +142,7 @@ class _RosbagRecording(Recording):
             self._open_sources()
         except RecordingError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # rosbags and the sqlite/mcap/lz4 layers under it raise many types on a damaged bag
             raise self.error(f"rosbags cannot open the bag ({type(exc).__name__}: {first_line(exc)}); "
                              f"{self._open_hint(exc)}", kind=self._open_kind(exc)) from None
         self.topics: dict[str, Topic] = {}
@@ -188,7 +188,7 @@ class _RosbagRecording(Recording):
                                                      definition.format == MessageDefinitionFormat.IDL)
                 topic.definition_source = "bag"
                 break
-            except Exception as exc:
+            except Exception as exc:  # rosbags' definition parsers raise many types on a bad definition
                 problems.append(f"{type(exc).__name__}: {first_line(exc)}")
         if topic.typestore is None and topic.msgtype in SUPPORTED_TYPES:
             topic.typestore = self._builtin_store()
@@ -201,7 +201,7 @@ class _RosbagRecording(Recording):
             return
         if topic.msgtype in (DVS_EVENT_ARRAY, PROPHESEE_EVENT_ARRAY):
             version = 1 if self.ROS1 else 2
-            topic.extra["fast_event_array"] = (topic.typestore.generate_msgdef(topic.msgtype, ros_version=version)[1]
+            topic.fast_event_array = (topic.typestore.generate_msgdef(topic.msgtype, ros_version=version)[1]
                                                == self._builtin_store().generate_msgdef(topic.msgtype,
                                                                                         ros_version=version)[1])
         if topic.msgtype == EVENT_PACKET:
@@ -288,7 +288,7 @@ class _RosbagRecording(Recording):
         while True:
             try:
                 item = next(merged, None)
-            except Exception as exc:
+            except Exception as exc:  # rosbags/apsw/lz4 raise many types on damaged storage
                 self.report("file", "corrupt", "message", index, 1,
                             f"topic {topic.name}: the bag's storage cannot be read past message {index} "
                             f"({type(exc).__name__}: {first_line(exc)})")
@@ -303,7 +303,7 @@ class _RosbagRecording(Recording):
             try:
                 message = (topic.typestore.deserialize_ros1(data, conn.msgtype) if self.ROS1
                            else topic.typestore.deserialize_cdr(data, conn.msgtype))
-            except Exception as exc:
+            except Exception as exc:  # rosbags' deserializers raise many types on a bad payload
                 self.report("file", "corrupt", "message", index, 1,
                             f"topic {topic.name}: message {index} does not deserialize as {conn.msgtype} "
                             f"({type(exc).__name__}: {first_line(exc)})")
@@ -367,7 +367,7 @@ class _RosbagRecording(Recording):
 
     def _decoded(self, topic: Topic) -> Iterator[tuple[RawEvents, Triggers]]:
         """Events and triggers of each message of an events or triggers topic."""
-        if topic.extra.get("fast_event_array"):
+        if topic.fast_event_array:
             yield from self._event_arrays(topic)
             return
         state = INITIAL_STATE
