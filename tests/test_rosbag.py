@@ -427,3 +427,11 @@ def test_sink_takes_trigger_edges_before_anything_tells_the_sensor_size(tmp_path
     np.testing.assert_array_equal(got_triggers.t, triggers.t)
     with pytest.raises(NodeError, match="sensor size is unknown"):
         write_bag(tmp_path / "u", {}, [("events", Message.from_events(events))])
+
+
+def test_sink_says_what_evt3_cannot_carry_of_a_late_first_event(tmp_path):
+    events = random_events(500, 64, 48, t0=(3 << 24) + 12_345, seed=6)
+    report = write_bag(tmp_path / "late", {}, [("events", Message.from_events(events, width=64, height=48))])
+    assert report["evt3_time_lost_us"] == 3 << 24
+    got, _, _, _ = read_all(tmp_path / "late")
+    np.testing.assert_array_equal(got.t + report["evt3_time_lost_us"], events.t)

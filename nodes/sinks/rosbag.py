@@ -45,7 +45,8 @@ class RosbagRecorder(Node):
     written on its stream is dropped and counted.
 
     Report: ``path``, ``events``, ``event_messages``, ``checksum`` (of the events written), ``frames``,
-    ``imu_samples``, ``triggers``, ``dropped_out_of_order``.
+    ``imu_samples``, ``triggers``, ``dropped_out_of_order``, and ``evt3_time_lost_us`` when the first event
+    is at or after 2**24 µs (the multiple of 2**24 µs the evt3 words cannot carry).
     """
 
     @classmethod
@@ -59,10 +60,11 @@ class RosbagRecorder(Node):
         spec.param("storage", str, "mcap", "ROS 2 storage plugin", choices=["mcap", "sqlite3"])
         spec.param("events_as", str, "evt3", "event message: EventPacket with evt3 or mono words, or dvs_msgs "
                    "EventArray", choices=["evt3", "mono", "dvs"])
-        spec.param("events_topic", str, "/event_camera/events")
-        spec.param("frames_topic", str, "/event_camera/image_raw")
-        spec.param("imu_topic", str, "/event_camera/imu")
-        spec.param("triggers_topic", str, "/event_camera/triggers")
+        spec.param("events_topic", str, "/event_camera/events", "topic of the events")
+        spec.param("frames_topic", str, "/event_camera/image_raw", "topic of the frames (sensor_msgs/Image)")
+        spec.param("imu_topic", str, "/event_camera/imu", "topic of the IMU samples (sensor_msgs/Imu)")
+        spec.param("triggers_topic", str, "/event_camera/triggers", "topic of the trigger edges (EventPacket, "
+                   "encoding trigger)")
         spec.param("frame_id", str, "camera", "header.frame_id of every message")
         spec.param("sensor_size", list, None, "[width, height]; null: from the events' meta or the first frame")
 
@@ -174,6 +176,13 @@ class RosbagRecorder(Node):
         t0 = int(events.t[0])
         how = self.params.events_as
         if how == "evt3":
+            if self.evt3_high < 0 and t0 >= 1 << 24:
+                # EVT 3.0's clock is 24 bits of µs and a reader counts wraps from the first packet: this part of
+                # the times does not survive. Said in the report and the log, not silently.
+                self.written["evt3_time_lost_us"] = (t0 >> 24) << 24
+                self.log.warning("%s: the first event is at %d µs; EVT 3.0 keeps time modulo 2**24 µs from the "
+                                 "first packet, so the bag's event times read back %d µs earlier", self.name, t0,
+                                 self.written["evt3_time_lost_us"])
             words, self.evt3_high = encode_evt3(events.t, events.x, events.y, events.p, last_high=self.evt3_high)
             self._write("events", EVENT_PACKET, t0, self._packet("events", t0, "evt3", 0, words))
         elif how == "mono":
