@@ -435,3 +435,14 @@ def test_sink_says_what_evt3_cannot_carry_of_a_late_first_event(tmp_path):
     assert report["evt3_time_lost_us"] == 3 << 24
     got, _, _, _ = read_all(tmp_path / "late")
     np.testing.assert_array_equal(got.t + report["evt3_time_lost_us"], events.t)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_truncated_mcap_bag_is_a_truncated_recording_with_the_fix(tmp_path, on_error):
+    events, triggers, frames, imu = sample_streams(3000)
+    write_bag(tmp_path / "m", {}, sink_items(events, triggers, frames, imu))
+    storage = next(p for p in (tmp_path / "m").iterdir() if p.suffix == ".mcap")
+    storage.write_bytes(storage.read_bytes()[:-100])
+    with pytest.raises(RecordingError, match="mcap recover") as caught:
+        open_recording(tmp_path / "m", on_error=on_error)
+    assert caught.value.kind == "truncated"

@@ -24,7 +24,9 @@ sensor time is not the bag's index time, so the bag index cannot seek to it.
 left out is taken when the bag has exactly one topic of it (none: the stream is empty), and more than one
 is an error listing the candidates; ``""`` turns a stream off. Bad messages (a payload that does not
 deserialize, an unsupported encoding) follow the ``on_error`` policy at their message index (unit
-``message``); a bag whose storage or index cannot be read raises `RecordingError`.
+``message``); a bag whose storage or index cannot be read raises `RecordingError` under either policy. A
+truncated bag is not read at all (like a truncated AEDAT4 file): a ROS 1 bag keeps its index and an mcap file
+its footer at the end, and rosbags reads neither without them; a damaged sqlite3 file is refused by sqlite.
 """
 
 from __future__ import annotations
@@ -623,6 +625,15 @@ class Rosbag2Recording(_RosbagRecording):
             raise self.error("metadata.yaml names no storage files (relative_file_paths)", kind="corrupt")
         for name in names:
             self._sources.append(self._open_storage(self.path / Path(str(name)).name))
+
+    def _open_hint(self, exc: Exception) -> str:
+        if "end magic" in str(exc):
+            return ("an mcap file ends with its footer, so a truncated or still-recording one cannot be read here: "
+                    "re-copy it, or recover it with the mcap CLI (mcap recover)")
+        return super()._open_hint(exc)
+
+    def _open_kind(self, exc: Exception) -> str:
+        return "truncated" if "end magic" in str(exc) else "corrupt"
 
     def _metadata(self) -> dict:
         try:
