@@ -44,13 +44,14 @@ class Replay(Node):
     ROS bags): kind triggers, arrays ``t`` int64, ``edge`` uint8 (1 rising, 0 falling), ``channel`` uint8,
     grouped on the same grid and due at the end of their slot. ROS bags: ``topics`` picks the topic per stream.
 
-    **Order and pacing.** All three streams are merged in sensor-time order of the instant each item
-    is complete: a time slice at its end, a count packet at its last event, an IMU group at the end of
-    its grid slot, a frame at the end of its exposure — with time slices, at the end of the slice that
-    holds its exposure end (on ties: events, then IMU, then frames). So with time slices every event
-    up to a frame's exposure end, or an IMU sample's time, is sent before it. ``pace: realtime`` releases
-    each item when that instant (divided by ``speed``) has passed on the wall clock; ``fast`` sends as
-    fast as lossless edges take them. Reading and packetising run on a thread ahead of the pacing loop.
+    **Order and pacing.** All streams are merged in sensor-time order of the instant each item is
+    complete: a time slice at its end, a count packet at its last event, an IMU or trigger group at the end
+    of its grid slot, a frame at the end of its exposure — with time slices, at the end of the slice that
+    holds its exposure end (on ties: events, then IMU, then frames, then triggers). So with time slices
+    every event up to a frame's exposure end, or an IMU sample's or trigger edge's time, is sent before it.
+    ``pace: realtime`` releases each item when that instant (divided by ``speed``) has passed on the wall
+    clock; ``fast`` sends as fast as lossless edges take them. Reading and packetising run on a thread
+    ahead of the pacing loop.
 
     **Bad input.** ``on_error: raise`` stops at the first bad item with a one-line error naming the
     file, the position and the fix; ``skip`` drops bad items and counts them in the report's
@@ -58,8 +59,8 @@ class Replay(Node):
 
     Report: ``produced`` (events ``messages``, ``events`` and their order-independent ``checksum``,
     ``frames``, ``imu_messages``, ``imu_samples``, ``trigger_messages``, ``triggers``: counted before each item
-    is sent), ``removed``,
-    ``issues``, ``recording`` and, in realtime, ``pacing`` (lag of each item behind its due instant).
+    is sent), ``removed``, ``issues``, ``recording`` and, in realtime, ``pacing`` (lag of each item behind its
+    due instant).
     """
 
     @classmethod

@@ -79,8 +79,7 @@ class Issue:
 
     ``stream`` is ``"events"``, ``"frames"``, ``"imu"``, ``"triggers"`` or ``"file"``; ``unit`` is
     ``"byte"``, ``"line"``, ``"index"``, ``"frame"``, ``"message"`` (a bag topic's message index) or
-    ``"t_us"``. Items are dropped unless ``detail`` says
-    they were corrected.
+    ``"t_us"``. Items are dropped unless ``detail`` says they were corrected.
     """
 
     stream: str
