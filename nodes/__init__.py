@@ -17,6 +17,7 @@ BUILTIN_NODES: dict[str, str] = {
     "voxelizer": "evpipe.nodes.transforms.voxelizer:Voxelizer",
     "video": "evpipe.nodes.sinks.video:VideoWriter",
     "aedat4": "evpipe.nodes.sinks.aedat4:Aedat4Recorder",
+    "rosbag": "evpipe.nodes.sinks.rosbag:RosbagRecorder",
     "images": "evpipe.nodes.sinks.images:ImageWriter",
     "npz": "evpipe.nodes.sinks.npz:NpzWriter",
     "viewer": "evpipe.nodes.sinks.viewer:Viewer",

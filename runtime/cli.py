@@ -237,10 +237,17 @@ def cmd_devices(args: argparse.Namespace, console: Console) -> int:
 def cmd_info(args: argparse.Namespace, console: Console) -> int:
     from evpipe.nodes.sources.readers import RecordingError, describe, format_description
 
-    kwargs = {"sensor_size": tuple(args.sensor_size)} if args.sensor_size else {}
+    kwargs: dict = {"sensor_size": tuple(args.sensor_size)} if args.sensor_size else {}
+    if args.topic:
+        pairs = [item.split("=", 1) for item in args.topic]
+        if any(len(pair) != 2 for pair in pairs):
+            console.print("[bold red]error:[/] --topic takes STREAM=TOPIC, e.g. --topic events=/dvs/events",
+                          highlight=False)
+            return 2
+        kwargs["topics"] = dict(pairs)
     try:
         info = describe(args.file, **kwargs)
-    except (RecordingError, OSError) as exc:
+    except (RecordingError, OSError, ValueError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     _stdout_console().print(format_description(info))
@@ -311,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--sensor-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
                    help="for formats whose header has no geometry")
+    p.add_argument("--topic", action="append", default=[], metavar="STREAM=TOPIC",
+                   help="ROS bags: the topic to read as events, frames, imu or triggers (repeatable)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("devices", help="list connected cameras: model, serial, resolution")

@@ -126,3 +126,45 @@ class Imu:
     t: np.ndarray
     accel: np.ndarray
     gyro: np.ndarray
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """External trigger edges (a camera's sync input): ``t`` int64 µs (N,), ``edge`` uint8 (N,) 1 rising /
+    0 falling, ``channel`` uint8 (N,) the trigger input."""
+
+    t: np.ndarray
+    edge: np.ndarray
+    channel: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.t)
+        for name, dtype in TRIGGER_DTYPES.items():
+            arr = getattr(self, name)
+            if arr.dtype != dtype or arr.ndim != 1 or len(arr) != n:
+                raise ValueError(
+                    f"Triggers.{name}: expected 1-D {dtype} of length {n}, got {arr.dtype} shape {arr.shape}"
+                )
+
+    @classmethod
+    def empty(cls) -> Triggers:
+        return cls(*(np.empty(0, dtype) for dtype in TRIGGER_DTYPES.values()))
+
+    @classmethod
+    def concatenate(cls, batches: list[Triggers]) -> Triggers:
+        if not batches:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(b, n) for b in batches]) for n in TRIGGER_DTYPES))
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def __getitem__(self, index: slice | np.ndarray) -> Triggers:
+        return Triggers(self.t[index], self.edge[index], self.channel[index])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in TRIGGER_DTYPES}
+
+
+TRIGGER_DTYPES: dict[str, np.dtype] = {"t": np.dtype(np.int64), "edge": np.dtype(np.uint8),
+                                       "channel": np.dtype(np.uint8)}

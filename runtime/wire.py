@@ -27,10 +27,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from evpipe.runtime.events import EVENT_DTYPES, Events, Frame
+from evpipe.runtime.events import EVENT_DTYPES, TRIGGER_DTYPES, Events, Frame, Triggers
 
 VERSION = 1
-KINDS = ("events", "frame", "voxel", "imu", "control")
+KINDS = ("events", "frame", "voxel", "imu", "triggers", "control")
 ALLOWED_DTYPES = frozenset(
     {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64"}
 )
@@ -94,12 +94,21 @@ class Message:
                    Trace(sensor_t=frame.t))
 
     @classmethod
+    def from_triggers(cls, triggers: Triggers, **meta: Any) -> Message:
+        """External trigger edges: arrays ``t`` int64 µs, ``edge`` uint8 (1 rising, 0 falling), ``channel`` uint8."""
+        t_range = (int(triggers.t[0]), int(triggers.t[-1])) if len(triggers) else (0, 0)
+        return cls("triggers", triggers.arrays(), meta, t_range, Trace(sensor_t=t_range[1]))
+
+    @classmethod
     def control(cls, command: str, **meta: Any) -> Message:
         return cls("control", {}, {"command": command, **meta})
 
     # -- views back into domain objects ----------------------------------------------------------
     def events(self) -> Events:
         return Events(**{name: self.arrays[name] for name in EVENT_DTYPES})
+
+    def triggers(self) -> Triggers:
+        return Triggers(**{name: self.arrays[name] for name in TRIGGER_DTYPES})
 
     def frame(self) -> Frame:
         meta = {k: v for k, v in self.meta.items() if k not in ("t", "exposure_us")}
@@ -208,6 +217,8 @@ def decode(frames: Sequence[Any], limits: Limits = Limits()) -> Message:
         arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape) if expected else np.empty(shape, dtype)
     if kind == "events":
         _check_events(specs, limits)
+    elif kind == "triggers":
+        _check_triggers(specs)
     return Message(kind, arrays, meta, (header["t0"], header["t1"]), trace, header["stream"], header["seq"])
 
 
@@ -238,6 +249,18 @@ def _check_events(specs: list[list[Any]], limits: Limits) -> None:
         n = shape[0]
     if n > limits.max_events:
         raise WireError(f"{n} events exceed max_events={limits.max_events}")
+
+
+def _check_triggers(specs: list[list[Any]]) -> None:
+    """Triggers: arrays t, edge, channel, 1-D, of the wire dtypes and one length."""
+    by_name = {name: (dtype, shape) for name, dtype, shape in specs}
+    n = None
+    for name, dtype_want in TRIGGER_DTYPES.items():
+        dtype, shape = by_name.get(name, (None, None))
+        if dtype != dtype_want.name or len(shape) != 1 or (n is not None and shape[0] != n):
+            raise WireError(f"triggers message needs 1-D arrays t int64, edge uint8, channel uint8 of one length; "
+                            f"{name!r} is {dtype} {shape}")
+        n = shape[0]
 
 
 def now_ns() -> int:

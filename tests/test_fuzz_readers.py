@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,6 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from evpipe.nodes.sinks.rosbag import RosbagRecorder
+from evpipe.runtime.wire import Message
 from tests.data_fixtures.recordings import (
     event_arrays,
     random_events,
@@ -44,6 +47,16 @@ EXPLORE = os.environ.get("EVPIPE_FUZZ_RANDOM", "") == "1"
 READ_TIMEOUT_S = 5.0  # a seed file reads in milliseconds; this allows for a heavily loaded machine
 WORKER_START_TIMEOUT_S = 120.0  # importing dv-processing and h5py, not part of a read's time
 WIDTH, HEIGHT = 64, 48
+
+
+def _write_bag(path: Path, events, params: dict) -> Path:
+    node = RosbagRecorder("bag", {"path": str(path), **params})
+    node.attach_reporter(lambda report: None)
+    node.start()
+    for i in range(0, len(events), 100):  # several messages, so damage can hit one of them
+        node.process("events", Message.from_events(events[i:i + 100], width=WIDTH, height=HEIGHT))
+    node.stop()
+    return path
 
 
 def _seed_files(folder: Path) -> dict[str, Path]:
@@ -66,6 +79,10 @@ def _seed_files(folder: Path) -> dict[str, Path]:
         "evt2": write_evt2(folder / "seed2.raw", events, geometry=(WIDTH, HEIGHT)),
         "evt3": write_evt3(folder / "seed3.raw", events, geometry=(WIDTH, HEIGHT)),
         "event-stream": write_event_stream(folder / "seed.es", events, WIDTH, HEIGHT),
+        "rosbag1": _write_bag(folder / "seed.bag", events, {"format": "ros1", "events_as": "dvs"}),
+        "rosbag2-sqlite3": _write_bag(folder / "sqlite", events, {"storage": "sqlite3", "events_as": "dvs"}),
+        "rosbag2-mcap": _write_bag(folder / "mcap", events, {"storage": "mcap"}),
+        "rosbag2-mcap-mono": _write_bag(folder / "mono", events, {"storage": "mcap", "events_as": "mono"}),
     }
 
 
@@ -148,6 +165,17 @@ def mutate(data: bytes, edits: list[tuple]) -> bytes:
 def fuzz_target(seeds: dict[str, Path], fmt: str, tmp_path: Path) -> tuple[Path, bytes, Callable[[bytes], Path]]:
     """(seed file, its bytes, a writer of mutated bytes into a fresh path of the same layout)."""
     seed = seeds[fmt]
+    if fmt.startswith("rosbag2"):  # a bag folder: its storage file is mutated, metadata.yaml kept
+        storage = next(p for p in seed.iterdir() if p.name != "metadata.yaml")
+
+        def write_bag(mutated: bytes) -> Path:
+            folder = tmp_path / "bag"
+            folder.mkdir(exist_ok=True)
+            shutil.copy(seed / "metadata.yaml", folder / "metadata.yaml")
+            (folder / storage.name).write_bytes(mutated)
+            return folder
+
+        return storage, storage.read_bytes(), write_bag
     data = seed.read_bytes()
 
     def write(mutated: bytes) -> Path:
@@ -165,7 +193,7 @@ def fuzz_target(seeds: dict[str, Path], fmt: str, tmp_path: Path) -> tuple[Path,
 
 # AEDAT4's budget includes the known dv-processing hangs (each waits READ_TIMEOUT_S): over 20 s, so slow.
 FORMATS = [pytest.param("aedat4", marks=pytest.mark.slow), "hdf5", "hdf5-dsec", "rpg-text", "npy", "npz", "evt2",
-           "evt3", "event-stream"]
+           "evt3", "event-stream", "rosbag1", "rosbag2-sqlite3", "rosbag2-mcap", "rosbag2-mcap-mono"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

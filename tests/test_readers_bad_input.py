@@ -17,6 +17,7 @@ from evpipe.nodes.sources.readers import (
     open_recording,
     summarize,
 )
+from evpipe.nodes.sources.readers.base import RawEvents, _EventCheck
 from evpipe.runtime.events import Events
 from tests.data_fixtures.recordings import (
     encode_evt2,
@@ -342,3 +343,17 @@ def test_unknown_empty_and_unsupported_files(tmp_path):
             open_recording(tmp_path / name)
     with pytest.raises(RecordingError, match=r"holds no events\.txt"):
         open_recording(tmp_path)
+
+
+def test_events_going_back_in_time_across_a_chunk_boundary_are_all_dropped(tmp_path):
+    # Found by fuzzing the ROS bag reader: the first chunk ends at t=266, the next starts at 220 and stays below
+    # 266 for several events; each of them (not only the chunk's first event) goes back in time.
+    events = Events.from_arrays(np.array([0, 2, 266, 220, 224, 230, 270, 280]), np.arange(8), np.zeros(8),
+                                np.ones(8))
+    path = write_evt3(tmp_path / "back.raw", events[:3], geometry=(64, 48))
+    with open_recording(path, on_error="skip") as recording:
+        check = _EventCheck(recording)
+        first = check(RawEvents(events.t[:3], events.x[:3], events.y[:3], events.p[:3], "index"))
+        second = check(RawEvents(events.t[3:], events.x[3:], events.y[3:], events.p[3:], "index", origin=3))
+    assert first.t.tolist() == [0, 2, 266] and second.t.tolist() == [270, 280]
+    assert recording.issues.count("non_monotonic") == 3

@@ -156,6 +156,18 @@ def test_aedat4_round_trip_of_many_small_packets_and_colour_frames(tmp_path):
     np.testing.assert_array_equal(frame.arrays["image"], colour)
 
 
+def test_aedat4_records_the_trigger_edges_of_a_replayed_ros_bag(tmp_path, shared_data):
+    original, first = replay(shared_data / "ros_event_camera/test_events_1.bag")
+    written = record(tmp_path / "bag.aedat4", original)
+    assert (written["events"], written["triggers"]) == (343_474, 4157)
+    again, second = replay(tmp_path / "bag.aedat4")
+    assert second["produced"] == first["produced"]  # events with their checksum, trigger edges
+    edges = [np.concatenate([m.arrays[name] for p, m in out if p == "triggers"]) for out in (original, again)
+             for name in ("t", "edge")]
+    np.testing.assert_array_equal(edges[0], edges[2])
+    np.testing.assert_array_equal(edges[1], edges[3])
+
+
 def test_events_store_holds_exactly_the_given_events():
     events = random_events(1000, 64, 48, seed=5)
     store = events_store(events.t, events.x, events.y, events.p)

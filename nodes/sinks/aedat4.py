@@ -28,18 +28,19 @@ def events_store(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> 
 
 
 class Aedat4Recorder(Node):
-    """Records its inputs into an AEDAT4 file (iniVation DV's format): events, APS frames and IMU.
+    """Records its inputs into an AEDAT4 file (iniVation DV's format): events, APS frames, IMU and trigger edges.
 
     The writer is created at the first message, with the sensor size from ``sensor_size``, the events'
     ``width``/``height`` meta or the first frame's shape. Timestamps are written as received (µs; a
     replayed recording's times start at 0): frames with their exposure start as AEDAT4 expects
-    (``Frame.exposure_start``), so reading the file back gives the same exposure midpoints. Colour
+    (``Frame.exposure_start``), so reading the file back gives the same exposure midpoints; trigger edges as
+    DV's external-signal rising / falling triggers (AEDAT4 has no trigger channel: channels are not kept). Colour
     frames are written BGR, float frames as uint8. ``stop()`` (also on Ctrl-C) closes the writer, which
     writes the file's packet index: a file is complete only after it. Every stream must arrive in time
     order; an item older than the last one written on its stream is dropped and counted.
 
     Report: ``path``, ``events``, ``event_messages``, ``checksum`` (of the events written), ``frames``,
-    ``imu_samples``, ``dropped_out_of_order``.
+    ``imu_samples``, ``triggers``, ``dropped_out_of_order``.
     """
 
     @classmethod
@@ -47,6 +48,7 @@ class Aedat4Recorder(Node):
         spec.input("events", "events", "event packets, time-ordered")
         spec.input("frames", "frame", "frames (uint8 or float [0, 1]; gray or RGB)")
         spec.input("imu", "imu", "IMU samples: t, accel [g], gyro [deg/s]")
+        spec.input("triggers", "triggers", "external trigger edges (AEDAT4 stores no channel)")
         spec.param("path", str, doc="output .aedat4 file (its folder is created)")
         spec.param("sensor_size", list, None, "[width, height]; null: from the events' meta or the first frame")
         spec.param("camera_name", str, "evpipe", "camera name stored in the file")
@@ -59,9 +61,9 @@ class Aedat4Recorder(Node):
         except OSError as exc:
             raise NodeError(f"{self.name}: cannot create the folder of {self.path} ({exc.strerror})") from None
         self.writer: dv.io.MonoCameraWriter | None = None
-        self.last_t = {"events": None, "frames": None, "imu": None}
+        self.last_t = {"events": None, "frames": None, "imu": None, "triggers": None}
         self.written = {"events": 0, "event_messages": 0, "checksum": 0, "frames": 0, "imu_samples": 0,
-                        "dropped_out_of_order": 0}
+                        "triggers": 0, "dropped_out_of_order": 0}
 
     def _open(self, msg: Message) -> dv.io.MonoCameraWriter:
         size = self.params.sensor_size
@@ -87,6 +89,8 @@ class Aedat4Recorder(Node):
             self._write_events(msg)
         elif port == "frames":
             self._write_frame(msg.frame())
+        elif port == "triggers":
+            self._write_triggers(msg)
         else:
             self._write_imu(msg)
 
@@ -131,6 +135,14 @@ class Aedat4Recorder(Node):
         for ti, a, g in zip(t[keep].tolist(), accel[keep].tolist(), gyro[keep].tolist(), strict=True):
             self.writer.writeImu(dv.IMU(ti, 0.0, *a, *g, 0.0, 0.0, 0.0))
         self.written["imu_samples"] += int(np.count_nonzero(keep))
+
+    def _write_triggers(self, msg: Message) -> None:
+        triggers = msg.triggers()
+        keep = self._in_order("triggers", triggers.t)
+        for ti, rising in zip(triggers.t[keep].tolist(), triggers.edge[keep].tolist(), strict=True):
+            kind = dv.TriggerType.EXTERNAL_SIGNAL_RISING_EDGE if rising else dv.TriggerType.EXTERNAL_SIGNAL_FALLING_EDGE
+            self.writer.writeTrigger(dv.Trigger(ti, kind))
+        self.written["triggers"] += int(np.count_nonzero(keep))
 
     def stop(self) -> None:
         # Destroying the writer flushes buffered packets and writes the packet index that completes the file.

@@ -11,7 +11,7 @@ import numpy as np
 
 from evpipe.nodes.sources.pacing import Pacer, prefetch
 from evpipe.nodes.sources.readers import Recording, RecordingError, open_recording
-from evpipe.runtime.events import Events, Frame
+from evpipe.runtime.events import Events, Frame, Triggers
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message, Trace
 
@@ -40,23 +40,27 @@ class Replay(Node):
     Events meta: ``width``, ``height`` (after the ROI crop). Frames: kind frame, ``image`` uint8 (H, W)
     gray or (H, W, 3) RGB (float images of 16-bit files become uint8), meta ``t`` (exposure midpoint)
     and ``exposure_us``. IMU: kind imu, arrays ``t`` int64 (N,), ``accel`` float32 (N, 3) in g,
-    ``gyro`` float32 (N, 3) in deg/s, grouped on the ``packet_us`` grid.
+    ``gyro`` float32 (N, 3) in deg/s, grouped on the ``packet_us`` grid. Triggers (EVT 3.0 ``EXT_TRIGGER``,
+    ROS bags): kind triggers, arrays ``t`` int64, ``edge`` uint8 (1 rising, 0 falling), ``channel`` uint8,
+    grouped on the same grid and due at the end of their slot. ROS bags: ``topics`` picks the topic per stream.
 
-    **Order and pacing.** All three streams are merged in sensor-time order of the instant each item
-    is complete: a time slice at its end, a count packet at its last event, an IMU group at the end of
-    its grid slot, a frame at the end of its exposure — with time slices, at the end of the slice that
-    holds its exposure end (on ties: events, then IMU, then frames). So with time slices every event
-    up to a frame's exposure end, or an IMU sample's time, is sent before it. ``pace: realtime`` releases
-    each item when that instant (divided by ``speed``) has passed on the wall clock; ``fast`` sends as
-    fast as lossless edges take them. Reading and packetising run on a thread ahead of the pacing loop.
+    **Order and pacing.** All streams are merged in sensor-time order of the instant each item is
+    complete: a time slice at its end, a count packet at its last event, an IMU or trigger group at the end
+    of its grid slot, a frame at the end of its exposure — with time slices, at the end of the slice that
+    holds its exposure end (on ties: events, then IMU, then frames, then triggers). So with time slices
+    every event up to a frame's exposure end, or an IMU sample's or trigger edge's time, is sent before it.
+    ``pace: realtime`` releases each item when that instant (divided by ``speed``) has passed on the wall
+    clock; ``fast`` sends as fast as lossless edges take them. Reading and packetising run on a thread
+    ahead of the pacing loop.
 
     **Bad input.** ``on_error: raise`` stops at the first bad item with a one-line error naming the
     file, the position and the fix; ``skip`` drops bad items and counts them in the report's
     ``issues`` (and the reader warns once per kind). ROI and polarity filtering are counted too.
 
     Report: ``produced`` (events ``messages``, ``events`` and their order-independent ``checksum``,
-    ``frames``, ``imu_messages``, ``imu_samples``: counted before each item is sent), ``removed``,
-    ``issues``, ``recording`` and, in realtime, ``pacing`` (lag of each item behind its due instant).
+    ``frames``, ``imu_messages``, ``imu_samples``, ``trigger_messages``, ``triggers``: counted before each item
+    is sent), ``removed``, ``issues``, ``recording`` and, in realtime, ``pacing`` (lag of each item behind its
+    due instant).
     """
 
     @classmethod
@@ -64,7 +68,10 @@ class Replay(Node):
         spec.output("events", "events", "event packets in sensor-time order")
         spec.output("frames", "frame", "APS frames of the recording (none for event-only formats)")
         spec.output("imu", "imu", "IMU samples of the recording (none for formats without IMU)")
+        spec.output("triggers", "triggers", "external trigger edges (EVT 3.0 .raw, ROS bags; none for other formats)")
         spec.param("path", str, doc="recording file (or RPG/ECD sequence folder)")
+        spec.param("topics", dict, None, "ROS bags: the topic per stream, e.g. {events: /dvs/events, frames: "
+                   "/dvs/image_raw}; a stream left out is taken when the bag has one topic of it")
         spec.param("sensor_size", list, None, "[width, height] for formats whose header has none (Prophesee .raw)")
         spec.param("t_start", int, 0, "µs after the recording's start where playback begins", minimum=0)
         spec.param("t_stop", int, None, "µs after the recording's start where playback ends (exclusive); null: "
@@ -84,6 +91,7 @@ class Replay(Node):
         spec.param("loops", int, 1, "times the recording is played", minimum=1)
         spec.param("frames", bool, True, "emit the recording's APS frames")
         spec.param("imu", bool, True, "emit the recording's IMU samples")
+        spec.param("triggers", bool, True, "emit the recording's external trigger edges")
         spec.param("checksum", bool, True, "checksum what is produced (about 5 ns per event)")
 
     # ------------------------------------------------------------------------------------ setup
@@ -91,7 +99,7 @@ class Replay(Node):
     def start(self) -> None:
         p = self.params
         self.produced = {"messages": 0, "events": 0, "checksum": 0, "frames": 0, "imu_messages": 0,
-                         "imu_samples": 0}
+                         "imu_samples": 0, "trigger_messages": 0, "triggers": 0}
         self.removed = {"roi": 0, "polarity": 0}
         self.error: str | None = None
         self.pacer: Pacer | None = None
@@ -102,7 +110,8 @@ class Replay(Node):
                 self._fail(f"parameter 'sensor_size' must be [width, height] (positive integers), got {p.sensor_size}")
             sensor_size = tuple(p.sensor_size)
         try:
-            self.recording: Recording = open_recording(p.path, sensor_size=sensor_size, on_error=p.on_error)
+            self.recording: Recording = open_recording(p.path, sensor_size=sensor_size, on_error=p.on_error,
+                                                       topics=p.topics)
             first, end = self.recording.time_range()
         except (RecordingError, ValueError, OSError) as exc:
             self._fail(str(exc))
@@ -154,6 +163,8 @@ class Replay(Node):
                 streams.append(self._imu_items(k))
             if self.params.frames:
                 streams.append(self._frame_items(k))
+            if self.params.triggers:
+                streams.append(self._trigger_items(k))
             yield from heapq.merge(*streams, key=itemgetter(0))
 
     def _file_window(self) -> tuple[int, int]:
@@ -264,6 +275,30 @@ class Replay(Node):
                 due = grid_start + (int(slots[lo]) + 1) * slot_us
                 yield due, "imu", Message("imu", arrays, {}, t_range, Trace(sensor_t=t_range[1]))
 
+    def _trigger_items(self, k: int) -> Iterator[Item]:
+        """Trigger edges grouped on the ``packet_us`` grid like IMU samples, due at the end of their slot; a slot's
+        group is held until a later edge (or the end) shows it complete, so it does not depend on the reader's
+        batches."""
+        shift = k * self.span - self.origin
+        grid_start = self.params.t_start + k * self.span
+        slot_us = self.params.packet_us
+        pending = Triggers.empty()
+        for batch in self.recording.triggers(*self._file_window()):
+            pending = Triggers.concatenate([pending, Triggers(batch.t + shift, batch.edge, batch.channel)])
+            slots = (pending.t - grid_start) // slot_us
+            complete = int(np.searchsorted(slots, slots[-1], side="left"))
+            yield from self._trigger_groups(pending[:complete], grid_start, slot_us)
+            pending = pending[complete:]
+        yield from self._trigger_groups(pending, grid_start, slot_us)
+
+    @staticmethod
+    def _trigger_groups(triggers: Triggers, grid_start: int, slot_us: int) -> Iterator[Item]:
+        slots = (triggers.t - grid_start) // slot_us
+        bounds = np.flatnonzero(np.diff(slots)) + 1
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(slots)], strict=True):
+            if hi > lo:
+                yield grid_start + (int(slots[lo]) + 1) * slot_us, "triggers", Message.from_triggers(triggers[lo:hi])
+
     def _count(self, port: str, msg: Message) -> None:
         produced = self.produced
         if port == "events":
@@ -274,6 +309,9 @@ class Replay(Node):
                 produced["checksum"] = (produced["checksum"] + msg.events().checksum()) % (1 << 64)
         elif port == "frames":
             produced["frames"] += 1
+        elif port == "triggers":
+            produced["trigger_messages"] += 1
+            produced["triggers"] += len(msg.arrays["t"])
         else:
             produced["imu_messages"] += 1
             produced["imu_samples"] += len(msg.arrays["t"])

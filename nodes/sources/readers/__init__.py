@@ -8,9 +8,10 @@
 `open_recording` picks the reader from the file's content (magic bytes or header), not its name:
 AEDAT4 (``aedat4``), HDF5 in the DSEC or plain layout (``hdf5``), RPG/ECD text (``rpg-text``; a file
 or a sequence folder), NumPy (``npy``, ``npz``), Prophesee EVT 2.0 / 3.0 ``.raw`` (``evt2``,
-``evt3``) and Event Stream (``event-stream``). Every `Recording` yields the shared `Events`, `Frame`
-and `Imu` types with int64 µs timestamps; see `base` for the timebase and bad-input policy, and
-`describe` for the summary behind ``evpipe info``.
+``evt3``), Event Stream (``event-stream``) and ROS 1 / ROS 2 bags (``rosbag1``, ``rosbag2``). Every
+`Recording` yields the shared `Events`, `Frame`, `Imu` and `Triggers` types with int64 µs
+timestamps; see `base` for the timebase and bad-input policy, and `describe` for the summary behind
+``evpipe info``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .event_stream import EventStreamRecording
 from .hdf5 import Hdf5Recording
 from .numpy_files import NumpyRecording
 from .prophesee import Evt2Recording, Evt3Recording, parse_raw_header, raw_version
+from .rosbag import ROSBAG1_MAGIC, Rosbag1Recording, Rosbag2Recording, storage_of
 from .text import EVENT_INTEGRAL, EVENT_SCALES, RpgTextRecording, parse_columns
 
 READERS: dict[str, type[Recording]] = {
@@ -40,10 +42,14 @@ READERS: dict[str, type[Recording]] = {
     "evt2": Evt2Recording,
     "evt3": Evt3Recording,
     "event-stream": EventStreamRecording,
+    "rosbag1": Rosbag1Recording,
+    "rosbag2": Rosbag2Recording,
 }
+BAG_FORMATS = ("rosbag1", "rosbag2")
 
 _SUPPORTED = (
-    "AEDAT4, HDF5 (DSEC or plain layout), RPG/ECD text, .npy/.npz, Prophesee EVT 2.0/3.0 .raw, Event Stream .es"
+    "AEDAT4, HDF5 (DSEC or plain layout), RPG/ECD text, .npy/.npz, Prophesee EVT 2.0/3.0 .raw, Event Stream .es, "
+    "ROS 1 bags (.bag) and ROS 2 bags (a folder with metadata.yaml; sqlite3 or mcap storage)"
 )
 
 
@@ -51,7 +57,7 @@ def detect_format(path: str | Path) -> str:
     """The `READERS` key for ``path``, from its content; `RecordingError` when no reader fits."""
     path = Path(path)
     if path.is_dir():
-        return "rpg-text"
+        return "rosbag2" if (path / "metadata.yaml").is_file() else "rpg-text"
     try:
         with open(path, "rb") as file:
             head = file.read(1 << 16)
@@ -59,6 +65,13 @@ def detect_format(path: str | Path) -> str:
         raise RecordingError(path, f"cannot open the file ({exc.strerror})") from None
     if not head:
         raise RecordingError(path, "the file is empty", kind="truncated")
+    if head.startswith(ROSBAG1_MAGIC):
+        return "rosbag1"
+    if head.startswith(b"#ROSBAG V"):
+        version = head[9:12].decode("ascii", "replace")
+        raise RecordingError(path, f"ROS bag format version {version} is not supported (only 2.0, the ROS 1 format)")
+    if storage_of(path) is not None:
+        return "rosbag2"
     if head.startswith(b"#!AER-DAT4"):
         return "aedat4"
     if head.startswith(b"#!AER-DAT"):
@@ -91,14 +104,21 @@ def open_recording(
     *,
     sensor_size: tuple[int, int] | None = None,
     on_error: str = "raise",
+    topics: dict[str, str] | None = None,
 ) -> Recording:
     """Open a recording with the reader its content calls for.
 
     ``sensor_size`` (width, height) overrides the file's own; ``on_error`` is ``"raise"`` (the first
     bad item raises `RecordingError`) or ``"skip"`` (bad items are dropped and counted in
-    ``recording.issues``).
+    ``recording.issues``). ``topics`` picks a ROS bag's topic per stream (``{"events": "/dvs/events"}``;
+    see `rosbag`); other formats have one stream of each kind and refuse it.
     """
-    return READERS[detect_format(path)](path, sensor_size=sensor_size, on_error=on_error)
+    fmt = detect_format(path)
+    if topics is None:
+        return READERS[fmt](path, sensor_size=sensor_size, on_error=on_error)
+    if fmt not in BAG_FORMATS:
+        raise RecordingError(path, f"topics={topics!r} applies to ROS bags only; this file is {fmt}")
+    return READERS[fmt](path, sensor_size=sensor_size, on_error=on_error, topics=topics)
 
 
 def describe(path: str | Path, *, progress: bool = False, **open_kwargs: object) -> dict:

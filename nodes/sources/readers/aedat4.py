@@ -12,6 +12,9 @@ store; the data README records a slicing/writing pitfall).
   ``timestamp + exposure // 2`` (the exposure midpoint). Colour frames arrive BGR(A) and are given
   as RGB.
 * IMU: the raw AEDAT4 fields, accelerometer in g and gyroscope in deg/s.
+* Triggers: DV's external-signal rising / falling edges (``EXTERNAL_SIGNAL_RISING_EDGE`` /
+  ``_FALLING_EDGE``) as edges 1 / 0 on channel 0; other trigger types (APS exposure markers, pulses,
+  timestamp resets) are not edges and are left out.
 * A truncated AEDAT4 file cannot be read at all: its packet index sits at the end of the file.
 """
 
@@ -23,7 +26,7 @@ from collections.abc import Iterator
 import dv_processing as dv
 import numpy as np
 
-from evpipe.runtime.events import Frame, Imu
+from evpipe.runtime.events import Frame, Imu, Triggers
 
 from .base import RawEvents, Recording, first_line
 
@@ -57,6 +60,7 @@ class Aedat4Recording(Recording):
         self._has_events = reader.isEventStreamAvailable()
         self._has_frames = reader.isFrameStreamAvailable()
         self._has_imu = reader.isImuStreamAvailable()
+        self._has_triggers = reader.isTriggerStreamAvailable()
         for stream, available, get_resolution in (("event", self._has_events, reader.getEventResolution),
                                                   ("frame", self._has_frames, reader.getFrameResolution)):
             if available:
@@ -140,4 +144,20 @@ class Aedat4Recording(Recording):
                     ),
                     gyro=np.array([(s.gyroscopeX, s.gyroscopeY, s.gyroscopeZ) for s in samples], dtype=np.float32),
                 )
+            t = window_end
+
+    def _read_triggers(self, t_start: int | None, t_stop: int | None) -> Iterator[Triggers]:
+        if not self._has_triggers:
+            return
+        first, end = self.time_range()
+        t = first if t_start is None else max(first, t_start)
+        stop = end if t_stop is None else min(end, t_stop)
+        edges = {dv.TriggerType.EXTERNAL_SIGNAL_RISING_EDGE: 1, dv.TriggerType.EXTERNAL_SIGNAL_FALLING_EDGE: 0}
+        while t < stop:
+            window_end = min(t + _IMU_WINDOW_US, stop)
+            found = [(int(x.timestamp), edges[x.type]) for x in self._reader.getTriggersTimeRange(t, window_end) or []
+                     if x.type in edges]
+            if found:
+                times, values = zip(*found, strict=True)
+                yield Triggers(np.array(times, np.int64), np.array(values, np.uint8), np.zeros(len(times), np.uint8))
             t = window_end

@@ -1,7 +1,7 @@
 """The `Recording` base class, the bad-input policy and the event checks every format reader shares.
 
 A format reader implements a few private hooks (``_open``, ``_read_events``, ``_time_range`` and,
-where the format has them, ``_read_frames`` / ``_read_imu``); this module owns what is common:
+where the format has them, ``_read_frames`` / ``_read_imu`` / ``_read_triggers``); this module owns what is common:
 
 * **Timebase.** Every reader yields int64 µs. Timestamps keep the clock of the file: absolute Unix
   µs for AEDAT4 (so frames, IMU and a re-written AEDAT4 agree with DV tools), µs from the stream
@@ -34,7 +34,7 @@ from typing import ClassVar, TypeVar
 import numpy as np
 from PIL import Image
 
-from evpipe.runtime.events import Events, Frame, Imu
+from evpipe.runtime.events import Events, Frame, Imu, Triggers
 
 DEFAULT_CHUNK_EVENTS = 1 << 20
 _Item = TypeVar("_Item")
@@ -77,9 +77,9 @@ class RecordingWarning(UserWarning):
 class Issue:
     """One group of anomalies: ``count`` items of ``kind`` in ``stream``, the first at ``unit offset``.
 
-    ``stream`` is ``"events"``, ``"frames"``, ``"imu"`` or ``"file"``; ``unit`` is ``"byte"``,
-    ``"line"``, ``"index"``, ``"frame"`` or ``"t_us"``. Items are dropped unless ``detail`` says
-    they were corrected.
+    ``stream`` is ``"events"``, ``"frames"``, ``"imu"``, ``"triggers"`` or ``"file"``; ``unit`` is
+    ``"byte"``, ``"line"``, ``"index"``, ``"frame"``, ``"message"`` (a bag topic's message index) or
+    ``"t_us"``. Items are dropped unless ``detail`` says they were corrected.
     """
 
     stream: str
@@ -249,6 +249,10 @@ class Recording(ABC):
     def _read_imu(self, t_start: int | None, t_stop: int | None) -> Iterator[Imu]:
         return iter(())
 
+    def _read_triggers(self, t_start: int | None, t_stop: int | None) -> Iterator[Triggers]:
+        """Yield trigger batches in file order; the caller trims the window and checks time order."""
+        return iter(())
+
     @abstractmethod
     def _close(self) -> None:
         """Release file handles (called once, also after a failed or partial open)."""
@@ -350,6 +354,34 @@ class Recording(ABC):
                 yield batch
             elif keep.any():
                 yield Imu(batch.t[keep], batch.accel[keep], batch.gyro[keep])
+
+    def triggers(self, t_start: int | None = None, t_stop: int | None = None) -> Iterator[Triggers]:
+        """Yield external trigger edges (`Triggers`: t µs, edge 1 rising / 0 falling, channel) within the
+        window, in time order; empty for formats without them. An edge older than one already yielded is
+        a ``non_monotonic`` issue."""
+        t_max = np.iinfo(np.int64).min
+        for batch in self._guarded(self._read_triggers(t_start, t_stop)):
+            keep = np.ones(len(batch.t), dtype=bool)
+            if t_start is not None:
+                keep &= batch.t >= t_start
+            if t_stop is not None:
+                keep &= batch.t < t_stop
+            running = np.maximum.accumulate(np.concatenate(([t_max], batch.t)))
+            backwards = batch.t < running[:-1]
+            if backwards.any():
+                i = int(np.argmax(backwards))
+                n = int(np.count_nonzero(backwards))
+                self.report("triggers", "non_monotonic", "t_us", int(batch.t[i]), n,
+                            f"{n} trigger edge(s) dropped: first, timestamp {int(batch.t[i])} µs goes back in time")
+                keep &= ~backwards
+            t_max = int(running[-1])
+            if keep.any():
+                yield batch if keep.all() else batch[keep]
+
+    def topic_summary(self) -> list[dict]:
+        """Per topic of a container format (ROS bags): name, type, messages, rate, time span, how it is read;
+        empty for single-stream formats."""
+        return []
 
     def close(self) -> None:
         if not getattr(self, "_closed", False):
@@ -457,7 +489,9 @@ class _EventCheck:
             outside |= (x < 0) | (y < 0)
         valid = ~(bad_polarity | outside)
         t_valid = t if valid.all() else t[valid]
-        running_max = np.maximum.accumulate(t_valid)
+        # The running maximum starts from the previous chunks' one: every event is checked against it, not only
+        # a chunk's first.
+        running_max = np.maximum(np.maximum.accumulate(t_valid), self.t_max)
         if len(t_valid):
             previous_max = np.concatenate(([self.t_max], running_max[:-1]))
             backwards = np.zeros(len(t), dtype=bool)

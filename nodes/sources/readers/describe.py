@@ -110,7 +110,9 @@ def summarize(recording: Recording, *, progress: bool = False, chunk_events: int
     Keys: ``path``, ``format``, ``sensor_size`` [w, h], ``sensor_size_source``, ``t_offset_us``,
     ``time_range_us`` [first, last + 1] (None when empty), ``events`` (count, t_first_us, t_last_us,
     duration_s, rate_mean_per_s, rate_mean_per_ms, rate_peak_per_ms), ``frames`` (count, t_first_us,
-    t_last_us, rate_hz, shape, exposure_us_mean), ``imu`` (count, rate_hz), ``anomalies`` (events
+    t_last_us, rate_hz, shape, exposure_us_mean), ``imu`` (count, rate_hz), ``triggers`` (count, rising,
+    falling, channels, t_first_us, t_last_us), ``topics`` (ROS bags: per topic its type, encoding, messages,
+    rate over bag time, bag time span, where its definition came from and which stream reads it), ``anomalies`` (events
     by kind: ``non_monotonic`` / ``out_of_sensor`` / ``bad_polarity`` dropped, ``duplicates`` kept,
     plus every other issue kind) and ``issues`` (the recording's issue list as dicts).
     """
@@ -132,6 +134,15 @@ def summarize(recording: Recording, *, progress: bool = False, chunk_events: int
     for batch in recording.imu():
         imu_count += len(batch.t)
         imu_span = [imu_span[0] if imu_span else int(batch.t[0]), int(batch.t[-1])]
+    trigger_times: list[int] = []
+    edges = {"rising": 0, "falling": 0}
+    channels: set[int] = set()
+    for batch in recording.triggers():
+        trigger_times.extend((int(batch.t[0]), int(batch.t[-1])))
+        rising = int(np.count_nonzero(batch.edge))
+        edges["rising"] += rising
+        edges["falling"] += len(batch) - rising
+        channels.update(np.unique(batch.channel).tolist())
     try:
         time_range = list(recording.time_range())
     except RecordingError:
@@ -161,6 +172,14 @@ def summarize(recording: Recording, *, progress: bool = False, chunk_events: int
             if imu_count > 1 and imu_span[1] > imu_span[0]
             else None,
         },
+        "triggers": {
+            "count": edges["rising"] + edges["falling"],
+            **edges,
+            "channels": sorted(channels),
+            "t_first_us": trigger_times[0] if trigger_times else None,
+            "t_last_us": trigger_times[-1] if trigger_times else None,
+        },
+        "topics": recording.topic_summary(),
         "anomalies": anomalies,
         "issues": [
             {"stream": i.stream, "kind": i.kind, "position": i.position, "count": i.count, "detail": i.detail}
@@ -203,6 +222,16 @@ def format_description(summary: dict) -> str:
     table.add_row(
         "IMU samples", _number(imu["count"]) + (f" at {_number(imu['rate_hz'])} Hz" if imu["rate_hz"] else "")
     )
+    trig = summary["triggers"]
+    if trig["count"]:
+        table.add_row("triggers", f"{trig['count']:,} ({trig['rising']:,} rising, {trig['falling']:,} falling) on "
+                      f"channel(s) {', '.join(map(str, trig['channels']))}")
+    for topic in summary["topics"]:
+        rate = f"{topic['rate_hz']:,.1f} Hz" if topic["rate_hz"] else "–"
+        use = topic["read_as"] or topic["problem"] or "not read"
+        encoding = f", {topic['encoding']}" if topic["encoding"] else ""
+        table.add_row(f"topic {topic['topic']}", f"{topic['type']}{encoding}: {topic['messages']:,} messages at {rate} "
+                      f"(bag time), definition {topic['definition'] or '–'}; {use}")
     anomalies = ", ".join(f"{kind} {count:,}" for kind, count in summary["anomalies"].items())
     table.add_row("anomalies", anomalies)
     for issue in summary["issues"]:

@@ -11,34 +11,22 @@ MSBs, so t = high << 6 | lsb; a time-high value that drops by more than half its
 wrap. EXT_TRIGGER (0xA), OTHERS (0xE) and CONTINUED (0xF) carry no CD events and are skipped; other
 types are reserved and reported as ``unknown_word``.
 
-EVT 3.0 (16-bit words, a Numba state machine): EVT_ADDR_Y (0x0) sets y; EVT_ADDR_X (0x2) emits one
-event at x with polarity bit 11; VECT_BASE_X (0x3) sets the base x and polarity; VECT_12 (0x4) and
-VECT_8 (0x5) emit an event at base x + i for each set bit i of their 12/8-bit mask, then advance the
-base by 12/8; EVT_TIME_LOW (0x6) and EVT_TIME_HIGH (0x8) set the low and high 12 bits of a 24-bit
-µs clock, which wraps every 2**24 µs (a time-high drop of more than half its range counts a wrap).
-CONTINUED_4 (0x7), EXT_TRIGGER (0xA), OTHERS (0xE) and CONTINUED_12 (0xF) are skipped.
-
-Two timing choices, both following the specification rather than clamping time:
-
-* Each TIME_LOW *replaces* the low 12 bits. The EVT 3.0 sample in ``shared/data`` has stray
-  TIME_LOW words: right after each periodic TIME_HIGH comes a TIME_LOW about 11 µs ahead (e.g. 811),
-  immediately followed by the correct one (800). No event lies between them, so applied literally the
-  stray word affects no timestamp. A decoder that forces time to be monotonic (keeps the larger
-  value) instead stamps the next ≤ 11 µs of events up to 11 µs late; one that mis-assembles the clock
-  gets a 54 ms span instead of the real 8.8 ms.
-* A TIME_HIGH that *changes* the high part restarts the low part at 0, so events before the next
-  TIME_LOW get the start of the new 4096 µs period, never a time left over from the previous one.
+EVT 3.0 (16-bit words): decoded by the shared codec in `evt3` (see its docstring for the word types
+and the two timing choices); its EXT_TRIGGER words are the recording's ``triggers()``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import ClassVar
 
-import numba
 import numpy as np
 
+from evpipe.runtime.events import Triggers
+
 from .base import ByteStreamRecording, RawEvents
+from .evt3 import INITIAL_STATE, decode_evt3, evt3_issues
 
 _HEADER_LINE = re.compile(rb"^% ?(\S+) ?(.*)$")
 _PRINTABLE = re.compile(rb"%[ -~]*")
@@ -170,100 +158,6 @@ class Evt2Recording(_RawRecording):
         return raw, 4 * n, new_state
 
 
-# Kernel state slots (int64): y (-1 before the first EVT_ADDR_Y), polarity, vector base x,
-# time-high (-1 before the first EVT_TIME_HIGH), time-low, 24-bit wraps.
-_Y, _POL, _BASE_X, _HIGH, _LOW, _WRAPS = range(6)
-# Kernel counter slots: count and first word index of events without a row / time base, and of
-# reserved word types.
-_N_NO_Y, _FIRST_NO_Y, _N_NO_TIME, _FIRST_NO_TIME, _N_UNKNOWN, _FIRST_UNKNOWN = range(6)
-
-
-@numba.njit(cache=True, nogil=True)
-def _popcount12(v: int) -> int:
-    count = 0
-    while v:
-        v &= v - 1
-        count += 1
-    return count
-
-
-@numba.njit(cache=True, nogil=True)
-def _decode_evt3(words: np.ndarray, state: np.ndarray):
-    """Decode EVT 3.0 words. Returns (t, x, y, p, word index) per event, new state, counters."""
-    capacity = 0
-    for i in range(words.shape[0]):
-        kind = words[i] >> 12
-        if kind == 0x2:
-            capacity += 1
-        elif kind == 0x4:
-            capacity += _popcount12(words[i] & 0xFFF)
-        elif kind == 0x5:
-            capacity += _popcount12(words[i] & 0xFF)
-    t_out = np.empty(capacity, np.int64)
-    x_out = np.empty(capacity, np.uint16)
-    y_out = np.empty(capacity, np.uint16)
-    p_out = np.empty(capacity, np.int8)
-    w_out = np.empty(capacity, np.int64)
-    s = state.copy()
-    counters = np.zeros(6, np.int64)
-    counters[_FIRST_NO_Y] = -1
-    counters[_FIRST_NO_TIME] = -1
-    counters[_FIRST_UNKNOWN] = -1
-    k = 0
-    for i in range(words.shape[0]):
-        word = np.int64(words[i])
-        kind = word >> 12
-        if kind == 0x0:
-            s[_Y] = word & 0x7FF
-        elif kind == 0x2 or kind == 0x4 or kind == 0x5:
-            if kind == 0x2:
-                mask = np.int64(1)
-                x0 = word & 0x7FF
-                pol = (word >> 11) & 1
-                width = 1
-            else:
-                mask = word & (0xFFF if kind == 0x4 else 0xFF)
-                x0 = s[_BASE_X]
-                pol = s[_POL]
-                width = 12 if kind == 0x4 else 8
-                s[_BASE_X] += width
-            if s[_HIGH] < 0 or s[_Y] < 0:
-                slot = _N_NO_TIME if s[_HIGH] < 0 else _N_NO_Y
-                counters[slot] += _popcount12(mask)
-                if counters[slot + 1] < 0:
-                    counters[slot + 1] = i
-                continue
-            t = (s[_WRAPS] << 24) | (s[_HIGH] << 12) | s[_LOW]
-            for bit in range(width):
-                if (mask >> bit) & 1:
-                    t_out[k] = t
-                    # Saturate: a corrupt run of vectors must not wrap back into the sensor.
-                    x_out[k] = min(x0 + bit, 65535)
-                    y_out[k] = s[_Y]
-                    p_out[k] = pol
-                    w_out[k] = i
-                    k += 1
-        elif kind == 0x3:
-            s[_BASE_X] = word & 0x7FF
-            s[_POL] = (word >> 11) & 1
-        elif kind == 0x6:
-            s[_LOW] = word & 0xFFF
-        elif kind == 0x8:
-            high = word & 0xFFF
-            if s[_HIGH] >= 0 and s[_HIGH] - high > 2048:
-                s[_WRAPS] += 1
-            if high != s[_HIGH]:
-                s[_LOW] = 0
-            s[_HIGH] = high
-        elif kind == 0x7 or kind == 0xA or kind == 0xE or kind == 0xF:
-            pass
-        else:
-            counters[_N_UNKNOWN] += 1
-            if counters[_FIRST_UNKNOWN] < 0:
-                counters[_FIRST_UNKNOWN] = i
-    return t_out[:k], x_out[:k], y_out[:k], p_out[:k], w_out[:k], s, counters
-
-
 class Evt3Recording(_RawRecording):
     """Prophesee EVT 3.0 ``.raw`` (see the module docstring for the timing choices)."""
 
@@ -272,21 +166,32 @@ class Evt3Recording(_RawRecording):
     UNIT_NAME = "16-bit EVT 3.0 word"
 
     def _initial_state(self) -> tuple:
-        return (-1, 0, 0, -1, 0, 0)
+        return INITIAL_STATE
 
     def _decode(self, buf: bytes, offset: int, state: tuple, at_eof: bool) -> tuple[RawEvents, int, tuple]:
         n = len(buf) // 2
         words = np.frombuffer(buf, dtype="<u2", count=n)
-        t, x, y, p, index, new_state, counters = _decode_evt3(words, np.array(state, dtype=np.int64))
-        for n_slot, kind, detail in (
-            (_N_UNKNOWN, "unknown_word", "reserved EVT 3.0 word type"),
-            (_N_NO_TIME, "no_time_base", "events before the first EVT_TIME_HIGH word"),
-            (_N_NO_Y, "no_row_address", "events before the first EVT_ADDR_Y word"),
-        ):
-            if counters[n_slot]:
-                first = int(counters[n_slot + 1])
-                if kind == "unknown_word":
-                    detail = f"{detail} {int(words[first]) >> 12:#x} ({int(words[first]):#06x})"
-                self.report("events", kind, "byte", offset + 2 * first, int(counters[n_slot]), detail)
-        raw = RawEvents(t=t, x=x, y=y, p=p, unit="byte", positions=offset + 2 * index)
-        return raw, 2 * n, tuple(int(v) for v in new_state)
+        decoded = decode_evt3(words, state)
+        for kind, first, count, detail in evt3_issues(decoded, words):
+            self.report("events", kind, "byte", offset + 2 * first, count, detail)
+        raw = RawEvents(t=decoded.t, x=decoded.x, y=decoded.y, p=decoded.p, unit="byte",
+                        positions=offset + 2 * decoded.event_words)
+        return raw, 2 * n, decoded.state
+
+    def _read_triggers(self, t_start: int | None, t_stop: int | None) -> Iterator[Triggers]:
+        # Its own pass over the words (anomalies are the events pass's to report); seeks before every read,
+        # so it may interleave with an events pass on the same file.
+        offset, state = self._data_start, INITIAL_STATE
+        while offset + 1 < self._file_size:
+            self._file.seek(offset)
+            buf = self._file.read(self.BLOCK_BYTES)
+            n = len(buf) // 2
+            if n == 0:
+                return
+            decoded = decode_evt3(np.frombuffer(buf, dtype="<u2", count=n), state)
+            if len(decoded.trigger_t):
+                yield Triggers(decoded.trigger_t, decoded.trigger_edge, decoded.trigger_channel)
+            if t_stop is not None and len(decoded.t) and int(decoded.t[-1]) >= t_stop:
+                return
+            offset += 2 * n
+            state = decoded.state
