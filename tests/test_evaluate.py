@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from evpipe.kernels import simulate_events
+from evpipe.nodes.predict.integration import fit_event_integration, polarity_sum
+from evpipe.nodes.restore.psf import degrade_clip, temporal_psf
 from evpipe.runtime.events import Events
 from evpipe.tools import evaluate as ev
 from evpipe.tools import make_dataset as md
@@ -37,21 +39,21 @@ def _mean_model(context: ev.ModelContext) -> ev.ModelFn:
 
 
 def test_temporal_psf_and_degradation():
-    assert ev.temporal_psf("uniform7").sum() == pytest.approx(1.0) and len(ev.temporal_psf("uniform13")) == 13
-    gaussian = ev.temporal_psf("gaussian1")
+    assert temporal_psf("uniform7").sum() == pytest.approx(1.0) and len(temporal_psf("uniform13")) == 13
+    gaussian = temporal_psf("gaussian1")
     assert gaussian.sum() == pytest.approx(1.0) and gaussian.argmax() == 3
     with pytest.raises(ValueError, match="uniform7, uniform13 or gaussian1"):
-        ev.temporal_psf("box3")
+        temporal_psf("box3")
     clip = np.zeros((16, 4, 4), np.float32)
     clip[8] = 1.0
-    degraded = ev.degrade_clip(clip, ev.temporal_psf("uniform7"))
+    degraded = degrade_clip(clip, temporal_psf("uniform7"))
     np.testing.assert_allclose(degraded[5:12, 0, 0], 1 / 7, rtol=1e-6)  # an impulse spreads over 7 frames
     assert degraded[4, 0, 0] == 0 and degraded[12, 0, 0] == 0
     ramp = np.arange(16, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
     # circular (the default): the first output averages frames (13, 14, 15, 0, 1, 2, 3)
-    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"))[0, 0, 0] == pytest.approx(48 / 7)
+    assert degrade_clip(ramp, temporal_psf("uniform7"))[0, 0, 0] == pytest.approx(48 / 7)
     # replicated edges: frames (0, 0, 0, 0, 1, 2, 3)
-    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"), "replicate")[0, 0, 0] == pytest.approx(6 / 7)
+    assert degrade_clip(ramp, temporal_psf("uniform7"), "replicate")[0, 0, 0] == pytest.approx(6 / 7)
 
 
 def test_blend_and_cubic_baselines():
@@ -79,7 +81,7 @@ def test_event_integration_recovers_the_simulator_threshold():
         start, end = start.astype(np.float32), end.astype(np.float32)
         events = simulate_events(np.stack([start, end]), np.array([0, 10_000]), threshold, threshold, 0.0, seed=i)
         cases.append({"anchor": start, "target": end, "events": events, "t_anchor": 0, "t_target": 10_000})
-    c, eps, fit_mse = ev.fit_event_integration(cases, 24, 24)
+    c, eps, fit_mse = fit_event_integration(cases, 24, 24)
     assert c == pytest.approx(threshold, abs=0.01) and eps == log_eps
     copy_mse = np.mean([(case["anchor"] - case["target"]) ** 2 for case in cases])
     assert fit_mse < 0.05 * copy_mse
@@ -95,7 +97,7 @@ def test_polarity_sum():
                                 np.array([1, 1, 0, 1]))
     expected = np.zeros((2, 3), np.float32)
     expected[1, 0], expected[0, 2] = 2, 0
-    np.testing.assert_array_equal(ev.polarity_sum(events, 2, 3), expected)
+    np.testing.assert_array_equal(polarity_sum(events, 2, 3), expected)
 
 
 def test_edi_baseline_sharpens_long_exposures(dataset_path):

@@ -176,7 +176,7 @@ def test_model_config_rejects_unknown_choices():
 
 
 def test_event_integration_base_is_the_baseline_and_a_zero_residual_returns_it():
-    from evpipe.tools.evaluate import integrate_events
+    from evpipe.nodes.predict.integration import integrate_events
 
     model = small_model(base="event-integration", mode="regression")  # its U-Net starts as the zero function
     model.set_stats(1.0, 1.0, 1.0, ei_c=0.25, ei_eps=0.05, ei_residual_scale=2.0)

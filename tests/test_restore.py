@@ -8,9 +8,8 @@ import torch
 
 from evpipe.nodes.restore import operators as ops
 from evpipe.nodes.restore.model import ImagePrior, PriorConfig, resolve_checkpoint
-from evpipe.nodes.restore.psf import BOUNDARIES
+from evpipe.nodes.restore.psf import BOUNDARIES, degrade_clip, temporal_psf
 from evpipe.nodes.restore.sampler import DDSConfig, cg_only, dds_restore, sampler_noise
-from evpipe.tools.evaluate import degrade_clip, temporal_psf
 
 SHAPE = (9, 2, 16, 12)  # L, C, H, W: odd length, 2 channels, non-square
 
@@ -297,16 +296,16 @@ def test_spatio_temporal_cases_carry_their_operator() -> None:
     with pytest.raises(ValueError, match="spatial part"):
         ev.parse_degradation("uniform7+zoom")
     clip = np.random.default_rng(0).random((6, 16, 8), dtype=np.float32)
-    small = ev.degrade_spatially(ev.degrade_clip(clip, ev.temporal_psf("uniform7")), "sr4", seed=0)
+    small = ev.degrade_spatially(degrade_clip(clip, temporal_psf("uniform7")), "sr4", seed=0)
     assert small.shape == (6, 4, 2)
-    upsampled = ev.resolve_model("restore", "degraded").factory(None)(small, ev.temporal_psf("uniform7"),
+    upsampled = ev.resolve_model("restore", "degraded").factory(None)(small, temporal_psf("uniform7"),
                                                                       {"kind": "sr4", "seed": 0}, "circular")
     assert upsampled.shape == clip.shape
     masked = ev.degrade_spatially(clip, "inpaint", seed=3)
     assert 0.3 < np.mean(masked == 0) < 0.7
-    op = ops.make_operator(ev.temporal_psf("uniform7"), (6, 1, 16, 8), "inpaint", seed=3)
+    op = ops.make_operator(temporal_psf("uniform7"), (6, 1, 16, 8), "inpaint", seed=3)
     np.testing.assert_array_equal(op.forward(torch.from_numpy(clip)[:, None])[:, 0].numpy() == 0,
-                                  ev.degrade_spatially(ev.degrade_clip(clip, ev.temporal_psf("uniform7")),
+                                  ev.degrade_spatially(degrade_clip(clip, temporal_psf("uniform7")),
                                                        "inpaint", seed=3) == 0)
 
 

@@ -90,7 +90,13 @@ from PIL import Image
 
 from evpipe.kernels import edi_integral
 from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error
-from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY, boundary_index
+from evpipe.nodes.predict.integration import (
+    context_event_integration,
+    expand_map,
+    integrate_events,
+    polarity_sum,
+)
+from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY, degrade_clip, temporal_psf
 from evpipe.runtime.events import Events
 from evpipe.tools import command_line
 from evpipe.tools.dataset import (
@@ -195,61 +201,8 @@ def resolve_model(task: str, name: str) -> ModelSpec:
 # Baselines
 
 
-def polarity_sum(events: Events, height: int, width: int) -> np.ndarray:
-    """float32 (H, W): per-pixel sum of polarities."""
-    flat = events.y.astype(np.int64) * width + events.x
-    return np.bincount(flat, weights=events.p, minlength=height * width).astype(np.float32).reshape(height, width)
-
-
-def _expand(map_hw: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Broadcast per-pixel maps (..., H, W) against images (..., H, W) or (..., H, W, 3) of equal leading shape."""
-    return map_hw if map_hw.ndim == like.ndim else map_hw[..., None]
-
-
-def integrate_events(anchor: np.ndarray, polarity: np.ndarray, c: float, eps: float) -> np.ndarray:
-    """exp(log(anchor + eps) + c * polarity) - eps, clipped to [0, 1]; float32 like ``anchor``."""
-    out = np.exp(np.log(anchor + eps) + c * _expand(polarity, anchor)) - eps
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def fit_event_integration(cases: list[Case], height: int, width: int) -> tuple[float, float, float]:
-    """(c, eps, fit MSE) minimising the MSE of :func:`integrate_events` on predict cases."""
-    if not cases:
-        raise ValueError("event-integration: no fitting samples")
-    anchors = np.stack([case["anchor"] for case in cases])
-    targets = np.stack([case["target"] for case in cases])
-    sums = np.stack([_expand(polarity_sum(case["events"], height, width), case["anchor"]) for case in cases])
-    return fit_integration(anchors, targets, sums)
-
-
-def fit_integration(anchors: np.ndarray, targets: np.ndarray, sums: np.ndarray) -> tuple[float, float, float]:
-    """(c, eps, MSE) of :func:`integrate_events` fitted to anchors/targets (N, H, W[, 3]) in [0, 1] with
-    polarity sums ``sums`` of the same shape: a grid over c and eps, then a finer grid over c."""
-    def mse(c: float, eps: float) -> float:
-        return float(np.mean((integrate_events(anchors, sums, c, eps) - targets) ** 2))
-
-    c_grid = np.linspace(0.02, 1.2, 60)
-    best = min((mse(c, eps), c, eps) for c in c_grid for eps in (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0))
-    step = c_grid[1] - c_grid[0]
-    fine = np.linspace(max(best[1] - step, 1e-3), best[1] + step, 21)
-    best = min(best, *((mse(c, best[2]), c, best[2]) for c in fine))
-    return float(best[1]), float(best[2]), best[0]
-
-
 def _copy_last(context: ModelContext) -> ModelFn:
     return lambda anchor, events, t_anchor, t_target: anchor.copy()
-
-
-_INTEGRATION_FITS: dict[int, tuple[list[Case], tuple[float, float, float]]] = {}
-
-
-def context_event_integration(context: ModelContext) -> tuple[float, float, float]:
-    """:func:`fit_event_integration` on the context's fitting samples, fitted once per sample list (the
-    baseline and every model calibrated like it share one fit)."""
-    cases = context.fit_samples()
-    if id(cases) not in _INTEGRATION_FITS:  # the list is kept with its fit, so its id is not reused
-        _INTEGRATION_FITS[id(cases)] = (cases, fit_event_integration(cases, context.height, context.width))
-    return _INTEGRATION_FITS[id(cases)][1]
 
 
 def _event_integration(context: ModelContext) -> ModelFn:
@@ -267,7 +220,7 @@ def edi_deblur(blurry: np.ndarray, events: Events, start: int, end: int, t_ref: 
     height, width = blurry.shape[:2]
     denominator = edi_integral(events.t, events.x, events.y, events.p, c, start, end, EDI_SAMPLES, height, width,
                                t_ref)
-    return np.clip(blurry / _expand(denominator, blurry), 0.0, 1.0).astype(np.float32)
+    return np.clip(blurry / expand_map(denominator, blurry), 0.0, 1.0).astype(np.float32)
 
 
 def fit_edi(cases: list[Case]) -> tuple[float, float]:
@@ -366,17 +319,6 @@ def _deblur_args(case: Case) -> tuple:
     return case["blurry"], case["events"], case["exposure_start"], case["exposure_end"], case["t_ref"]
 
 
-def temporal_psf(kind: str) -> np.ndarray:
-    """float32 PSF along time: ``uniform7``, ``uniform13`` or ``gaussian1`` (sigma 1 frame, 7 taps)."""
-    if kind in ("uniform7", "uniform13"):
-        width = int(kind.removeprefix("uniform"))
-        return np.full(width, 1.0 / width, np.float32)
-    if kind == "gaussian1":
-        taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
-        return (taps / taps.sum()).astype(np.float32)
-    raise ValueError(f"--degradation {kind!r}: expected uniform7, uniform13 or gaussian1")
-
-
 SPATIAL_DEGRADATIONS = ("blur", "sr4", "inpaint")
 
 
@@ -398,16 +340,6 @@ def degrade_spatially(clip: np.ndarray, kind: str, seed: int) -> np.ndarray:
     tensor = torch.from_numpy(clip[:, None] if clip.ndim == 3 else np.moveaxis(clip, -1, 1).copy())
     out = spatial_operator(kind, tuple(tensor.shape), seed).forward(tensor).numpy()
     return out[:, 0] if clip.ndim == 3 else np.ascontiguousarray(np.moveaxis(out, 1, -1))
-
-
-def degrade_clip(clip: np.ndarray, psf: np.ndarray, boundary: str = DEFAULT_BOUNDARY) -> np.ndarray:
-    """Temporal PSF convolution of a clip (L, ...), frames beyond it given by ``boundary`` (``circular`` or
-    ``replicate``, see the module docstring)."""
-    length, half = len(clip), len(psf) // 2
-    out = np.zeros_like(clip, dtype=np.float32)
-    for j, weight in enumerate(psf):
-        out += weight * clip[boundary_index(np.arange(length) + j - half, length, boundary)]
-    return out
 
 
 @dataclass(frozen=True)

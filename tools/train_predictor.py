@@ -267,7 +267,7 @@ class Trainer:
         """The event-integration base (``ModelConfig.base``): (c, eps) fitted on up to
         ``EI_FIT_PAIRS`` evenly spaced train pairs (the evaluation baseline's fit), and the reciprocal
         standard deviation of the residual latent from it over every pair."""
-        from evpipe.tools.evaluate import fit_integration
+        from evpipe.nodes.predict.integration import fit_integration
 
         d = self.pairs
         pick = torch.linspace(0, len(d.k) - 1, min(EI_FIT_PAIRS, len(d.k))).round().long()

@@ -110,8 +110,8 @@ class Restore(Node):
 
         from evpipe.nodes.predict.node import gray_unit  # imports torch: only when a graph runs this node
         from evpipe.nodes.restore.model import load_prior
+        from evpipe.nodes.restore.psf import temporal_psf
         from evpipe.nodes.restore.sampler import DDSConfig
-        from evpipe.tools.evaluate import temporal_psf
 
         p = self.params
         if p.overlap >= p.window:
