@@ -41,7 +41,6 @@ class LatencyRecorder:
         self.arrival_ns: dict[str, list[int]] = defaultdict(list)
         self.queue: dict[str, list[int]] = defaultdict(list)
         self.compute: dict[str, list[int]] = defaultdict(list)
-        self.sensor_lag: dict[str, list[int]] = defaultdict(list)
         self.skipped: dict[str, int] = defaultdict(int)
         self.first_ns: int | None = None
         self.last_ns: int | None = None

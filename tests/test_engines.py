@@ -25,8 +25,8 @@ from evpipe.runtime.engines import (  # noqa: E402 - after the torch skip
     available_backends,
     open_engine,
 )
+from evpipe.runtime.engines.onnx_export import export_onnx  # noqa: E402
 from evpipe.runtime.engines.trt_backend import engine_cache_key, profile_shapes  # noqa: E402
-from evpipe.tools.bench_engines import export_onnx  # noqa: E402
 from tests.engines_shared import FP16_TOL, FP32_TOL, SHAPE, random_voxels, torch_reference  # noqa: E402
 
 # ---- parity -----------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_latest_policy_skips_stale_requests_and_counts_them(net: torch.nn.Module
     # 512x512 makes each request far slower than a submit, so a backlog forms behind the one slot.
     big = (1, 5, 512, 512)
     with __import__("tempfile").TemporaryDirectory() as folder:
-        path = export_onnx(net, [TensorSpec("voxel", big, np.float32)], Path(folder) / "big.onnx", ["image"])
+        path = export_onnx(net, (torch.zeros(big),), Path(folder) / "big.onnx", ["voxel"], "image")
         voxels = random_voxels(30, shape=big, seed=9)
         with open_engine(path, device="cpu", max_in_flight=1, policy="latest") as engine:
             tickets = [engine.submit({"voxel": v}) for v in voxels]

@@ -94,9 +94,6 @@ class PairData:
     k: torch.Tensor
     voxels: torch.Tensor
 
-    def subset(self, mask: torch.Tensor) -> PairData:
-        return PairData(self.frames, self.anchor[mask], self.target[mask], self.k[mask], self.voxels[mask])
-
 
 def load_pairs(dataset: str | None, split: str, max_gap: int, bins: int, size: int) -> PairData:
     """DLT pairs (gaps 1..max_gap) of ``split``, the same samples as ``PredictionView`` in the same order;

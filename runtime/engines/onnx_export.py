@@ -20,16 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, input_names: Sequence[str],
-                output_name: str, dynamic_shapes: Mapping[str, Any]) -> Path:
+                output_name: str, dynamic_shapes: Mapping[str, Any] | None = None) -> Path:
     """Write ``module`` (eval mode) traced on ``inputs`` to ``path`` with the dynamo exporter (opset 18,
-    one file, ``dynamic_shapes`` per input name)."""
+    one file, ``dynamic_shapes`` per ``forward`` argument name; None: every shape fixed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # The exporter warns about merged axis names and deprecated pytree internals; neither matters here.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, str(path), dynamo=True, opset_version=OPSET, input_names=list(input_names),
-                          output_names=[output_name], dynamic_shapes=dict(dynamic_shapes), external_data=False,
-                          verbose=False)
+                          output_names=[output_name], dynamic_shapes=dict(dynamic_shapes) if dynamic_shapes else None,
+                          external_data=False, verbose=False)
     return path
 
 
