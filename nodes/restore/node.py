@@ -31,7 +31,8 @@ class ClipReader(Node):
     @classmethod
     def setup(cls, spec: Spec) -> None:
         spec.output("frames", "frame", "the clip's frames (video: uint8 RGB; recording: as stored)")
-        spec.param("path", str, doc=f"a video file ({', '.join(VIDEO_SUFFIXES)}) or an event recording with frames")
+        spec.param("path", str, doc=f"a video file ({', '.join(VIDEO_SUFFIXES)}) or an event recording with frames",
+                   input_path=True)
         spec.param("max_frames", int, 0, "stop after this many frames; 0: all", minimum=0)
 
     def start(self) -> None:

@@ -64,7 +64,7 @@ class Replay(Node):
         spec.output("events", "events", "event packets in sensor-time order")
         spec.output("frames", "frame", "APS frames of the recording (none for event-only formats)")
         spec.output("imu", "imu", "IMU samples of the recording (none for formats without IMU)")
-        spec.param("path", str, doc="recording file (or RPG/ECD sequence folder)")
+        spec.param("path", str, doc="recording file (or RPG/ECD sequence folder)", input_path=True)
         spec.param("sensor_size", list, None, "[width, height] for formats whose header has none (Prophesee .raw)")
         spec.param("t_start", int, 0, "µs after the recording's start where playback begins", minimum=0)
         spec.param("t_stop", int, None, "µs after the recording's start where playback ends (exclusive); null: "
