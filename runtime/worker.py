@@ -25,6 +25,7 @@ import zmq
 from evpipe.runtime import security
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import resolve_node_type
+from evpipe.runtime.logs import configure_logging
 from evpipe.runtime.node import Node, NodeError
 from evpipe.runtime.report import NodeTimings
 from evpipe.runtime.transport import Inbox, Mailbox, Outlet
@@ -262,8 +263,7 @@ class Worker:
 
 def main() -> int:
     spec = json.loads(sys.stdin.read())
-    logging.basicConfig(level=spec.get("log_level", "INFO"), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(spec.get("log_level", "INFO"))
     return Worker(spec).run()
 
 

@@ -478,3 +478,30 @@ def test_trt_profile_shapes_normalise_and_reject_bad_ranges() -> None:
         profile_shapes({"x": ((4, 5), (2, 5), (1, 5))})
     with pytest.raises(ValueError, match=r"input_shapes\['x'\]"):
         profile_shapes({"x": ("a", "b")})
+
+
+def test_cached_export_prefers_a_shipped_export_of_the_same_name_only(
+    onnx_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shipped export is used only under the exact name the current weights hash to; any other name (a stale
+    export of older weights) is ignored and the graph is exported into the cache once, with one progress line."""
+    from evpipe.runtime.engines.onnx_export import cached_export
+
+    monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "aaaa-net.onnx").write_bytes(onnx_path.read_bytes())
+    exports: list[Path] = []
+
+    def export(path: Path) -> None:
+        exports.append(path)
+        path.write_bytes(onnx_path.read_bytes())
+
+    assert cached_export("test", "aaaa-net.onnx", export, shipped=shipped) == shipped / "aaaa-net.onnx"
+    assert exports == []
+    with caplog.at_level("INFO", logger="evpipe"):
+        fresh = cached_export("test", "bbbb-net.onnx", export, shipped=shipped)
+    assert fresh == tmp_path / "cache" / "test" / "bbbb-net.onnx" and fresh.is_file() and len(exports) == 1
+    assert [r.message.split(" (")[0] for r in caplog.records][:1] == ["exporting the test ONNX graph once for this "
+                                                                     "machine"]
+    assert cached_export("test", "bbbb-net.onnx", export, shipped=shipped) == fresh and len(exports) == 1

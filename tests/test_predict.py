@@ -369,23 +369,28 @@ def test_shipped_checkpoints_load_and_stay_small():
         assert model.config.bins == 5
 
 
-@pytest.mark.slow  # the export of the fused graph takes 20-60 s on two busy cores
-def test_shipped_4step_onnx_export_matches_torch(tmp_path, monkeypatch):
-    """The graph the node runs: the shipped 4-step student, exported afresh by the node's ``prepare`` (what
-    ``evpipe build-engines`` calls), ONNX Runtime vs torch at the node's 128x128 and at a larger
-    non-square size (dynamic axes). Measured max abs error: 1.3e-6 (head included)."""
-    from evpipe.nodes.predict.export import cached_fused_onnx, parity
+def test_shipped_4step_onnx_is_the_one_the_node_runs_and_matches_torch(tmp_path, monkeypatch):
+    """The graph the default graph's node runs ships beside the tiny checkpoint (so the first `evpipe run` needs
+    no export): ``prepare`` (what ``evpipe build-engines`` calls) finds it without writing to the cache, its name
+    carries the hash of the current weights (retrained weights without `python -m
+    evpipe.tools.ship_predictor_onnx` fail here), and ONNX Runtime matches torch at the node's 128x128 and a
+    larger non-square size (dynamic axes). Measured max abs error: 8.5e-7 (head included)."""
+    from evpipe.nodes.predict.checkpoint import resolve_dir
+    from evpipe.nodes.predict.export import SHIPPED as SHIPPED_ONNX
+    from evpipe.nodes.predict.export import cached_fused_onnx, export_name, parity
     from evpipe.nodes.predict.node import Predictor
 
     monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path))
     params = Predictor.spec().resolve_params({"variant": "4step"})
     assert Predictor.prepare({**params, "backend": "torch"}) == []
     (exported,) = Predictor.prepare(params)
-    path = cached_fused_onnx("4step", "tiny")
-    assert path == Path(exported) and path.is_relative_to(tmp_path)
     model, steps = load_model("4step", "tiny")
+    shipped = resolve_dir("tiny") / SHIPPED_ONNX / f"{export_name(resolve_dir('tiny'), '4step', 'pixel')}.onnx"
+    assert Path(exported) == cached_fused_onnx("4step", "tiny") == shipped and shipped.is_file()
+    assert not any(tmp_path.rglob("*.onnx"))  # nothing exported
+    assert sorted(p.name for p in shipped.parent.iterdir()) == [shipped.name]  # no stale export beside it
     assert steps == 4
-    assert parity(model, steps, path, sizes=((128, 128), (80, 144))) < 1e-5
+    assert parity(model, steps, shipped, sizes=((128, 128), (80, 144))) < 1e-5
 
 
 @pytest.mark.slow  # a 1.5 s real-time graph plus process start-up; on a fresh machine also the ONNX export

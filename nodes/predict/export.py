@@ -6,8 +6,11 @@ Graph: inputs ``anchor`` float32 (1, 1, H, W) in [0, 1], ``voxel`` float32 (1, b
 per step count beats four graphs per step (encoder, event encoder, U-Net step, decoder) for latency:
 no per-step round trips through the runtime and ONNX Runtime fuses across the whole sampler.
 
-Exports are cached (``$EVPIPE_CACHE`` or ``~/.cache/evpipe``, under ``predict/``) by a hash of the
-checkpoint files, the variant and the composition, so a node exports once per machine.
+Exports are named by a hash of the checkpoint files, the variant and the composition, and cached
+(``$EVPIPE_CACHE`` or ``~/.cache/evpipe``, under ``predict/``), so a node exports once per machine. An export
+that ships beside its checkpoint (``<checkpoint>/onnx/``: the default graph's ``tiny`` 4-step graph, made with
+``python -m evpipe.tools.ship_predictor_onnx``) is used when its name — hence its hash — matches the weights, so the
+first run starts as fast as the second and retrained weights never meet a stale graph.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from evpipe.runtime.engines.onnx_export import cached_export, export_onnx, onnx_
 
 INPUT_NAMES = ("anchor", "voxel", "noise")
 OUTPUT_NAME = "prediction"
+SHIPPED = "onnx"  # folder of a checkpoint directory holding exports shipped with it
 # Bump when the exported graph changes for the same checkpoint (invalidates cached exports).
 _EXPORT_VERSION = "1"
 
@@ -61,6 +65,11 @@ def _checkpoint_hash(directory: Path, variant: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def export_name(directory: Path, variant: str, compose: str) -> str:
+    """File stem of an export: the checkpoint files' hash, the variant and the composition."""
+    return f"{_checkpoint_hash(directory, variant)}-{variant}-{compose}"
+
+
 def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None,
                       integration: tuple[float, float] | None = None) -> Path:
     """Path of the fused ONNX graph of a checkpoint's ``variant`` (``compose`` and ``integration`` as
@@ -68,5 +77,6 @@ def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: st
     directory = resolve_dir(checkpoint)
     model, steps = load_model(variant, directory, compose, integration)
     calibration = "" if integration is None else f"-c{integration[0]:.6g}-eps{integration[1]:.6g}"
-    name = f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}{calibration}.onnx"
-    return cached_export("predict", name, lambda path: export_fused(model, steps, path))
+    name = export_name(directory, variant, model.config.compose) + calibration + ".onnx"
+    return cached_export("predict", name, lambda path: export_fused(model, steps, path), shipped=directory / SHIPPED)
+
