@@ -245,13 +245,19 @@ def test_node_emits_interpolated_frames_in_time_order(tmp_path: Path) -> None:
     sent: list[Message] = []
     node.attach_emitter(lambda port, msg: sent.append(msg))
     node.start()
-    rgb = (np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)
-    for t in (1000, 2000):
-        node.process("frames", Message.from_frame(Frame(rgb, t, 0)))
+    rng = np.random.default_rng(0)
+    rgb, rgb_next = ((rng.random((24, 20, 3)) * 255).astype(np.uint8) for _ in range(2))
+    for t, image in ((1000, rgb), (2000, rgb_next)):
+        node.process("frames", Message.from_frame(Frame(image, t, 0)))
     frames = [msg.frame() for msg in sent]
     assert [f.t for f in frames] == [1000, 1250, 1500, 1750, 2000]
     assert [bool(f.meta.get("interpolated")) for f in frames] == [False, True, True, True, False]
     assert all(f.image.shape == (24, 20) and f.image.dtype == np.float32 for f in frames)
+    # The frames in between are the cascade's, in time order (not just frames at the right times).
+    expected = node.upsampler.between(frames[0].image, frames[-1].image, 4)
+    for got, want in zip(frames[1:-1], expected, strict=True):
+        np.testing.assert_array_equal(got.image, want)
+    assert not np.array_equal(frames[1].image, frames[3].image)
     with pytest.raises(NodeError, match="frame size changed"):
         node.process("frames", Message.from_frame(Frame(rgb[:16], 3000, 0)))
     bad = Upsample("upsample", {"checkpoint": str(tmp_path / "missing.pt")})
