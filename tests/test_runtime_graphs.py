@@ -168,6 +168,8 @@ def test_malformed_and_oversized_messages_are_rejected_and_the_node_keeps_runnin
             report = _recv(router)
         assert report["type"] == "report"
         assert report["data"]["streams"][""]["events"] == 200
+        timings = _recv(router)  # the node's own queueing/compute measurements, before it says done
+        assert timings["type"] == "timings" and timings["data"]["messages"] == len(timings["data"]["compute_ns"]) == 2
         assert _recv(router)["type"] == "done"
         assert proc.wait(30) == 0
         counters = Counters(f"{tmp}/counters", ["in-edge"], [], create=False).snapshot()["inputs"]["in-edge"]
