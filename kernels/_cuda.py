@@ -68,23 +68,47 @@ def _check(bad: Any, t: Any, x: Any, y: Any, p: Any, height: int, width: int) ->
     raise invalid_event_error(index, t_i, *values, height, width)
 
 
+@cuda.jit(device=True)
+def _window_event(windows, w):
+    """This thread's event index in window ``w`` (grid x runs over the window's events), or -1 past its end."""
+    i = windows[w, 0] + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    return i if i < windows[w, 1] else -1
+
+
+@cuda.jit(device=True)
+def _accept(i, xi, yi, pi, height, width, out_of_range, bad):
+    """True for an event on the sensor with polarity ±1 (and not ``out_of_range``); otherwise False, with
+    ``i`` flagged in ``bad`` (an atomic min, so the first invalid event is the one reported)."""
+    if xi >= width or yi >= height or (pi != 1 and pi != -1) or out_of_range:
+        cuda.atomic.min(bad, 0, i)
+        return False
+    return True
+
+
+def _launch_per_window(kernel: Any, events: tuple, windows: np.ndarray, height: int, width: int, *rest: Any) -> None:
+    """``kernel(*events, windows, height, width, *rest, bad)`` on a grid (events of the longest window, windows),
+    then raise for the first invalid event a thread flagged. ``events`` is (t, x, y, p) or (x, y, p)."""
+    bad = _full(1, _NO_BAD, np.int64)
+    longest = int((windows[:, 1] - windows[:, 0]).max()) if len(windows) else 0
+    if longest:
+        kernel[(_blocks(longest), len(windows)), _THREADS](*events, cuda.to_device(windows), height, width, *rest, bad)
+    _check(bad, events[0] if len(events) == 4 else None, *events[-3:], height, width)
+
+
 @cuda.jit
-def _voxel_kernel(t, x, y, p, windows, bins, height, width, acc, bad):
+def _voxel_kernel(t, x, y, p, windows, height, width, bins, acc, bad):
     """Grid (events, windows): one thread per event of window ``blockIdx.y``; acc int64 32.32."""
     w = cuda.blockIdx.y
-    lo = windows[w, 0]
-    hi = windows[w, 1]
-    i = lo + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i >= hi:
+    i = _window_event(windows, w)
+    if i < 0:
         return
-    t0 = t[lo]
-    span = t[hi - 1] - t0
+    t0 = t[windows[w, 0]]
+    span = t[windows[w, 1] - 1] - t0
     xi = np.int64(x[i])
     yi = np.int64(y[i])
     pi = np.int64(p[i])
     dt = t[i] - t0
-    if xi >= width or yi >= height or (pi != 1 and pi != -1) or dt < 0 or dt > span:
-        cuda.atomic.min(bad, 0, i)
+    if not _accept(i, xi, yi, pi, height, width, dt < 0 or dt > span, bad):
         return
     # Same float32 arithmetic as the CPU kernel.
     scale = np.float32((bins - 1) / span) if span > 0 else np.float32(0.0)
@@ -111,13 +135,7 @@ def voxel_grid(t, x, y, p, bins: int, height: int, width: int, windows: np.ndarr
     n_windows = len(windows)
     cells = n_windows * bins * height * width
     acc = _full(cells, 0, np.int64)
-    bad = _full(1, _NO_BAD, np.int64)
-    longest = int((windows[:, 1] - windows[:, 0]).max()) if n_windows else 0
-    if longest:
-        _voxel_kernel[(_blocks(longest), n_windows), _THREADS](
-            t, x, y, p, cuda.to_device(windows), bins, height, width, acc, bad
-        )
-    _check(bad, t, x, y, p, height, width)
+    _launch_per_window(_voxel_kernel, (t, x, y, p), windows, height, width, bins, acc)
     out = cuda.device_array(cells, np.float32)
     _fixed_to_float32[_blocks(cells), _THREADS](acc, out)
     return out.reshape((n_windows, bins, height, width))
@@ -127,14 +145,13 @@ def voxel_grid(t, x, y, p, bins: int, height: int, width: int, windows: np.ndarr
 def _frame_kernel(x, y, p, windows, height, width, counts, bad):
     """Grid (events, windows): add 1 at (window, channel, y, x); exact in float32 below 2**24."""
     w = cuda.blockIdx.y
-    i = windows[w, 0] + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i >= windows[w, 1]:
+    i = _window_event(windows, w)
+    if i < 0:
         return
     xi = np.int64(x[i])
     yi = np.int64(y[i])
     pi = np.int64(p[i])
-    if xi >= width or yi >= height or (pi != 1 and pi != -1):
-        cuda.atomic.min(bad, 0, i)
+    if not _accept(i, xi, yi, pi, height, width, False, bad):
         return
     channel = (pi + 1) // 2
     cuda.atomic.add(counts, ((w * 2 + channel) * height + yi) * width + xi, np.float32(1.0))
@@ -144,28 +161,21 @@ def event_frames(x, y, p, height: int, width: int, windows: np.ndarray) -> Any:
     n_windows = len(windows)
     cells = n_windows * 2 * height * width
     counts = _full(cells, 0.0, np.float32)
-    bad = _full(1, _NO_BAD, np.int64)
-    longest = int((windows[:, 1] - windows[:, 0]).max()) if n_windows else 0
-    if longest:
-        _frame_kernel[(_blocks(longest), n_windows), _THREADS](
-            x, y, p, cuda.to_device(windows), height, width, counts, bad
-        )
-    _check(bad, None, x, y, p, height, width)
+    _launch_per_window(_frame_kernel, (x, y, p), windows, height, width, counts)
     return counts.reshape((n_windows, 2, height, width))
 
 
 @cuda.jit
-def _latest_kernel(t, x, y, p, windows, t_refs, height, width, latest, bad):
+def _latest_kernel(t, x, y, p, windows, height, width, t_refs, latest, bad):
     """Grid (events, windows): atomic max of event time (at or before t_ref) per cell."""
     w = cuda.blockIdx.y
-    i = windows[w, 0] + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i >= windows[w, 1]:
+    i = _window_event(windows, w)
+    if i < 0:
         return
     xi = np.int64(x[i])
     yi = np.int64(y[i])
     pi = np.int64(p[i])
-    if xi >= width or yi >= height or (pi != 1 and pi != -1):
-        cuda.atomic.min(bad, 0, i)
+    if not _accept(i, xi, yi, pi, height, width, False, bad):
         return
     if t[i] <= t_refs[w]:
         channel = (pi + 1) // 2
@@ -187,14 +197,8 @@ def time_surfaces(t, x, y, p, height: int, width: int, windows: np.ndarray, t_re
     n_windows = len(windows)
     cells = n_windows * 2 * height * width
     latest = _full(cells, _NO_EVENT, np.int64)
-    bad = _full(1, _NO_BAD, np.int64)
     refs = cuda.to_device(t_refs)
-    longest = int((windows[:, 1] - windows[:, 0]).max()) if n_windows else 0
-    if longest:
-        _latest_kernel[(_blocks(longest), n_windows), _THREADS](
-            t, x, y, p, cuda.to_device(windows), refs, height, width, latest, bad
-        )
-    _check(bad, None, x, y, p, height, width)
+    _launch_per_window(_latest_kernel, (t, x, y, p), windows, height, width, refs, latest)
     out = cuda.device_array(cells, np.float32)
     _decay_kernel[_blocks(cells), _THREADS](latest, refs, 2 * height * width, tau_us, out)
     return out.reshape((n_windows, 2, height, width))
@@ -213,8 +217,7 @@ def _edi_hist_kernel(t, x, y, p, start, end, n_samples, tau2, height, width, his
     xi = np.int64(x[i])
     yi = np.int64(y[i])
     pi = np.int32(p[i])
-    if xi >= width or yi >= height or (pi != 1 and pi != -1):
-        cuda.atomic.min(bad, 0, i)
+    if not _accept(i, xi, yi, pi, height, width, False, bad):
         return
     pixel = yi * width + xi
     period = end - start

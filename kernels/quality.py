@@ -10,7 +10,7 @@
   then crops the 5-pixel border, so only "valid" windows count, which is what is computed here.
 - :func:`temporal_consistency_error`: flicker of a restored/predicted sequence against the
   ground truth, without optical flow (defined below).
-- :class:`Stopwatch` / :func:`time_call`: wall-clock timing with warm-up and summary statistics.
+- :class:`Stopwatch`: wall-clock timing with summary statistics.
 
 Inputs are numpy arrays of any real dtype; everything is computed in float64.
 """
@@ -18,9 +18,7 @@ Inputs are numpy arrays of any real dtype; everything is computed in float64.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -173,15 +171,3 @@ class Stopwatch:
             max_ms=float(ms.max()),
         )
 
-
-def time_call(fn: Callable[..., Any], *args: Any, warmup: int = 1, repeats: int = 10, **kwargs: Any) -> Timing:
-    """Time ``fn(*args, **kwargs)``: ``warmup`` untimed calls (JIT, caches), then ``repeats`` timed ones."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"time_call: need repeats >= 1 and warmup >= 0, got {repeats=} {warmup=}")
-    for _ in range(warmup):
-        fn(*args, **kwargs)
-    stopwatch = Stopwatch()
-    for _ in range(repeats):
-        with stopwatch:
-            fn(*args, **kwargs)
-    return stopwatch.summary()

@@ -7,7 +7,6 @@ crashed more often than allowed), 2 bad usage or an invalid configuration.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from evpipe.runtime.graph import ConfigError, Graph, check_machine, load_graph
+from evpipe.runtime.logs import configure_logging
 
 DEFAULT_GRAPH = "default.yaml"
 
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     return args.func(args, Console(stderr=True))
 
 

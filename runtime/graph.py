@@ -242,6 +242,7 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
             raise fail(body, "params", f"node {name!r}: 'params' must be a mapping")
         params_by_node[name] = dict(params)
 
+    overridden: set[tuple[str, str]] = set()
     for item in overrides:
         node_name, dot, rest = item.partition(".")
         param, eq, value = rest.partition("=")
@@ -249,6 +250,7 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
             raise ConfigError(path, None, f"bad override {item!r}",
                               f"use --set NODE.PARAM=VALUE with NODE one of {', '.join(params_by_node)}")
         params_by_node[node_name][param] = yaml.safe_load(value)
+        overridden.add((node_name, param))
 
     nodes: dict[str, NodeConfig] = {}
     for name, body in raw_nodes.items():
@@ -270,6 +272,8 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
         if not hosts and host is not None:
             raise fail(body, "host", f"node {name!r} names host {host!r} but the graph has no 'hosts' section",
                        "add `hosts: {NAME: {address: IP}}`")
+        if host is None:  # on another host the file is that machine's to check
+            _check_input_paths(name, cls, params, body, overridden, fail)
         nodes[name] = NodeConfig(name, str(type_name), cls, params, host, _line_of(raw_nodes, name))
 
     raw_edges = doc.get("edges") or _LineList()
@@ -287,6 +291,21 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
                               "by `evpipe keys FOLDER " + " ".join(hosts) + "`")
         settings.curve_keys = str((Path(path).parent / settings.curve_keys).resolve())
     return graph
+
+
+def _check_input_paths(name: str, cls: type[Node], params: dict[str, Any], body: Any,
+                       overridden: set[tuple[str, str]], fail: Any) -> None:
+    """A missing input file is a configuration error, located at the parameter (or its ``--set``)."""
+    for param in cls.spec().params.values():
+        value = params.get(param.name)
+        if not param.input_path or value is None or value in param.names or Path(value).expanduser().exists():
+            continue
+        given = " (given with --set)" if (name, param.name) in overridden else ""
+        container = body.get("params") if isinstance(body.get("params"), dict) else body
+        key = param.name if param.name in container else None
+        raise fail(container, key, f"node {name!r}: parameter {param.name!r}{given}: no such file or folder "
+                   f"{str(Path(value).expanduser().resolve())!r} ({param.doc})",
+                   f"set it with --set {name}.{param.name}=PATH or edit the graph file")
 
 
 def _build_hosts(raw: Any, fail: Any) -> dict[str, Host]:

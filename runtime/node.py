@@ -73,6 +73,8 @@ class Param:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    input_path: bool = False  # a file or folder the node reads: checked to exist when the graph is validated
+    names: tuple[str, ...] = ()  # values of an input-path parameter that name a built-in item, not a file
 
     @property
     def required(self) -> bool:
@@ -126,10 +128,14 @@ class Spec:
 
     def param(self, name: str, type: type, default: Any = REQUIRED, doc: str = "", *,
               choices: list[Any] | tuple[Any, ...] | None = None,
-              minimum: float | None = None, maximum: float | None = None) -> None:
+              minimum: float | None = None, maximum: float | None = None, input_path: bool = False,
+              names: tuple[str, ...] = ()) -> None:
+        """Declare a parameter. ``input_path``: its value is a file or folder the node reads (unless it is one of
+        ``names``); a graph whose input is missing fails validation, before any process starts."""
         if name in self.params:
             raise ValueError(f"parameter {name!r} declared twice")
-        self.params[name] = Param(name, type, default, doc, tuple(choices) if choices else None, minimum, maximum)
+        self.params[name] = Param(name, type, default, doc, tuple(choices) if choices else None, minimum, maximum,
+                                  input_path, tuple(names))
 
     def _add_port(self, ports: dict[str, Port], name: str, kind: str, doc: str) -> None:
         if kind not in (*KINDS, ANY_KIND):

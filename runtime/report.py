@@ -41,7 +41,6 @@ class LatencyRecorder:
         self.arrival_ns: dict[str, list[int]] = defaultdict(list)
         self.queue: dict[str, list[int]] = defaultdict(list)
         self.compute: dict[str, list[int]] = defaultdict(list)
-        self.sensor_lag: dict[str, list[int]] = defaultdict(list)
         self.skipped: dict[str, int] = defaultdict(int)
         self.first_ns: int | None = None
         self.last_ns: int | None = None
@@ -97,6 +96,55 @@ class LatencyRecorder:
                 "throughput_msgs_s": total / span_s if span_s > 0 else 0.0}
 
 
+class NodeTimings:
+    """What every node measures of itself, with or without a metrics sink: per message, queueing (the upstream
+    node emitted it -> this node took it) and compute (took it -> ``process`` returned), plus the span from the
+    first message taken to the last one done, for throughput. Samples beyond ``keep`` are a uniform reservoir,
+    so the percentiles describe the whole run."""
+
+    def __init__(self, keep: int = 20_000, seed: int = 0) -> None:
+        self.keep = keep
+        self.queue_ns: list[int] = []
+        self.compute_ns: list[int] = []
+        self.messages = 0
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, queue_ns: int | None, in_ns: int, out_ns: int) -> None:
+        """One processed message; ``queue_ns`` is None for a source's (it has no upstream)."""
+        self.messages += 1
+        self.first_ns = in_ns if self.first_ns is None else self.first_ns
+        self.last_ns = out_ns
+        slot = self.messages - 1 if self.messages <= self.keep else int(self._rng.integers(self.messages))
+        if slot >= self.keep:
+            return
+        for samples, value in ((self.queue_ns, queue_ns), (self.compute_ns, out_ns - in_ns)):
+            if value is None:
+                continue
+            if slot < len(samples):
+                samples[slot] = value
+            else:
+                samples.append(value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Raw samples and counts (sent to the supervisor, merged over a node's incarnations there)."""
+        span = (self.last_ns - self.first_ns) if self.first_ns is not None else 0
+        return {"queue_ns": self.queue_ns, "compute_ns": self.compute_ns, "messages": self.messages,
+                "span_ns": span}
+
+
+def summarize_timings(incarnations: list[dict[str, Any]]) -> dict[str, Any]:
+    """``compute`` and ``queue`` (:func:`describe_ms`) and ``msgs_s`` (messages over the time each incarnation
+    spent between its first and last message) of a node's :meth:`NodeTimings.as_dict` reports."""
+    queue = [v for t in incarnations for v in t["queue_ns"]]
+    compute = [v for t in incarnations for v in t["compute_ns"]]
+    messages = sum(t["messages"] for t in incarnations)
+    span_s = sum(t["span_ns"] for t in incarnations) / 1e9
+    return {"queue": describe_ms(queue), "compute": describe_ms(compute),
+            "msgs_s": messages / span_s if span_s > 0 else None}
+
+
 def _to_local_clock(trace: Trace, offsets: dict[str, int]) -> Trace:
     source = trace.hops[0][0] if trace.hops else None
     hops = [(n, i - offsets.get(n, 0), o - offsets.get(n, 0)) for n, i, o in trace.hops]
@@ -128,24 +176,29 @@ def render_tables(report: dict[str, Any]) -> list[Any]:
     """rich Tables for the end-of-run report."""
     from rich.table import Table
 
-    tables = []
-    latency = report.get("latency") or {}
-    t = Table(title="End-to-end latency (ms): newest event available -> delivered")
-    for col in ("path", "count", "p50", "p90", "p99", "max"):
-        t.add_column(col, justify="left" if col == "path" else "right")
-    for path, s in latency.get("paths", {}).items():
-        t.add_row(path, str(s.get("count", 0)), *(f"{s[k]:.2f}" if k in s else "-"
-                                                    for k in ("p50", "p90", "p99", "max")))
-    tables.append(t)
-    t = Table(title="Per node (ms): queueing vs compute")
-    for col in ("node", "queue p50", "queue p99", "compute p50", "compute p99", "restarts", "processed"):
+    tables: list[Any] = []
+    paths = (report.get("latency") or {}).get("paths", {})
+    if paths:
+        t = Table(title="End-to-end latency (ms): newest event available -> delivered")
+        for col in ("path", "count", "p50", "p90", "p99", "max"):
+            t.add_column(col, justify="left" if col == "path" else "right")
+        for path, s in paths.items():
+            t.add_row(path, str(s.get("count", 0)), *(f"{s[k]:.2f}" if k in s else "-"
+                                                        for k in ("p50", "p90", "p99", "max")))
+        tables.append(t)
+    else:
+        tables.append("End-to-end latency: not measured — it needs a `metrics` sink at the end of a path "
+                      "(`evpipe nodes metrics`); per-node times below are measured by every node.")
+    t = Table(title="Per node (ms): queueing vs compute, measured by each node")
+    for col in ("node", "queue p50", "queue p99", "compute p50", "compute p99", "compute max", "msgs/s", "restarts",
+                "processed"):
         t.add_column(col, justify="left" if col == "node" else "right")
-    nodes = latency.get("nodes", {})
     for name, info in report["nodes"].items():
-        q, c = nodes.get(name, {}).get("queue", {}), nodes.get(name, {}).get("compute", {})
+        q, c = info.get("queue", {}), info.get("compute", {})
+        rate = info.get("msgs_s")
         t.add_row(name, *(f"{d[k]:.2f}" if k in d else "-" for d, k in
-                          ((q, "p50"), (q, "p99"), (c, "p50"), (c, "p99"))),
-                  str(info["restarts"]), str(info["processed"]))
+                          ((q, "p50"), (q, "p99"), (c, "p50"), (c, "p99"), (c, "max"))),
+                  "-" if rate is None else f"{rate:.1f}", str(info["restarts"]), str(info["processed"]))
     tables.append(t)
     t = Table(title="Edges")
     for col in ("edge", "policy", "sent", "processed", "dropped", "rejected", "lost"):
@@ -184,9 +237,9 @@ def write_report(report: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
         axes[1].plot(s["series_t_s"], s["series_ms"], ".", ms=2, label=name)
     axes[0].set(xlabel="end-to-end latency (ms)", ylabel="messages", title="Latency histogram")
     axes[1].set(xlabel="time since first message (s)", ylabel="latency (ms)", title="Latency over time")
-    names = list(latency["nodes"])
-    q50 = [latency["nodes"][n]["queue"].get("p50", 0) for n in names]
-    c50 = [latency["nodes"][n]["compute"].get("p50", 0) for n in names]
+    names = list(report["nodes"])
+    q50 = [report["nodes"][n].get("queue", {}).get("p50", 0) for n in names]
+    c50 = [report["nodes"][n].get("compute", {}).get("p50", 0) for n in names]
     axes[2].bar(names, q50, label="queueing p50")
     axes[2].bar(names, c50, bottom=q50, label="compute p50")
     axes[2].set(ylabel="ms", title="Per node (p50)")

@@ -31,7 +31,7 @@ from evpipe.runtime import security
 from evpipe.runtime.clock import ClockServer, estimate_offset
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import Graph, NodeConfig
-from evpipe.runtime.report import edge_accounting
+from evpipe.runtime.report import edge_accounting, summarize_timings
 from evpipe.runtime.status import RUN_DIR_ENV, write_status
 
 READY_TIMEOUT_S = 120.0
@@ -50,6 +50,7 @@ class NodeProcess:
     restart_at: float | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)  # NodeTimings.as_dict() of each incarnation
 
 
 @dataclass
@@ -220,6 +221,8 @@ class Supervisor:
             src = self.graph.edges_by_id[msg["edge"]].src
             if src in self.nodes:
                 self._send(src, "eos_ack", edge=msg["edge"])
+        elif kind == "timings":
+            np_.timings.append(msg["data"])
         elif kind == "fatal":  # the node printed the message itself
             np_.state = "fatal"
         elif kind == "done":
@@ -424,7 +427,7 @@ class Supervisor:
             "interrupted": self.interrupts > 0,
             "duration_s": round(duration_s, 3),
             "nodes": {name: {"type": np_.config.type, "restarts": np_.restarts, "exit_codes": np_.exit_codes,
-                             "processed": summed[name].get("processed", 0)}
+                             "processed": summed[name].get("processed", 0), **summarize_timings(np_.timings)}
                       for name, np_ in self.nodes.items()},
             "edges": self._edges(summed),
             "latency": latency,

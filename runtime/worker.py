@@ -25,7 +25,9 @@ import zmq
 from evpipe.runtime import security
 from evpipe.runtime.counters import Counters
 from evpipe.runtime.graph import resolve_node_type
+from evpipe.runtime.logs import configure_logging
 from evpipe.runtime.node import Node, NodeError
+from evpipe.runtime.report import NodeTimings
 from evpipe.runtime.transport import Inbox, Mailbox, Outlet
 from evpipe.runtime.wire import Limits, Message, Trace, now_ns
 
@@ -125,6 +127,7 @@ class Worker:
         self.node.clock_offsets_ns = self.control.clock_offsets_ns
         self.node.attach_reporter(lambda data: self.control.send({"type": "report", "data": data}))
         self._current: tuple[Trace, int] | None = None  # trace and in_ns of the message being processed
+        self.timings = NodeTimings()
 
     # -- sending ---------------------------------------------------------------------------------
     def _emit(self, port: str, msg: Message) -> None:
@@ -169,6 +172,7 @@ class Worker:
         self.data_ctx.term()
 
     def _end(self, payload: dict[str, Any]) -> None:
+        self.control.send({"type": "timings", "data": self.timings.as_dict()})
         self.control.send(payload)
         self.control.close()
         self.ctx.term()
@@ -218,7 +222,9 @@ class Worker:
 
     def _run_source(self) -> None:
         for port, msg in self.node.produce():
+            in_ns = now_ns()
             self.node.emit(port, msg)
+            self.timings.add(None, in_ns, now_ns())  # compute: sending (producing runs in the generator)
             self.counters.add_processed()
             if self.control.stop_requested.is_set():
                 break
@@ -237,18 +243,27 @@ class Worker:
                 continue
             edge, port, msg = item
             if msg.kind != "control":
-                self._current = (msg.trace, now_ns())
+                in_ns = now_ns()
+                self._current = (msg.trace, in_ns)
                 self.node.process(port, msg)
                 self._current = None
+                self.timings.add(self._queued_ns(msg.trace, in_ns), in_ns, now_ns())
                 self.counters.add_in(edge, "processed")
                 self.counters.add_processed()
             last_activity = time.monotonic()  # after process(): a long computation is not idleness
 
 
+    def _queued_ns(self, trace: Trace, in_ns: int) -> int | None:
+        """Upstream emitted -> taken here, with a remote upstream's stamp moved onto this host's clock."""
+        if not trace.hops:
+            return None
+        upstream, _, out_ns = trace.hops[-1]
+        return in_ns - (out_ns - self.control.clock_offsets_ns.get(upstream, 0))
+
+
 def main() -> int:
     spec = json.loads(sys.stdin.read())
-    logging.basicConfig(level=spec.get("log_level", "INFO"), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(spec.get("log_level", "INFO"))
     return Worker(spec).run()
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from evpipe.runtime.engines import TensorSpec
-from evpipe.tools.bench_engines import export_onnx, small_conv_net
+from evpipe.runtime.engines.onnx_export import export_onnx
+from evpipe.tools.bench_engines import small_conv_net
 
 SHAPE = (1, 5, 32, 32)
 FP32_TOL = 1e-5
@@ -28,19 +28,14 @@ def net() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def onnx_path(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("onnx")
-    return export_onnx(net, [TensorSpec("voxel", SHAPE, np.float32)], folder / "net.onnx", ["image"])
+    return export_onnx(net, (torch.zeros(SHAPE),), folder / "net.onnx", ["voxel"], "image")
 
 
 @pytest.fixture(scope="module")
 def dynamic_batch_onnx(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("onnx_dynamic")
-    return export_onnx(
-        net,
-        [TensorSpec("voxel", (2, 5, 32, 32), np.float32)],
-        folder / "net_dyn.onnx",
-        ["image"],
-        dynamic_axes={"voxel": {0: "batch"}},
-    )
+    return export_onnx(net, (torch.zeros(2, 5, 32, 32),), folder / "net_dyn.onnx", ["voxel"], "image",
+                       dynamic_shapes={"voxel": {0: torch.export.Dim("batch")}})
 
 
 def random_voxels(count: int, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> list[np.ndarray]:

@@ -284,3 +284,52 @@ def test_shipped_checkpoint_loads_and_stays_small():
     model, info = load_model("tiny")
     assert info["student_steps"] in (1, 2, 3, 4) and info["teacher_steps"] >= 4
     assert float(model.r_scale) > 0
+
+
+def _test_split_blur_cases() -> list[dict]:
+    """Blurry frames at 128² with their exposure's events and the sharp frame at the exposure centre, made the way
+    the tiny dataset makes them (tools/make_dataset.py: homography motion, simulated events, the blur of the
+    stored frames) from the two bundled photos of its test split, two sequences of four APS frames each."""
+    from skimage import data as skdata
+
+    from evpipe.tools.make_dataset import BuildConfig, render_image_sequence, synthesize
+
+    config, cases = BuildConfig(size=128, aps_per_sequence=4), []
+    for name in ("coffee", "immunohistochemistry"):
+        photo = (getattr(skdata, name)() / 255.0).astype(np.float32)
+        for seed in range(2):
+            rng = np.random.default_rng(seed)
+            rendered = render_image_sequence(photo, config, rng)
+            arrays = synthesize(rendered, config, rng)[0]
+            blur = arrays["blur"]
+            for j, i in enumerate(rendered.aps_index):
+                start, end = int(blur["exposure_start"][j]), int(blur["exposure_end"][j])
+                cases.append({"blurry": blur["frames"][j].astype(np.float32), "target": rendered.frames[i],
+                              "events": arrays["events"].time_slice(start, end), "exposure_start": start,
+                              "exposure_end": end, "t_ref": int(rendered.frames_t[i])})
+    return cases
+
+
+@pytest.mark.slow  # 30 s on two busy cores: rendering and simulating 4 sequences, the EDI grid search, 16 frames
+def test_shipped_student_beats_edi_fitted_on_the_same_frames():
+    """The node's deblurrer (shipped student, torch) against the EDI baseline (blurry / E) with its contrast
+    threshold fitted on these very frames — stronger than the benchmark's EDI, fitted on the training split.
+    Measured PSNR gains over it: 0.25 to 4.76 dB on the 16 frames, mean 1.69 (benchmarks/deblur.md: +2.45 dB on
+    the tiny test split's stored blur).
+
+    Broken students fail (measured): random weights (mean -0.65, most frames worse than EDI), weights perturbed by
+    30% of each tensor's std (mean 0.90, two frames worse). Zeroing the student U-Net's output layer leaves every
+    frame as it is (mean 1.69): the gain is the student's full-resolution head's, so this guards the student as a
+    whole, not its diffusion part."""
+    from evpipe.kernels.quality import psnr
+    from evpipe.nodes.deblur.sampler import Deblurrer
+    from evpipe.tools.evaluate import edi_deblur, fit_edi
+
+    cases = _test_split_blur_cases()
+    c, _ = fit_edi(cases)
+    student = Deblurrer("student", "tiny", "torch", threads=1)
+    gains = []
+    for case in cases:
+        args = case["blurry"], case["events"], case["exposure_start"], case["exposure_end"], case["t_ref"]
+        gains.append(psnr(case["target"], student.deblur_events(*args)) - psnr(case["target"], edi_deblur(*args, c)))
+    assert min(gains) > 0 and np.mean(gains) >= 1.0, np.round(gains, 2)

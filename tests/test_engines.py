@@ -25,8 +25,8 @@ from evpipe.runtime.engines import (  # noqa: E402 - after the torch skip
     available_backends,
     open_engine,
 )
+from evpipe.runtime.engines.onnx_export import export_onnx  # noqa: E402
 from evpipe.runtime.engines.trt_backend import engine_cache_key, profile_shapes  # noqa: E402
-from evpipe.tools.bench_engines import export_onnx  # noqa: E402
 from tests.engines_shared import FP16_TOL, FP32_TOL, SHAPE, random_voxels, torch_reference  # noqa: E402
 
 # ---- parity -----------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_latest_policy_skips_stale_requests_and_counts_them(net: torch.nn.Module
     # 512x512 makes each request far slower than a submit, so a backlog forms behind the one slot.
     big = (1, 5, 512, 512)
     with __import__("tempfile").TemporaryDirectory() as folder:
-        path = export_onnx(net, [TensorSpec("voxel", big, np.float32)], Path(folder) / "big.onnx", ["image"])
+        path = export_onnx(net, (torch.zeros(big),), Path(folder) / "big.onnx", ["voxel"], "image")
         voxels = random_voxels(30, shape=big, seed=9)
         with open_engine(path, device="cpu", max_in_flight=1, policy="latest") as engine:
             tickets = [engine.submit({"voxel": v}) for v in voxels]
@@ -478,3 +478,30 @@ def test_trt_profile_shapes_normalise_and_reject_bad_ranges() -> None:
         profile_shapes({"x": ((4, 5), (2, 5), (1, 5))})
     with pytest.raises(ValueError, match=r"input_shapes\['x'\]"):
         profile_shapes({"x": ("a", "b")})
+
+
+def test_cached_export_prefers_a_shipped_export_of_the_same_name_only(
+    onnx_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shipped export is used only under the exact name the current weights hash to; any other name (a stale
+    export of older weights) is ignored and the graph is exported into the cache once, with one progress line."""
+    from evpipe.runtime.engines.onnx_export import cached_export
+
+    monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "aaaa-net.onnx").write_bytes(onnx_path.read_bytes())
+    exports: list[Path] = []
+
+    def export(path: Path) -> None:
+        exports.append(path)
+        path.write_bytes(onnx_path.read_bytes())
+
+    assert cached_export("test", "aaaa-net.onnx", export, shipped=shipped) == shipped / "aaaa-net.onnx"
+    assert exports == []
+    with caplog.at_level("INFO", logger="evpipe"):
+        fresh = cached_export("test", "bbbb-net.onnx", export, shipped=shipped)
+    assert fresh == tmp_path / "cache" / "test" / "bbbb-net.onnx" and fresh.is_file() and len(exports) == 1
+    assert [r.message.split(" (")[0] for r in caplog.records][:1] == ["exporting the test ONNX graph once for this "
+                                                                     "machine"]
+    assert cached_export("test", "bbbb-net.onnx", export, shipped=shipped) == fresh and len(exports) == 1

@@ -14,10 +14,14 @@ import pytest
 from PIL import Image
 
 from evpipe.kernels import simulate_events
+from evpipe.kernels.quality import psnr
+from evpipe.nodes.predict.integration import fit_event_integration, polarity_sum
+from evpipe.nodes.restore.psf import degrade_clip, temporal_psf
 from evpipe.runtime.events import Events
 from evpipe.tools import evaluate as ev
 from evpipe.tools import make_dataset as md
 from evpipe.tools.dataset import EventDataset
+from evpipe.tools.evaluate.cases import deblur_args
 
 SMALL = md.BuildConfig(size=64, aps_per_sequence=7, sequences_per_image=2)
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass")
@@ -37,26 +41,26 @@ def _mean_model(context: ev.ModelContext) -> ev.ModelFn:
 
 
 def test_temporal_psf_and_degradation():
-    assert ev.temporal_psf("uniform7").sum() == pytest.approx(1.0) and len(ev.temporal_psf("uniform13")) == 13
-    gaussian = ev.temporal_psf("gaussian1")
+    assert temporal_psf("uniform7").sum() == pytest.approx(1.0) and len(temporal_psf("uniform13")) == 13
+    gaussian = temporal_psf("gaussian1")
     assert gaussian.sum() == pytest.approx(1.0) and gaussian.argmax() == 3
     with pytest.raises(ValueError, match="uniform7, uniform13 or gaussian1"):
-        ev.temporal_psf("box3")
+        temporal_psf("box3")
     clip = np.zeros((16, 4, 4), np.float32)
     clip[8] = 1.0
-    degraded = ev.degrade_clip(clip, ev.temporal_psf("uniform7"))
+    degraded = degrade_clip(clip, temporal_psf("uniform7"))
     np.testing.assert_allclose(degraded[5:12, 0, 0], 1 / 7, rtol=1e-6)  # an impulse spreads over 7 frames
     assert degraded[4, 0, 0] == 0 and degraded[12, 0, 0] == 0
     ramp = np.arange(16, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
     # circular (the default): the first output averages frames (13, 14, 15, 0, 1, 2, 3)
-    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"))[0, 0, 0] == pytest.approx(48 / 7)
+    assert degrade_clip(ramp, temporal_psf("uniform7"))[0, 0, 0] == pytest.approx(48 / 7)
     # replicated edges: frames (0, 0, 0, 0, 1, 2, 3)
-    assert ev.degrade_clip(ramp, ev.temporal_psf("uniform7"), "replicate")[0, 0, 0] == pytest.approx(6 / 7)
+    assert degrade_clip(ramp, temporal_psf("uniform7"), "replicate")[0, 0, 0] == pytest.approx(6 / 7)
 
 
 def test_blend_and_cubic_baselines():
     context = ev.ModelContext("upsample", 8, 8, 1, list)
-    blend, cubic = ev._blend(context), ev._cubic(context)
+    blend, cubic = (ev.resolve_model("upsample", name).factory(context) for name in ("blend", "cubic"))
     # a cubic polynomial in time, sampled at t = -2, 0, 2, 4: cubic convolution is exact at t = 1
     poly = lambda t: 0.3 + 0.05 * t + 0.01 * t**2 - 0.002 * t**3  # noqa: E731
     frames = {t: np.full((8, 8), poly(t), np.float32) for t in (-2, 0, 1, 2, 4)}
@@ -79,11 +83,12 @@ def test_event_integration_recovers_the_simulator_threshold():
         start, end = start.astype(np.float32), end.astype(np.float32)
         events = simulate_events(np.stack([start, end]), np.array([0, 10_000]), threshold, threshold, 0.0, seed=i)
         cases.append({"anchor": start, "target": end, "events": events, "t_anchor": 0, "t_target": 10_000})
-    c, eps, fit_mse = ev.fit_event_integration(cases, 24, 24)
+    c, eps, fit_mse = fit_event_integration(cases, 24, 24)
     assert c == pytest.approx(threshold, abs=0.01) and eps == log_eps
     copy_mse = np.mean([(case["anchor"] - case["target"]) ** 2 for case in cases])
     assert fit_mse < 0.05 * copy_mse
-    predict = ev._event_integration(ev.ModelContext("predict", 24, 24, 1, lambda: cases))
+    predict = ev.resolve_model("predict", "event-integration").factory(ev.ModelContext("predict", 24, 24, 1,
+                                                                                       lambda: cases))
     out = predict(cases[0]["anchor"], cases[0]["events"], 0, 10_000)
     assert out.dtype == np.float32 and np.abs(out - cases[0]["target"]).mean() < 0.02
     colour = predict(np.repeat(cases[0]["anchor"][..., None], 3, -1), cases[0]["events"], 0, 10_000)
@@ -95,7 +100,7 @@ def test_polarity_sum():
                                 np.array([1, 1, 0, 1]))
     expected = np.zeros((2, 3), np.float32)
     expected[1, 0], expected[0, 2] = 2, 0
-    np.testing.assert_array_equal(ev.polarity_sum(events, 2, 3), expected)
+    np.testing.assert_array_equal(polarity_sum(events, 2, 3), expected)
 
 
 def test_edi_baseline_sharpens_long_exposures(dataset_path):
@@ -104,7 +109,7 @@ def test_edi_baseline_sharpens_long_exposures(dataset_path):
     blurred = sorted(cases, key=lambda case: -np.abs(case["blurry"] - case["target"]).mean())[:8]
     c, _ = ev.fit_edi(blurred)
     assert 0.05 <= c <= 1.0
-    gain = [ev.psnr(case["target"], ev.edi_deblur(*ev._deblur_args(case), c)) - ev.psnr(case["target"], case["blurry"])
+    gain = [psnr(case["target"], ev.edi_deblur(*deblur_args(case), c)) - psnr(case["target"], case["blurry"])
             for case in blurred]
     assert np.mean(gain) > 1.0  # dB, on the most blurred samples
 
@@ -122,7 +127,7 @@ def test_registry_plugins_and_module_factories(monkeypatch):
     # a node family publishes models in evpipe.nodes.<task>.evaluation.MODELS
     plugin = types.ModuleType("evpipe.nodes.restore.evaluation")
     plugin.__spec__ = importlib.machinery.ModuleSpec("evpipe.nodes.restore.evaluation", None)
-    plugin.MODELS = {"plugin-model": lambda context: ev._degraded(context)}
+    plugin.MODELS = {"plugin-model": ev.resolve_model("restore", "degraded").factory}
     monkeypatch.setitem(sys.modules, "evpipe.nodes.restore.evaluation", plugin)
     assert ev.resolve_model("restore", "plugin-model").factory is plugin.MODELS["plugin-model"]
     plugin.MODELS = ["not", "a", "dict"]

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evpipe.nodes.sinks.rosbag import RosbagRecorder
+from evpipe.nodes.sources.readers.aedat4 import DECODE_TIMEOUT_S
 from evpipe.runtime.wire import Message
 from tests.data_fixtures.recordings import (
     event_arrays,
@@ -44,7 +45,9 @@ from tests.live_support import record
 WORKER = Path(__file__).resolve().parent / "fuzz_reader_worker.py"
 EXAMPLES = int(os.environ.get("EVPIPE_FUZZ_EXAMPLES", "40"))
 EXPLORE = os.environ.get("EVPIPE_FUZZ_RANDOM", "") == "1"
-READ_TIMEOUT_S = 5.0  # a seed file reads in milliseconds; this allows for a heavily loaded machine
+# A seed file reads in milliseconds; a damaged AEDAT4 whose decoder spins is cut off by the reader's own
+# watchdog after DECODE_TIMEOUT_S (a RecordingError), so a "hang" here is the reader failing its promise.
+READ_TIMEOUT_S = DECODE_TIMEOUT_S + 7.0
 WORKER_START_TIMEOUT_S = 120.0  # importing dv-processing and h5py, not part of a read's time
 WIDTH, HEIGHT = 64, 48
 
@@ -191,7 +194,8 @@ def fuzz_target(seeds: dict[str, Path], fmt: str, tmp_path: Path) -> tuple[Path,
     return seed, data, write
 
 
-# AEDAT4's budget includes the known dv-processing hangs (each waits READ_TIMEOUT_S): over 20 s, so slow.
+# Every format a reader exists for (a new reader adds its seed file above and its name here). AEDAT4's budget
+# includes the damaged files whose decoder spins until the reader's watchdog (DECODE_TIMEOUT_S each): slow.
 FORMATS = [pytest.param("aedat4", marks=pytest.mark.slow), "hdf5", "hdf5-dsec", "rpg-text", "npy", "npz", "evt2",
            "evt3", "event-stream", "rosbag1", "rosbag2-sqlite3", "rosbag2-mcap", "rosbag2-mcap-mono"]
 
@@ -210,9 +214,7 @@ def test_fuzzed_recordings_read_cleanly_or_raise_recording_error(seeds, worker, 
         mutated = mutate(data, edits)
         answer = worker.read(write(mutated), on_error)
         outcomes[answer["outcome"]] = outcomes.get(answer["outcome"], 0) + 1
-        if (answer["outcome"], answer.get("type")) in KNOWN_ISSUES.get(fmt, ()):
-            return  # pinned by a regression test below: counted, not reported again
-        if answer["outcome"] not in ("ok", "error"):
+        if answer["outcome"] not in ("ok", "error"):  # a hang, a crash or a broken promise: never accepted
             kept = tmp_path / f"failing-{fmt}{''.join(seed.suffixes) or '.txt'}"
             kept.write_bytes(mutated)
             pytest.fail(f"{fmt} reader, on_error={on_error}: {answer} on {edits!r} (input kept in {kept})")
@@ -220,14 +222,6 @@ def test_fuzzed_recordings_read_cleanly_or_raise_recording_error(seeds, worker, 
     check()
     record(f"fuzz_{fmt}", {"bad_input": f"{fmt}: mutated seed files", "examples": sum(outcomes.values()),
                            "outcomes": outcomes})
-
-
-# What fuzzing found: format -> outcomes that are known and pinned by the strict xfail regression tests below
-# (when a library is fixed its test passes, fails as XPASS, and the entry here goes). A broken promise
-# (AssertionError in the worker) or an unknown exception type is never in here: it fails the fuzz test.
-KNOWN_ISSUES: dict[str, set[tuple[str, str | None]]] = {
-    "aedat4": {("hang", None)},  # dv-processing spins in LZ4F_decompress on damaged files
-}
 
 
 # Regression tests from what fuzzing found. The AEDAT4 seed is byte-identical on every run (dv-processing's
@@ -238,15 +232,16 @@ AEDAT4_HANGS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="dv-processing 2.0.4 spins forever (LZ4F_decompress, GIL held) on these "
-                   "damaged AEDAT4 files; evpipe's AEDAT4 reader cannot interrupt it in-process")
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
 @pytest.mark.parametrize("case", sorted(AEDAT4_HANGS))
-def test_damaged_aedat4_found_by_fuzzing_gives_an_answer(seeds, worker, tmp_path, case):
+def test_damaged_aedat4_that_spins_the_decoder_raises_recording_error_in_time(seeds, worker, tmp_path, case,
+                                                                             on_error):
+    """dv-processing 2.0.4 spins forever (LZ4F_decompress, GIL held) on these files; the reader's watchdog
+    (a decoder child that must answer within DECODE_TIMEOUT_S) turns that into a RecordingError."""
     _, data, write = fuzz_target(seeds, "aedat4", tmp_path)
-    # 2 s: the seed reads in milliseconds; a fixed library answering slower than that on a busy machine would
-    # only stay xfail, never fail.
-    answer = worker.read(write(mutate(data, AEDAT4_HANGS[case])), "skip", timeout_s=2)
-    assert answer["outcome"] in ("ok", "error"), answer
+    answer = worker.read(write(mutate(data, AEDAT4_HANGS[case])), on_error)
+    assert answer["outcome"] == "error" and answer["kind"] == "corrupt", answer
+    assert "did not finish decoding" in answer["message"] and "re-copy or re-export" in answer["message"], answer
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])

@@ -121,3 +121,31 @@ def test_cli_graph_prints_mermaid_and_nodes_lists_types(tmp_path):
         in proc.stdout
     proc = evpipe("nodes", timeout=60)
     assert proc.returncode == 0 and "event_generator" in proc.stdout and "packet_events" in proc.stdout
+
+
+def test_a_missing_input_file_is_a_configuration_error_before_any_process_starts(tmp_path):
+    """The README's `evpipe run configs/replay_to_deblur.yaml` without a recording: exit 2 with the file and line
+    of the parameter and how to set it, in well under the time a node process takes to start."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "replay_to_deblur.yaml"
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "recording.aedat4" in text
+                and text.strip().startswith("path:"))
+    proc = evpipe("run", str(config), "--report", str(tmp_path / "r.json"), timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{config}:{line}: node 'replay': parameter 'path'" in proc.stderr
+    assert str(tmp_path / "recording.aedat4") in proc.stderr and "--set replay.path=PATH" in proc.stderr
+    assert "running graph" not in proc.stdout and not (tmp_path / "r.json").exists()
+
+    proc = evpipe("run", str(config), "--set", "replay.path=elsewhere.aedat4", timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "parameter 'path' (given with --set)" in proc.stderr
+
+
+def test_input_paths_are_checked_but_built_in_names_and_existing_files_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = ("nodes:\n  sim: {type: simulator, params: {scene: SCENE, duration_s: 0.1}}\n"
+            "  sink: {type: metrics}\nedges:\n  - sim.events -> sink.in\n")
+    for scene in ("coffee", "log_ramp"):
+        assert load_graph(_write(tmp_path, text.replace("SCENE", scene))).nodes["sim"].params["scene"] == scene
+    with pytest.raises(ConfigError, match=r"g.yaml:2: node 'sim': parameter 'scene': no such file .*clip.mp4"):
+        load_graph(_write(tmp_path, text.replace("SCENE", "clip.mp4")))
+    (tmp_path / "clip.mp4").touch()
+    assert load_graph(_write(tmp_path, text.replace("SCENE", "clip.mp4"))).nodes["sim"].params["scene"] == "clip.mp4"

@@ -67,8 +67,9 @@ edges:
 
 
 def _graph(tmp_path, params: str):
-    path = tmp_path / "graph.yaml"
-    path.write_text(_GRAPH.format(recording=tmp_path / "never_read.aedat4", params=params))
+    path, recording = tmp_path / "graph.yaml", tmp_path / "never_read.aedat4"
+    recording.touch()  # exists, so the missing-input check passes; the graph stops before anything reads it
+    path.write_text(_GRAPH.format(recording=recording, params=params))
     return path
 
 
@@ -112,8 +113,8 @@ def test_restore_and_upsample_commands_stop_on_a_missing_device(tmp_path, capsys
 def test_restore_through_the_engine_equals_the_direct_prior_calls():
     from evpipe.nodes.restore import operators as ops
     from evpipe.nodes.restore.model import load_prior
+    from evpipe.nodes.restore.psf import temporal_psf
     from evpipe.nodes.restore.sampler import DDSConfig, dds_restore
-    from evpipe.tools.evaluate import temporal_psf
 
     model = load_prior("tiny")[0]
     clip = torch.from_numpy(np.random.default_rng(0).random((6, 1, 16, 24), dtype=np.float32))
@@ -172,9 +173,9 @@ def test_predictor_and_deblur_torch_engines_equal_their_fused_modules():
 def test_onnxruntime_engines_of_restore_and_upsample_match_torch(tmp_path, monkeypatch):
     from evpipe.nodes.restore import operators as ops
     from evpipe.nodes.restore.model import load_prior
+    from evpipe.nodes.restore.psf import temporal_psf
     from evpipe.nodes.restore.sampler import DDSConfig, dds_restore
     from evpipe.nodes.upsample.cascade import CascadeSettings, Upsampler
-    from evpipe.tools.evaluate import temporal_psf
 
     monkeypatch.setenv("EVPIPE_CACHE", str(tmp_path))
     model = load_prior("tiny")[0]
@@ -214,7 +215,7 @@ def test_build_engines_prepares_every_model_node_and_a_second_run_is_a_cache_hit
 
 
 def test_run_header_and_report_name_each_model_nodes_backend_device_and_cache(tmp_path, capsys):
-    from evpipe.tools.evaluate import degrade_clip, temporal_psf
+    from evpipe.nodes.restore.psf import degrade_clip, temporal_psf
     from tests.data_fixtures.recordings import write_video
 
     frames = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)

@@ -10,7 +10,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
-from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error, time_call
+from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray, channel_axis: int | None = None) -> float:
@@ -94,10 +94,13 @@ def test_temporal_consistency_error():
         temporal_consistency_error(clip[:1], clip[:1])
 
 
-def test_time_call_and_stopwatch():
-    calls = []
-    timing = time_call(lambda: (calls.append(1), time.sleep(0.002)), warmup=2, repeats=3)
-    assert len(calls) == 5 and timing.n == 3
+def test_stopwatch():
+    stopwatch = Stopwatch()
+    for _ in range(3):
+        with stopwatch:
+            time.sleep(0.002)
+    timing = stopwatch.summary()
+    assert timing.n == 3
     assert 1.5 < timing.min_ms <= timing.median_ms <= timing.max_ms
     assert set(timing.as_dict()) >= {"mean_ms", "p90_ms"}
     with pytest.raises(ValueError, match="no measurement"):

@@ -168,6 +168,8 @@ def test_malformed_and_oversized_messages_are_rejected_and_the_node_keeps_runnin
             report = _recv(router)
         assert report["type"] == "report"
         assert report["data"]["streams"][""]["events"] == 200
+        timings = _recv(router)  # the node's own queueing/compute measurements, before it says done
+        assert timings["type"] == "timings" and timings["data"]["messages"] == len(timings["data"]["compute_ns"]) == 2
         assert _recv(router)["type"] == "done"
         assert proc.wait(30) == 0
         counters = Counters(f"{tmp}/counters", ["in-edge"], [], create=False).snapshot()["inputs"]["in-edge"]
@@ -218,6 +220,27 @@ edges:
     assert seqs[-1] == 399  # the newest window always reaches the consumer
     # Drain-to-newest: in steady state each processed window is the newest one (30 ms / 5 ms = 6 apart).
     assert np.median(np.diff(seqs)) <= 7
+
+
+def test_every_node_measures_its_compute_and_queueing_without_a_metrics_sink(tmp_path):
+    text = """\
+nodes:
+  src: {type: event_generator, params: {packets: 30, packet_events: 100, pace: fast}}
+  slow: {type: "graph_nodes:SlowSink", params: {delay_ms: 10}}
+edges:
+  - src.events -> slow.in
+"""
+    proc, report = run_graph(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+    slow = report["nodes"]["slow"]
+    assert slow["processed"] == slow["compute"]["count"] == slow["queue"]["count"] == 30
+    assert 9.5 <= slow["compute"]["p50"] <= slow["compute"]["max"] < 200  # time.sleep(10 ms) per message
+    assert slow["queue"]["max"] >= 10 * 20  # the fast source queues the later packets behind the 10 ms sleeps
+    assert 20 < slow["msgs_s"] <= 100
+    assert report["nodes"]["src"]["compute"]["count"] == 30 and report["nodes"]["src"]["queue"] == {"count": 0}
+    out = " ".join(proc.stdout.split())  # the console wraps long lines
+    assert "End-to-end latency: not measured — it needs a `metrics` sink" in out
+    assert "End-to-end latency (ms)" not in out and "measured by each node" in out
 
 
 def test_kind_mismatch_between_ports_is_rejected(tmp_path):

@@ -312,9 +312,11 @@ edges:
 
 
 @pytest.mark.parametrize("config", ["replay_to_video", "simulate_to_aedat4", "replay_to_metrics"])
-def test_shipped_configs_are_valid(config):
+def test_shipped_configs_are_valid(config, tmp_path, monkeypatch):
     from evpipe.runtime.cli import default_graph_path
     from evpipe.runtime.graph import load_graph
 
+    monkeypatch.chdir(tmp_path)  # the configs' placeholder input, recording.aedat4, is relative to the cwd
+    (tmp_path / "recording.aedat4").touch()
     graph = load_graph(default_graph_path().parent / f"{config}.yaml")
     assert graph.name == config.replace("_", "-")

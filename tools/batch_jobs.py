@@ -78,8 +78,8 @@ class RestoreModel:
 
     def __init__(self, params: dict[str, Any]) -> None:
         from evpipe.nodes.restore.node import open_prior
+        from evpipe.nodes.restore.psf import temporal_psf
         from evpipe.nodes.restore.windows import sampler_config
-        from evpipe.tools.evaluate import temporal_psf
 
         self.params = params
         self.choice, self.model, self.network = open_prior("restore", params)

@@ -97,7 +97,7 @@ def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ec
     import numpy as np
 
     from evpipe.nodes.deblur.sampler import Deblurrer, exposure_edi, exposure_voxel
-    from evpipe.tools.evaluate import polarity_sum
+    from evpipe.nodes.predict.integration import polarity_sum
 
     cases = _real_cases(data_dir, ecd_exposure_us, rows)
     deblurrer = Deblurrer("student", checkpoint or "tiny", "onnxruntime")

@@ -24,13 +24,14 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evpipe.runtime.engines import Engine, ModelSource, TensorSpec, open_engine
+from evpipe.runtime.engines.onnx_export import export_onnx
 
 INPUT_SHAPE = (1, 5, 128, 128)
 
@@ -58,47 +59,6 @@ def small_conv_net(in_channels: int = 5, width: int = 16, seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     return SmallConvNet().eval()
-
-
-def export_onnx(
-    module: Any,
-    inputs: Sequence[TensorSpec],
-    path: Path,
-    output_names: Sequence[str],
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-) -> Path:
-    """Export ``module`` to ONNX (opset 18) with the torch.export-based exporter (``dynamo=True``,
-    the default since torch 2.9; the TorchScript exporter is deprecated).
-
-    inputs: fixed example shapes and dtypes, in ``forward`` argument order (zeros are traced).
-    dynamic_axes: ``{input name: {axis: dimension name}}`` for axes that may vary at run time.
-    """
-    import torch
-
-    examples = tuple(
-        torch.zeros(spec.shape, dtype=torch.from_numpy(np.empty(0, spec.dtype)).dtype) for spec in inputs
-    )
-    dynamic_shapes = None
-    if dynamic_axes:
-        dynamic_shapes = {
-            spec.name: {
-                axis: torch.export.Dim(label) for axis, label in dynamic_axes.get(spec.name, {}).items()
-            }
-            for spec in inputs
-        }
-    torch.onnx.export(
-        module.eval(),
-        examples,
-        str(path),
-        dynamo=True,
-        opset_version=18,
-        input_names=[spec.name for spec in inputs],
-        output_names=list(output_names),
-        dynamic_shapes=dynamic_shapes,
-        external_data=False,
-        verbose=False,
-    )
-    return path
 
 
 def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
@@ -221,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backends": {},
     }
     with tempfile.TemporaryDirectory() as folder:
-        onnx_path = export_onnx(net, [spec], Path(folder) / "small_conv_net.onnx", ["image"])
+        onnx_path = export_onnx(net, (torch.zeros(spec.shape),), Path(folder) / "small_conv_net.onnx", [spec.name],
+                                "image")
         source = ModelSource(onnx=onnx_path, torch=net)
         backends = {
             "onnxruntime-cpu": {"backend": "onnxruntime", "onnxruntime": {"threads": args.threads}},

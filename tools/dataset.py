@@ -309,10 +309,6 @@ class EventDataset:
     def __getitem__(self, index: int) -> SequenceFile:
         return self.sequences[index]
 
-    def source_split(self, source: str) -> str:
-        """The split a source (photo or clip) belongs to."""
-        return self.meta["sources"][source]["split"]
-
 
 def _open(dataset: EventDataset | str | Path | None, split: str | None) -> EventDataset:
     """An EventDataset is used as given (it already selects its split); a path is opened with ``split``."""

@@ -455,9 +455,9 @@ def check_dds(device: str, sizes: Sizes, data: Path) -> dict[str, Any]:
     from evpipe.nodes.restore.export import INPUT_NAMES, OUTPUT_NAME, cached_prior_onnx
     from evpipe.nodes.restore.model import load_prior
     from evpipe.nodes.restore.operators import TemporalPSF
+    from evpipe.nodes.restore.psf import temporal_psf
     from evpipe.nodes.restore.sampler import DDSConfig, dds_restore
     from evpipe.runtime.engines import select_engine
-    from evpipe.tools.evaluate import temporal_psf
 
     frames, height, width = sizes.clip
     clip = torch.from_numpy(_video_frames(data, frames, height, width))[:, None].to(device)

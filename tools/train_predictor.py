@@ -94,9 +94,6 @@ class PairData:
     k: torch.Tensor
     voxels: torch.Tensor
 
-    def subset(self, mask: torch.Tensor) -> PairData:
-        return PairData(self.frames, self.anchor[mask], self.target[mask], self.k[mask], self.voxels[mask])
-
 
 def load_pairs(dataset: str | None, split: str, max_gap: int, bins: int, size: int) -> PairData:
     """DLT pairs (gaps 1..max_gap) of ``split``, the same samples as ``PredictionView`` in the same order;
@@ -267,7 +264,7 @@ class Trainer:
         """The event-integration base (``ModelConfig.base``): (c, eps) fitted on up to
         ``EI_FIT_PAIRS`` evenly spaced train pairs (the evaluation baseline's fit), and the reciprocal
         standard deviation of the residual latent from it over every pair."""
-        from evpipe.tools.evaluate import fit_integration
+        from evpipe.nodes.predict.integration import fit_integration
 
         d = self.pairs
         pick = torch.linspace(0, len(d.k) - 1, min(EI_FIT_PAIRS, len(d.k))).round().long()

@@ -37,7 +37,7 @@ def factory(variant: str, compose: str | None = None, temperature: float = 0.0
         if context.channels != 1:
             raise ValueError(f"dessert-{variant}: the predictor is gray-only; the data has {context.channels} "
                              "channels")
-        from evpipe.tools.evaluate import context_event_integration
+        from evpipe.nodes.predict.integration import context_event_integration
 
         c, eps, _ = context_event_integration(context)  # calibrated on the baseline's data, as the baseline is
         predictor = FramePredictor(variant, context.checkpoint or "tiny", "torch", compose=compose,

@@ -6,8 +6,11 @@ Graph: inputs ``anchor`` float32 (1, 1, H, W) in [0, 1], ``voxel`` float32 (1, b
 per step count beats four graphs per step (encoder, event encoder, U-Net step, decoder) for latency:
 no per-step round trips through the runtime and ONNX Runtime fuses across the whole sampler.
 
-Exports are cached (``$EVPIPE_CACHE`` or ``~/.cache/evpipe``, under ``predict/``) by a hash of the
-checkpoint files, the variant and the composition, so a node exports once per machine.
+Exports are named by a hash of the checkpoint files, the variant and the composition, and cached
+(``$EVPIPE_CACHE`` or ``~/.cache/evpipe``, under ``predict/``), so a node exports once per machine. An export
+that ships beside its checkpoint (``<checkpoint>/onnx/``: the default graph's ``tiny`` 4-step graph, made with
+``python -m evpipe.tools.ship_predictor_onnx``) is used when its name — hence its hash — matches the weights, so the
+first run starts as fast as the second and retrained weights never meet a stale graph.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from evpipe.runtime.engines.onnx_export import cached_export, export_cache_dir, 
 
 INPUT_NAMES = ("anchor", "voxel", "noise")
 OUTPUT_NAME = "prediction"
+SHIPPED = "onnx"  # folder of a checkpoint directory holding exports shipped with it
 # Bump when the exported graph changes for the same checkpoint (invalidates cached exports).
 _EXPORT_VERSION = "1"
 
@@ -61,17 +65,24 @@ def _checkpoint_hash(directory: Path, variant: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _export_name(directory: Path, variant: str, model: Dessert, integration: tuple[float, float] | None) -> str:
+def export_name(directory: Path, variant: str, compose: str) -> str:
+    """File stem of an export: the checkpoint files' hash, the variant and the composition."""
+    return f"{_checkpoint_hash(directory, variant)}-{variant}-{compose}"
+
+
+def _export_file(directory: Path, variant: str, model: Dessert, integration: tuple[float, float] | None) -> str:
     calibration = "" if integration is None else f"-c{integration[0]:.6g}-eps{integration[1]:.6g}"
-    return f"{_checkpoint_hash(directory, variant)}-{variant}-{model.config.compose}{calibration}.onnx"
+    return export_name(directory, variant, model.config.compose) + calibration + ".onnx"
 
 
 def fused_onnx_path(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None,
                     integration: tuple[float, float] | None = None) -> Path:
-    """Where :func:`cached_fused_onnx` keeps this export (whether or not it exists yet)."""
+    """Where :func:`cached_fused_onnx` finds this export (shipped, or cached whether or not it exists yet)."""
     directory = resolve_dir(checkpoint)
     model, _ = load_model(variant, directory, compose, integration)
-    return export_cache_dir("predict") / _export_name(directory, variant, model, integration)
+    name = _export_file(directory, variant, model, integration)
+    shipped = directory / SHIPPED / name
+    return shipped if shipped.is_file() else export_cache_dir("predict") / name
 
 
 def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: str | None = None,
@@ -80,5 +91,5 @@ def cached_fused_onnx(variant: str, checkpoint: str | Path = "tiny", compose: st
     in :func:`~evpipe.nodes.predict.checkpoint.load_model`); exported on first use."""
     directory = resolve_dir(checkpoint)
     model, steps = load_model(variant, directory, compose, integration)
-    return cached_export("predict", _export_name(directory, variant, model, integration),
-                         lambda path: export_fused(model, steps, path))
+    return cached_export("predict", _export_file(directory, variant, model, integration),
+                         lambda path: export_fused(model, steps, path), shipped=directory / SHIPPED)

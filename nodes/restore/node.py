@@ -58,7 +58,8 @@ class ClipReader(Node):
     @classmethod
     def setup(cls, spec: Spec) -> None:
         spec.output("frames", "frame", "the clip's frames (video: uint8 RGB; recording: as stored)")
-        spec.param("path", str, doc=f"a video file ({', '.join(VIDEO_SUFFIXES)}) or an event recording with frames")
+        spec.param("path", str, doc=f"a video file ({', '.join(VIDEO_SUFFIXES)}) or an event recording with frames",
+                   input_path=True)
         spec.param("max_frames", int, 0, "stop after this many frames; 0: all", minimum=0)
 
     def start(self) -> None:
@@ -136,8 +137,8 @@ class Restore(Node):
         import torch
 
         from evpipe.nodes.predict.node import gray_unit  # imports torch: only when a graph runs this node
+        from evpipe.nodes.restore.psf import temporal_psf
         from evpipe.nodes.restore.windows import WindowStitcher, sampler_config
-        from evpipe.tools.evaluate import temporal_psf
 
         p = self.params
         if p.overlap >= p.window:

@@ -7,7 +7,7 @@ Operators (the DDS paper's degradations, applied temporal first, then spatial):
 
 * :class:`TemporalPSF` — ``y[t] = sum_j psf[j] * x[edge(t + j - w // 2)]``, ``edge`` wrapping around the
   clip (``circular``, the boundary of the paper's released code, the default) or repeating its end
-  frames (``replicate``): exactly ``evpipe.tools.evaluate.degrade_clip``. Built as an (L, L) matrix,
+  frames (``replicate``): exactly ``evpipe.nodes.restore.psf.degrade_clip``. Built as an (L, L) matrix,
   so the adjoint is its transpose. The boundary decides what is recoverable: a width-13 uniform PSF on
   16 frames is invertible when circular (13 and 16 are coprime) but has a null vector when
   replicated (frames 1 and 14 against the rest), which no per-frame prior can pin down.

@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 
 from evpipe.kernels import event_frame
 from evpipe.runtime.events import Events
-from evpipe.runtime.wire import Message
 
 
 def image_to_rgb(image: np.ndarray) -> np.ndarray:
@@ -60,25 +59,6 @@ def events_to_rgb(events: Events, height: int, width: int, scale: float | None =
 def voxel_to_rgb(voxel: np.ndarray, scale: float | None = None) -> np.ndarray:
     """A voxel grid float32 (bins, H, W) summed over its bins, drawn red/blue: uint8 (H, W, 3)."""
     return signed_to_rgb(np.asarray(voxel, np.float32).sum(axis=0), scale)
-
-
-def message_to_rgb(msg: Message, sensor_size: tuple[int, int] | None = None) -> np.ndarray | None:
-    """One message as an image: a frame as it is, a voxel grid or an events packet red/blue.
-
-    Events need ``sensor_size`` (width, height) or ``width``/``height`` in their meta. Returns None
-    for kinds without a picture (imu, control) and for events of unknown sensor size.
-    """
-    if msg.kind == "frame":
-        return image_to_rgb(msg.arrays["image"])
-    if msg.kind == "voxel":
-        return voxel_to_rgb(msg.arrays["voxel"])
-    if msg.kind == "events":
-        if sensor_size is None and "width" in msg.meta and "height" in msg.meta:
-            sensor_size = (int(msg.meta["width"]), int(msg.meta["height"]))
-        if sensor_size is None:
-            return None
-        return events_to_rgb(msg.events(), sensor_size[1], sensor_size[0])
-    return None
 
 
 def label(rgb: np.ndarray, text: str) -> np.ndarray:

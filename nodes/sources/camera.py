@@ -36,11 +36,6 @@ _US = datetime.timedelta(microseconds=1)
 _FILTER_STEP_US = 250  # the DAVIS hardware filters count in 250 µs steps
 
 
-def _camera_classes() -> dict[str, type]:
-    cam = dv.io.camera
-    return {"DAVIS": cam.DAVIS, "DVXPLORER": cam.DVXplorer, "DVXPLORER_M": cam.DVXplorerM, "DVS128": cam.DVS128}
-
-
 def list_devices(open_each: bool = True) -> list[dict[str, Any]]:
     """Connected cameras: model, serial, USB bus/address, firmware and (opening each) resolutions.
 

@@ -69,7 +69,7 @@ class Replay(Node):
         spec.output("frames", "frame", "APS frames of the recording (none for event-only formats)")
         spec.output("imu", "imu", "IMU samples of the recording (none for formats without IMU)")
         spec.output("triggers", "triggers", "external trigger edges (EVT 3.0 .raw, ROS bags; none for other formats)")
-        spec.param("path", str, doc="recording file (or RPG/ECD sequence folder)")
+        spec.param("path", str, doc="recording file (or RPG/ECD sequence folder)", input_path=True)
         spec.param("topics", dict, None, "ROS bags: the topic per stream, e.g. {events: /dvs/events, frames: "
                    "/dvs/image_raw}; a stream left out is taken when the bag has one topic of it")
         spec.param("sensor_size", list, None, "[width, height] for formats whose header has none (Prophesee .raw)")

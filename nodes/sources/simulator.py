@@ -60,7 +60,8 @@ class Simulator(Node):
         spec.output("events", "events", "simulated event packets, time-ordered")
         spec.output("frames", "frame", "APS frames at aps_fps, uint8 (H, W)")
         spec.output("truth", "frame", "ground-truth frames at truth_fps, float32 (H, W) in [0, 1]")
-        spec.param("scene", str, "coffee", f"a photo ({', '.join(PHOTOS)}), log_ramp, or a video file path")
+        spec.param("scene", str, "coffee", f"a photo ({', '.join(PHOTOS)}), log_ramp, or a video file path",
+                   input_path=True, names=(*PHOTOS, "log_ramp"))
         spec.param("resolution", list, [128, 128], "[width, height] of the simulated sensor")
         spec.param("duration_s", float, 10.0, "sensor seconds to simulate; 0: until stopped (a video: its end)",
                    minimum=0.0)
