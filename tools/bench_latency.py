@@ -122,23 +122,30 @@ def node_threads(backend: str) -> int | None:
     return 1 if backend == "torch" else None
 
 
-def naive_loop(windows: list[tuple], variant: str, backend: str) -> dict:
+def naive_loop(windows: list[tuple], variants: list[str], backend: str) -> list[dict]:
     """The windows predicted one after another in a plain loop, no graph: voxel grid, then the predictor
-    (``variant`` on ``backend`` with the node's threads). Per-prediction latency p50/p99/max and rate."""
+    (each of ``variants`` on ``backend`` with the node's threads; several take turns window by window,
+    so they share the machine's load). Per variant: per-prediction latency p50/p99/max and rate."""
     from evpipe.nodes.predict.sampler import FramePredictor, events_voxel
 
-    predictor = FramePredictor(variant, backend=backend, threads=node_threads(backend))
-    predictor.predict_events(*windows[0])  # warm-up: the first call allocates and picks kernels
-    times_ns = []
-    for anchor, events, t_anchor, t_target in tqdm(windows, desc=f"naive {variant} loop ({backend})", unit="window"):
-        start = time.perf_counter_ns()
+    predictors = [FramePredictor(v, backend=backend, threads=node_threads(backend)) for v in variants]
+    for predictor in predictors:
+        predictor.predict_events(*windows[0])  # warm-up: the first call allocates and picks kernels
+    times_ns: list[list[int]] = [[] for _ in predictors]
+    for anchor, events, t_anchor, t_target in tqdm(windows, desc=f"naive loop {'/'.join(variants)} ({backend})",
+                                                   unit="window"):
         height, width = anchor.shape
-        predictor.predict(anchor, events_voxel(events, t_anchor, t_target, predictor.bins, height, width))
-        times_ns.append(time.perf_counter_ns() - start)
-    stats = describe_ms(times_ns)
-    return {"variant": variant, "backend": backend, "steps": predictor.steps, "windows": stats["count"],
-            "p50_ms": stats["p50"], "p99_ms": stats["p99"], "max_ms": stats["max"], "mean_ms": stats["mean"],
-            "predictions_s": 1e3 / stats["mean"]}
+        for predictor, times in zip(predictors, times_ns, strict=True):
+            start = time.perf_counter_ns()
+            predictor.predict(anchor, events_voxel(events, t_anchor, t_target, predictor.bins, height, width))
+            times.append(time.perf_counter_ns() - start)
+    rows = []
+    for variant, predictor, times in zip(variants, predictors, times_ns, strict=True):
+        stats = describe_ms(times)
+        rows.append({"variant": variant, "backend": backend, "steps": predictor.steps, "windows": stats["count"],
+                     "p50_ms": stats["p50"], "p99_ms": stats["p99"], "max_ms": stats["max"],
+                     "mean_ms": stats["mean"], "predictions_s": 1e3 / stats["mean"]})
+    return rows
 
 
 def engine_async(windows: list[tuple], variant: str, configs: list[tuple[int, int]]) -> list[dict]:
@@ -242,7 +249,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {backend} | {n['windows']} | {n['p50_ms']:.1f} | {n['p99_ms']:.1f} | {n['max_ms']:.1f} "
                      f"| {n['predictions_s']:.1f} |")
     teacher, student = distill["teacher"], distill["student"]
-    lines += ["", f"Distillation gain (same loop, eager torch, one thread, first {teacher['windows']} windows): the "
+    lines += ["", f"Distillation gain (same loop, eager torch, one thread, first {teacher['windows']} windows, the two "
+              "taking turns window by window): the "
               f"{teacher['steps']}-step teacher p50 {teacher['p50_ms']:.1f} ms (p99 {teacher['p99_ms']:.1f}, max "
               f"{teacher['max_ms']:.1f}) against the {student['steps']}-step student's {student['p50_ms']:.1f} ms "
               f"(p99 {student['p99_ms']:.1f}, max {student['max_ms']:.1f}): {distill['p50_ratio']:.1f}× per "
@@ -311,11 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     windows = load_windows(args.recording, roi, args.per_frame,
                            max(args.naive_windows, args.teacher_windows, args.engine_windows))
-    naive = {backend: naive_loop(windows[:args.naive_windows], args.variant, backend)
+    naive = {backend: naive_loop(windows[:args.naive_windows], [args.variant], backend)[0]
              for backend in dict.fromkeys(["onnxruntime", *args.backends])}
-    distill_windows = windows[:args.teacher_windows]
-    teacher = naive_loop(distill_windows, "teacher", "torch")
-    student = naive_loop(distill_windows, args.variant, "torch")
+    teacher, student = naive_loop(windows[:args.teacher_windows], ["teacher", args.variant], "torch")
     distillation = {"teacher": teacher, "student": student, "p50_ratio": teacher["p50_ms"] / student["p50_ms"]}
     engine = engine_async(windows[:args.engine_windows], args.variant, [(2, 1), (2, 0)])
     # loops scale with the speed, so every run lasts as long and delivers about as many predictions
