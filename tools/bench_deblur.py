@@ -23,9 +23,12 @@ No ground truth there, so no PSNR.
 instead measures the deblur node's latency in a real graph (JSON, and a histogram PNG beside it), by the
 runtime's tracing: ``replay`` (the DAVIS346 street recording cropped to its centre 128x128, paced in
 real time, its frames carrying their exposure) -> ``deblur`` (the student on ONNX Runtime) ->
-``metrics``, each a process. Recorded: end-to-end p50/p99 (newest event available -> sharp frame
+``metrics``, each a process. Recorded: end-to-end p50/p99/max (newest event available -> sharp frame
 delivered; a frame waits for the events of its whole exposure, so this includes the exposure's second
 half), the node's compute p50 (E, voxel grid, student), and the target of the issue (p50 <= 50 ms).
+The node opens its ONNX Runtime session when the first frame shows its size, and the frames queued
+behind that first call (a few hundred ms) drain over the next second: the first play of the recording
+is reported apart as start-up, and the headline p50/p99/max are those of the plays after it.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def real_before_after(data_dir: Path, checkpoint: Path | None, out_png: Path, ec
 
 
 def node_latency(recording: Path, checkpoint: Path | None, loops: int) -> dict:
-    """Latency of the deblur node in a real graph (see the module docstring), from the runtime's report."""
+    """Latency of the deblur node in a real graph (see the module docstring), from the runtime's report:
+    the first of ``loops`` plays as start-up, the others as the steady state."""
+    from evpipe.runtime.report import describe_ms
     from evpipe.tools.bench_latency import DEFAULT_ROI, run_traced
 
     doc = {
@@ -143,21 +148,26 @@ def node_latency(recording: Path, checkpoint: Path | None, loops: int) -> dict:
                                                  "loops": loops, "imu": False, "checksum": False}},
             "deblur": {"type": "deblur", "params": {"checkpoint": str(checkpoint or "tiny"),
                                                     "backend": "onnxruntime"}},
-            "metrics": {"type": "metrics", "params": {"warmup": 3, "checksum": False}},
+            "metrics": {"type": "metrics", "params": {"warmup": 0, "checksum": False}},
         },
         "edges": ["src.events -> deblur.events", "src.frames -> deblur.frames", "deblur.frames -> metrics.in"],
     }
+    if loops < 2:
+        raise ValueError(f"--loops must be at least 2 (the first play is start-up), got {loops}")
     load_before = os.getloadavg()
     latency = run_traced(doc, "<bench_deblur --latency>")["latency"]
-    path = latency["paths"].get(LATENCY_PATH, {})
-    p50 = path.get("p50")
-    return {"graph": doc, "frames": path.get("count", 0), "p50_ms": p50, "p99_ms": path.get("p99"),
-            "max_ms": path.get("max"),
+    series = latency["paths"].get(LATENCY_PATH, {}).get("series_ms", [])  # every frame (fewer than 20,000)
+    per_play = len(series) // loops
+    startup = describe_ms([v * 1e6 for v in series[:per_play]])
+    steady = describe_ms([v * 1e6 for v in series[per_play:]])
+    p50 = steady.get("p50")
+    return {"graph": doc, "frames": steady["count"], "p50_ms": p50, "p99_ms": steady.get("p99"),
+            "max_ms": steady.get("max"), "startup": {"plays": 1, **startup},
             "deblur_compute_p50_ms": latency["nodes"].get("deblur", {}).get("compute", {}).get("p50"),
             "target_p50_ms": TARGET_P50_MS, "target_met": p50 is not None and p50 <= TARGET_P50_MS,
             "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
             "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                        "cpus": os.cpu_count()}, "series_ms": path.get("series_ms", [])}
+                        "cpus": os.cpu_count()}, "series_ms": series}
 
 
 def latency_histogram(result: dict, out_png: Path) -> None:
@@ -168,7 +178,9 @@ def latency_histogram(result: dict, out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.hist(result["series_ms"], bins=40, color="tab:blue")
+    per_play = len(result["series_ms"]) - result["frames"]
+    ax.hist([result["series_ms"][per_play:], result["series_ms"][:per_play]], bins=40, stacked=True,
+            color=["tab:blue", "tab:orange"], label=["steady state", "first play (start-up)"])
     ax.axvline(result["p50_ms"], color="black", label=f"p50 {result['p50_ms']:.1f} ms")
     ax.axvline(TARGET_P50_MS, color="tab:red", linestyle="--", label=f"target p50 {TARGET_P50_MS:g} ms")
     ax.set_xlabel("end-to-end latency per sharp frame (ms)")
@@ -194,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-png", type=Path, help="draw the before/after grid on the real recording here instead")
     parser.add_argument("--real-data", type=Path, default=DEFAULT_REAL, help="folder of the real recordings")
     parser.add_argument("--latency", type=Path, help="measure the node's latency in a real graph; write JSON here")
-    parser.add_argument("--loops", type=int, default=3, help="--latency: times the recording is replayed")
+    parser.add_argument("--loops", type=int, default=4,
+                        help="--latency: times the recording is replayed (the first is start-up)")
     parser.add_argument("--ecd-exposure-us", type=int, default=10_000,
                         help="exposure assumed for ECD slider_depth frames (its files give none), µs")
     args = parser.parse_args(argv)
@@ -204,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError, OSError, RuntimeError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        result["command"] = command_line("evpipe.tools.bench_deblur", argv)
         args.latency.parent.mkdir(parents=True, exist_ok=True)
         args.latency.write_text(json.dumps(result, indent=1))
         latency_histogram(result, args.latency.with_suffix(".png"))

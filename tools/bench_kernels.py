@@ -16,14 +16,19 @@ Numba parallel sum over a 1 GiB array); each result is also given as a fraction 
 counting 13 bytes per event (t 8 + x 2 + y 2 + p 1) — the least any kernel must read.
 
 Events: uniformly distributed over the sensor with 1 µs steps (dv-processing's generator, so
-every implementation sees identical events): the worst case for the caches. Times are the best
-of ``--repeats`` after one warm-up call. References are skipped above ``--max-reference-events``
+every implementation sees identical events): the worst case for the caches. After one warm-up call
+each, the implementations are timed in ``--repeats`` interleaved rounds (each once per round, so they
+share the machine's load); reported: the median with its min-max, and for the voxel grid the ratio to
+the straightforward Numba loop within each round (median, min-max) — the headline, as absolute rates
+on this shared machine vary from run to run. The bandwidth probe keeps its best run (a ceiling).
+References are skipped above ``--max-reference-events``
 (``np.add.at`` takes tens of seconds at 100M). Also measured: the event simulator (frames/s and
 events/s on a moving 346x260 scene).
 
-Writes ``benchmarks/kernels.json`` and ``benchmarks/kernels.md``.
+Writes ``benchmarks/<name>.json`` and ``benchmarks/<name>.md`` (``--name``, default kernels).
 
     python -m evpipe.tools.bench_kernels --sizes 1M,10M --resolutions 346x260
+    python -m evpipe.tools.bench_kernels --sizes 10M --resolutions 346x260 --repeats 7 --name kernels_target_case
 """
 
 from __future__ import annotations
@@ -74,6 +79,25 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if not (0 < width <= 65536 and 0 < height <= 65536):
         raise argparse.ArgumentTypeError(f"resolution out of range: {text!r}")
     return width, height
+
+
+def interleaved_times(fns: list[Callable[[], Any]], rounds: int) -> list[list[float]]:
+    """Wall times (s) of each of ``fns``, one call each per round for ``rounds`` rounds after one warm-up
+    call each (compilation, caches, page faults): result[i][r] is fns[i] in round r."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return times
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of ``values``."""
+    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -229,7 +253,7 @@ def bench_simulator(repeats: int) -> dict[str, Any]:
     frames = np.stack([scene[20:280, k : k + 346] for k in range(21)])
     times = np.arange(21, dtype=np.int64) * 1000
     n_events = len(simulate_events(frames, times, seed=0))
-    seconds = best_time(lambda: simulate_events(frames, times, seed=0), repeats)
+    seconds = float(np.median(interleaved_times([lambda: simulate_events(frames, times, seed=0)], repeats)[0]))
     return {
         "kernel": "simulate_events",
         "implementation": "evpipe",
@@ -277,21 +301,28 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"Numba parallel sum {bw['numba_parallel_sum_bytes_per_s'] / 1e9:.1f} GB/s. "
         f"'% of bandwidth' = events/s x {BYTES_PER_EVENT} B / {limit / 1e9:.1f} GB/s.",
         "",
-        "Events are uniform over the sensor (worst case for caches), 1 µs apart; best of "
-        f"{report['repeats']} runs after a warm-up. The machine is shared with other jobs (1-minute load "
+        "Events are uniform over the sensor (worst case for caches), 1 µs apart; median [min–max] of "
+        f"{report['repeats']} interleaved rounds after a warm-up; 'vs straightforward numba': the voxel grid's "
+        "speed-up over the straightforward parallel Numba loop within each round, median [min–max]. The machine "
+        "is shared with other jobs (1-minute load "
         f"average {report['load_average_at_start'][0]:.1f} at the start, {report['load_average_at_end'][0]:.1f} "
         f"at the end, on {report['machine']['logical_cpus']} CPUs), so figures vary between runs; ratios "
         "are within one run. " + report["notes"],
         "",
-        "| events | sensor | kernel | implementation | time (ms) | M events/s | % of bandwidth | vs E2VID numpy |",
-        "|---:|---|---|---|---:|---:|---:|---:|",
+        "| events | sensor | kernel | implementation | time (ms) | M events/s | % of bandwidth "
+        "| vs straightforward numba | vs E2VID numpy |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
         ratio = f"{row['speedup_vs_e2vid']:.0f}x" if row.get("speedup_vs_e2vid") else ""
+        vs_numba = row.get("ratio_to_straightforward_numba")
+        vs_numba = f"{vs_numba['median']:.2f}x [{vs_numba['min']:.2f}–{vs_numba['max']:.2f}]" if vs_numba else ""
+        rate = row["events_per_s_spread"]
         lines.append(
             f"| {row['events'] / 1e6:g}M | {row['resolution']} | {row['kernel']} | {row['implementation']} | "
-            f"{row['seconds'] * 1e3:.1f} | {row['events_per_s'] / 1e6:.0f} | "
-            f"{100 * row['bandwidth_fraction']:.0f}% | {ratio} |"
+            f"{row['seconds'] * 1e3:.1f} | "
+            f"{rate['median'] / 1e6:.0f} [{rate['min'] / 1e6:.0f}–{rate['max'] / 1e6:.0f}] | "
+            f"{100 * row['bandwidth_fraction']:.0f}% | {vs_numba} | {ratio} |"
         )
     sim = report["simulator"]
     lines += [
@@ -311,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         "--resolutions", default="346x260,1280x720", help="comma-separated WIDTHxHEIGHT (default 346x260,1280x720)"
     )
     parser.add_argument("--bins", type=int, default=5, help="voxel grid bins (default 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, best kept (default 3)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timed rounds per configuration, median reported (default 5)")
     parser.add_argument(
         "--max-reference-events",
         type=parse_count,
@@ -325,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         help="above this many events, measure only the evpipe voxel grid and event frame (default 10M)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="output folder (default benchmarks/)")
+    parser.add_argument("--name", default="kernels", help="file stem of the JSON and Markdown (default kernels)")
     args = parser.parse_args(argv)
     try:
         sizes = [parse_count(s) for s in args.sizes.split(",")]
@@ -358,11 +391,13 @@ def main(argv: list[str] | None = None) -> None:
         store, events = make_events(n, width, height)
         runs = candidates(store, events, args.bins, width, height, references=n <= args.max_reference_events)
         if n > args.evpipe_only_above:
-            keep = {("voxel_grid", "evpipe"), ("event_frame", "evpipe"), ("event_frame", "dv Accumulator")}
+            keep = {("voxel_grid", "evpipe"), ("voxel_grid", "straightforward numba"), ("event_frame", "evpipe"),
+                ("event_frame", "dv Accumulator")}
             runs = [r for r in runs if (r[0], r[1]) in keep]
+        times = interleaved_times([fn for _, _, fn in runs], args.repeats)
         rows = []
-        for kernel, implementation, fn in tqdm(runs, desc=f"{n / 1e6:g}M @ {width}x{height}", leave=False):
-            seconds = best_time(fn, args.repeats if n <= 10**7 else 1)
+        for (kernel, implementation, _), runs_s in zip(runs, times, strict=True):
+            seconds = float(np.median(runs_s))
             rows.append(
                 {
                     "kernel": kernel,
@@ -370,14 +405,20 @@ def main(argv: list[str] | None = None) -> None:
                     "events": n,
                     "resolution": f"{width}x{height}",
                     "seconds": seconds,
+                    "runs_s": runs_s,
                     "events_per_s": n / seconds,
+                    "events_per_s_spread": spread([n / s for s in runs_s]),
                     "bandwidth_fraction": n * BYTES_PER_EVENT / seconds / limit,
                 }
             )
         e2vid = next((r for r in rows if r["implementation"].startswith("E2VID")), None)
+        numba = next((r for r in rows if r["implementation"] == "straightforward numba"), None)
         for row in rows:
             if e2vid is not None and row["kernel"] == "voxel_grid":
                 row["speedup_vs_e2vid"] = e2vid["seconds"] / row["seconds"]
+            if numba is not None and row["kernel"] == "voxel_grid" and row is not numba:
+                row["ratio_to_straightforward_numba"] = spread(
+                    [b / a for a, b in zip(row["runs_s"], numba["runs_s"], strict=True)])
         report["results"] += rows
         del store, events, runs
         gc.collect()
@@ -385,17 +426,17 @@ def main(argv: list[str] | None = None) -> None:
         notes.append(f"E2VID/tonic references only up to {args.max_reference_events / 1e6:g}M events.")
     if any(n > args.evpipe_only_above for n in sizes):
         notes.append(
-            f"Above {args.evpipe_only_above / 1e6:g}M events only the evpipe voxel grid, event frame and dv "
-            "Accumulator are measured, once each, to keep the run short."
+            f"Above {args.evpipe_only_above / 1e6:g}M events only the evpipe voxel grid and event frame, the "
+            "straightforward Numba loop and the dv Accumulator are measured, to keep the run short."
         )
     report["simulator"] = bench_simulator(args.repeats)
     report["notes"] = " ".join(notes)
     report["total_seconds"] = time.perf_counter() - started
     report["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernels.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(report, args.out / "kernels.md")
-    print((args.out / "kernels.md").read_text())
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.out / f"{args.name}.md")
+    print((args.out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

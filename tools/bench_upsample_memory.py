@@ -11,7 +11,9 @@ Python process loads the model, makes two random frames and interpolates their m
 
 Peak memory is the process's peak resident set (``ru_maxrss``) — this machine has no GPU, so RSS plays
 the part of the paper's GPU memory: it includes the Python/torch runtime and the model (``idle``:
-RSS after loading them, before the frames exist) — and ``working`` = peak − idle. ``--steps`` and
+RSS after loading them, before the frames exist) — and ``working`` = peak − idle, the headline: the
+memory the interpolation itself needs, also given against the size of one input frame (float32, its
+channels). ``--steps`` and
 ``--samples`` default to 1: every DDIM step allocates the same buffers and samples run one after
 another, so the peak does not depend on them (the time does). Ratios are against the smallest size
 of the same mode, measured in the same run. Writes ``<name>.json``, ``<name>.md`` and ``<name>.png``.
@@ -59,8 +61,10 @@ def measure(side: int, mode: str, checkpoint: str, steps: int, samples: int, pat
     out = interpolate(model, frame0, frame1, settings)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"side": side, "mode": mode, "pixels": side * side, "idle_mib": idle, "peak_mib": peak,
-            "working_mib": peak - idle, "seconds": seconds, "output_mean": float(out.mean())}
+    frame_mib = frame0.numel() * frame0.element_size() / 2**20
+    return {"side": side, "mode": mode, "pixels": side * side, "frame_mib": frame_mib, "idle_mib": idle,
+            "peak_mib": peak, "working_mib": peak - idle, "working_over_frame": (peak - idle) / frame_mib,
+            "seconds": seconds, "output_mean": float(out.mean())}
 
 
 def run_child(side: int, mode: str, args: argparse.Namespace) -> dict:
@@ -73,7 +77,7 @@ def run_child(side: int, mode: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_reports(rows: list[dict], out: Path, name: str, settings: dict) -> dict[str, Path]:
+def write_reports(rows: list[dict], out: Path, name: str, settings: dict, load_start: list[float]) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,33 +91,40 @@ def write_reports(rows: list[dict], out: Path, name: str, settings: dict) -> dic
             r["peak_ratio_to_smallest"] = r["peak_mib"] / mine[0]["peak_mib"]
             r["working_ratio_to_smallest"] = r["working_mib"] / max(mine[0]["working_mib"], 1e-9)
     summary = {mode: max(r["peak_ratio_to_smallest"] for r in rows if r["mode"] == mode) for mode in MODES}
-    report = {"settings": settings, "rows": rows, "peak_ratio_largest_to_smallest": summary,
-              "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                          "load_average": os.getloadavg()}}
+    working = {mode: max(r["working_ratio_to_smallest"] for r in rows if r["mode"] == mode) for mode in MODES}
+    load_end = os.getloadavg()
+    report = {"settings": settings, "rows": rows, "working_ratio_largest_to_smallest": working,
+              "peak_ratio_largest_to_smallest": summary,
+              "machine": {"python": platform.python_version(), "platform": platform.platform()},
+              "load_average_at_start": load_start, "load_average_at_end": load_end}
     paths["json"].write_text(json.dumps(report, indent=1))
-    lines = ["| input | mode | peak RSS (MiB) | × smallest | idle RSS (MiB) | working (MiB) | × smallest | time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| input | mode | frame (MiB) | working (MiB) | × smallest | × frame | peak RSS (MiB) | × smallest "
+             "| idle RSS (MiB) | time (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['side']}² | {r['mode']} | {r['peak_mib']:.0f} | {r['peak_ratio_to_smallest']:.2f} | "
-                     f"{r['idle_mib']:.0f} | {r['working_mib']:.0f} | {r['working_ratio_to_smallest']:.1f} | "
-                     f"{r['seconds']:.1f} |")
+        lines.append(f"| {r['side']}² | {r['mode']} | {r['frame_mib']:.2f} | {r['working_mib']:.0f} "
+                     f"| {r['working_ratio_to_smallest']:.2f} | {r['working_over_frame']:.1f} | {r['peak_mib']:.0f} "
+                     f"| {r['peak_ratio_to_smallest']:.2f} | {r['idle_mib']:.0f} | {r['seconds']:.1f} |")
     paths["md"].write_text(
         f"# HiFI peak memory against input size\n\nWritten by `{settings['command']}` "
         f"(checkpoint `{settings['checkpoint']}`, {settings['steps']} DDIM step(s), "
         f"{settings['samples']} sample(s), {settings['patch_batch']} patches per network call, one torch thread; "
-        f"load average {os.getloadavg()[0]:.1f}).\n\n" + "\n".join(lines) + "\n\n"
-        "Peak RSS = the process's peak resident set (CPU; includes Python, torch and the model = idle RSS); "
-        "working = peak − idle. × smallest: against the smallest input of the same mode, measured in this run.\n\n"
-        f"Largest/smallest peak: cascade {summary['cascade']:.2f}×, non-patched {summary['non-patched']:.2f}× "
-        f"(pixels grow {rows[-1]['pixels'] / rows[0]['pixels']:.0f}×).\n")
+        f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end).\n\n" + "\n".join(lines)
+        + "\n\nWorking = peak − idle RSS: the memory the interpolation needs (peak RSS = the process's peak resident "
+        "set on this CPU, which includes Python, torch and the model = idle RSS). × frame: working memory over one "
+        "input frame (float32). × smallest: against the smallest input of the same mode, measured in this run.\n\n"
+        "Largest/smallest working memory: " + ", ".join(f"{m} {working[m]:.2f}×" for m in working)
+        + f" (pixels grow {rows[-1]['pixels'] / rows[0]['pixels']:.0f}×); whole-process peak: "
+        + ", ".join(f"{m} {summary[m]:.2f}×" for m in summary) + ".\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, marker in zip(MODES, "os", strict=True):
         mine = [r for r in rows if r["mode"] == mode]
-        ax.plot([r["side"] for r in mine], [r["peak_mib"] for r in mine], marker=marker, label=f"{mode} peak RSS")
+        ax.plot([r["side"] for r in mine], [r["working_mib"] for r in mine], marker=marker,
+                label=f"{mode} working (peak − idle)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("input side (pixels, square)")
-    ax.set_ylabel("peak RSS (MiB)")
+    ax.set_ylabel("working memory (MiB)")
     ax.set_title("HiFI interpolation: peak memory vs input size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -142,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from tqdm import tqdm
 
+    load_start = os.getloadavg()
     jobs = [(side, mode) for mode in args.modes for side in sorted(args.sizes)]
     rows = []
     try:
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     settings = {"command": command_line("evpipe.tools.bench_upsample_memory", argv), "checkpoint": args.checkpoint,
                 "steps": args.steps, "samples": args.samples, "patch_batch": args.patch_batch}
-    paths = write_reports(rows, args.out, args.name, settings)
+    paths = write_reports(rows, args.out, args.name, settings, load_start)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
