@@ -196,8 +196,9 @@ def resolve_node_type(type_name: str) -> type[Node]:
 
 
 # -- loading ----------------------------------------------------------------------------------------
-def load_graph(path: str | Path, overrides: Iterable[str] = ()) -> Graph:
-    """Parse and validate a graph file; ``overrides`` are ``node.param=value`` strings (value as YAML)."""
+def load_graph(path: str | Path, overrides: Iterable[str] = (), check_inputs: bool = True) -> Graph:
+    """Parse and validate a graph file; ``overrides`` are ``node.param=value`` strings (value as YAML).
+    ``check_inputs`` False leaves input files unchecked (a batch template, whose input is bound per job)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -209,10 +210,10 @@ def load_graph(path: str | Path, overrides: Iterable[str] = ()) -> Graph:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(path, mark.line + 1 if mark else None, f"invalid YAML: {getattr(exc, 'problem', exc)}",
                           "fix the syntax at that line") from None
-    return build_graph(doc, path, overrides)
+    return build_graph(doc, path, overrides, check_inputs)
 
 
-def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Graph:
+def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = (), check_inputs: bool = True) -> Graph:
     def fail(container: Any, key: Any, message: str, fix: str | None = None) -> ConfigError:
         return ConfigError(path, _line_of(container, key), message, fix)
 
@@ -272,7 +273,7 @@ def build_graph(doc: Any, path: str | Path, overrides: Iterable[str] = ()) -> Gr
         if not hosts and host is not None:
             raise fail(body, "host", f"node {name!r} names host {host!r} but the graph has no 'hosts' section",
                        "add `hosts: {NAME: {address: IP}}`")
-        if host is None:  # on another host the file is that machine's to check
+        if host is None and check_inputs:  # on another host the file is that machine's to check
             _check_input_paths(name, cls, params, body, overridden, fail)
         nodes[name] = NodeConfig(name, str(type_name), cls, params, host, _line_of(raw_nodes, name))
 

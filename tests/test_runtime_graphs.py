@@ -57,15 +57,19 @@ def test_lossless_three_node_graph_delivers_every_event(tmp_path, transport):
     assert "End-to-end latency" in proc.stdout and "src -> filt -> sink" in proc.stdout
 
 
-def _pids_of(node: str) -> list[int]:
+def _pids_of(node: str, parent: int | None = None) -> list[int]:
+    """Worker processes of ``node``; with ``parent``, only the children of that supervisor (other graphs may run
+    on the machine with nodes of the same name)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
+                status = (entry / "status").read_text() if parent is not None else ""
             except OSError:
                 continue
-            if b"evpipe.runtime.worker" in cmd and node.encode() in cmd:
+            if b"evpipe.runtime.worker" in cmd and node.encode() in cmd and (
+                    parent is None or f"PPid:\t{parent}\n" in status):
                 pids.append(int(entry.name))
     return pids
 
@@ -76,10 +80,10 @@ def _run_and_kill(tmp_path: Path, text: str, victim: str) -> tuple[subprocess.Co
     report_path = tmp_path / "report.json"
     run = start_evpipe("run", str(config), "--report", str(report_path))
     deadline = time.monotonic() + 30
-    while not _pids_of(victim) and time.monotonic() < deadline:
+    while not _pids_of(victim, run.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)  # mid-stream
-    (pid,) = _pids_of(victim)
+    (pid,) = _pids_of(victim, run.pid)
     os.kill(pid, signal.SIGKILL)
     _, err = run.communicate(timeout=90)
     assert run.returncode == 0, err
@@ -298,8 +302,7 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
     run = start_evpipe("run", str(config))
 
     def children() -> list[int]:
-        pids = _pids_of("src") + _pids_of("filt") + _pids_of("sink")
-        return [p for p in pids if f"PPid:\t{run.pid}\n" in Path(f"/proc/{p}/status").read_text()]
+        return _pids_of("src", run.pid) + _pids_of("filt", run.pid) + _pids_of("sink", run.pid)
 
     deadline = time.monotonic() + 30
     while len(children()) < 3 and time.monotonic() < deadline:

@@ -122,7 +122,7 @@ def plan_graph_jobs(config: Path, inputs: list[Path], out: Path, param: str | No
                     overrides: Iterable[str] = ()) -> list[GraphJob]:
     """One job per input; raises BatchError (or ConfigError for the graph itself) naming the problem."""
     overrides = list(overrides)
-    graph = load_graph(config, overrides)
+    graph = load_graph(config, overrides, check_inputs=False)  # the template: each job binds its own input
     node, name = _bound_parameter(graph, param)
     outputs = output_parameters(graph)
     if not outputs:
