@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from evpipe.runtime.status import RUN_DIR_ENV, read_status
+from evpipe.runtime.supervisor import free_tcp_port
 from tests.conftest import SHARED_DATA
 
 DAVIS346 = SHARED_DATA / "davis346_street" / "davis346_street_first1.8s_zstd.aedat4"
@@ -27,9 +27,7 @@ def davis_recording() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_tcp_port("127.0.0.1")
 
 
 def worker_pid(run: subprocess.Popen, node: str, timeout: float = 60) -> int:
