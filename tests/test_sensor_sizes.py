@@ -80,3 +80,24 @@ def test_deblur_any_sensor_size_is_the_padded_run_cropped(deblurrer, shape):
                               pad_to_multiple(voxel, deblurrer.multiple, "zeros"))
     np.testing.assert_allclose(sharp, fitted[:shape[0], :shape[1]], atol=1e-6)
     assert np.corrcoef(sharp.ravel(), blurry.ravel())[0, 1] > 0.5
+
+
+@pytest.mark.slow  # exports each coarse graph once per machine (30-60 s each on two busy cores)
+@pytest.mark.parametrize("variant", ["4step-coarse2", "4step-coarse4"])
+def test_coarse_variants_run_any_sensor_size_and_match_their_onnx_graph(variant):
+    from evpipe.nodes.predict.sampler import FramePredictor
+
+    eager = FramePredictor(variant, "tiny", "torch", threads=1)
+    factor = int(variant[-1])
+    assert eager.model.coarse == factor and eager.multiple == 16 * factor
+    assert eager.model.noise_shape(64 * factor, 64 * factor) == (4, 16, 16)
+    exported = FramePredictor(variant, "tiny", "onnxruntime", threads=1)
+    for shape in (DAVIS346, ODD):
+        anchor, voxel = _scene(shape, eager.bins)
+        prediction = exported.predict(anchor, voxel)
+        assert prediction.shape == shape
+        np.testing.assert_allclose(prediction, eager.predict(anchor, voxel), atol=1e-4)
+    # Not the full-resolution student: the latent path ran on the pooled frame.
+    full = FramePredictor("4step", "tiny", "torch", threads=1).predict(anchor, voxel)
+    assert np.abs(full - prediction).max() > 1e-4
+    exported.close()

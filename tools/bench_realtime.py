@@ -273,8 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30.0, help="sensor seconds streamed per run (default 30)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every graph (default 3)")
-    parser.add_argument("--variants", nargs="+", default=["4step", "1step"], choices=list(VARIANTS),
-                        help="predictor variants, one graph each (default: the shipped students 4step and 1step)")
+    parser.add_argument("--variants", nargs="+", default=["4step", "4step-coarse2", "4step-coarse4"],
+                        choices=list(VARIANTS), help="predictor variants, one graph each (default: the full-resolution "
+                        "4-step student and its real-time variants with the latent path at 1/2 and 1/4 resolution)")
     parser.add_argument("--no-deblur", action="store_true", help="skip the deblur graph")
     parser.add_argument("--windows-per-frame", type=int, default=2,
                         help="voxelizer windows per APS interval offered to the predictor (default 2)")

@@ -9,10 +9,11 @@ the events to the next frame) padded like the nodes pad them (``pad_to_multiple`
 * intra-op threads 1 against 2 (the node shares the machine's 2 cores with a source and a voxelizer);
 * static int8 quantisation (``onnxruntime.quantization.quantize_static``, QDQ, per-channel int8 weights,
   uint8 activations) calibrated on the first halves of both real recordings;
-* the latent path at 1/2 or 1/4 resolution with the full-resolution head: anchor and voxel grid
-  average-pooled, the 4-step student's latent path (encoders, sampler, decoder) on them, its correction
-  to the event-integration base upsampled (bilinear) onto the full-resolution base, then the trained head
-  at full resolution (the same weights, not retrained for this input);
+* the latent path at 1/2 or 1/4 resolution with the full-resolution head (variants ``4step-coarse2``
+  and ``4step-coarse4``, ``Dessert.coarse``): anchor and voxel grid average-pooled, the 4-step
+  student's latent path (encoders, sampler, decoder) on them, its correction to the event-integration
+  base upsampled (bilinear) onto the full-resolution base, then the trained head at full resolution
+  (the same weights, not retrained for this input);
 * the deblur student (threads 1 and 2);
 * the 4-step, 1-step and deblur students at 640x480 and 1280x720 (the node docs' cost per frame).
 
@@ -46,14 +47,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 (the conventional name)
-from torch import Tensor, nn
 
 from evpipe.nodes.model_engines import pad_to_multiple
 from evpipe.nodes.predict.checkpoint import load_model
-from evpipe.nodes.predict.models import Dessert, FusedPredictor
+from evpipe.nodes.predict.models import FusedPredictor
 from evpipe.nodes.predict.sampler import events_voxel
-from evpipe.runtime.engines.onnx_export import export_cache_dir, export_onnx
 from evpipe.tools import command_line
 from evpipe.tools.evaluate import (
     DEFAULT_REAL_DATA,
@@ -67,31 +65,7 @@ from evpipe.tools.evaluate import (
 SENSOR = (260, 346)  # DAVIS346, height x width
 LARGER_SENSORS = ((480, 640), (720, 1280))
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-LATENT_FACTORS = (2, 4)  # the reduced-latent lever's pooling; the full frame pads to 16 x factor
-
-
-class ReducedLatent(nn.Module):
-    """The 4-step student's latent path at 1/``factor`` resolution, its trained head at full resolution.
-
-    forward(anchor (1,1,H,W), voxel (1,bins,H,W), noise (1,zc,H/(4 factor),W/(4 factor))) -> prediction
-    (1,1,H,W); H and W multiples of 16 factor. The voxel grid is average-pooled: a coarse pixel sees the
-    log-intensity change of the fine pixels it covers, i.e. their mean event count, not their sum."""
-
-    def __init__(self, model: Dessert, steps: int, factor: int) -> None:
-        super().__init__()
-        if model.head is None:
-            raise ValueError("the reduced-latent lever needs a student with a full-resolution head")
-        self.model, self.steps, self.factor = model, steps, factor
-
-    def forward(self, anchor: Tensor, voxel: Tensor, noise: Tensor) -> Tensor:
-        model, factor = self.model, self.factor
-        small, base_small = model.predict_composed(F.avg_pool2d(anchor, factor), F.avg_pool2d(voxel, factor), noise,
-                                                   self.steps)
-        base = model.base_image(anchor, voxel)
-        correction = F.interpolate(small - base_small, scale_factor=float(factor), mode="bilinear",
-                                   align_corners=False)
-        image = (base + correction).clamp(0.0, 1.0)
-        return (image + model.head_correction(image, base, anchor, voxel)).clamp(0.0, 1.0)
+LATENT_FACTORS = (2, 4)  # the coarse variants' pooling (Dessert.coarse); the full frame pads to 16 x factor
 
 
 @dataclass(frozen=True)
@@ -180,30 +154,11 @@ def feeds(variant: Variant, window: Window) -> dict[str, np.ndarray]:
     return {"anchor": frame_p[None, None], "voxel": voxel_p[None], "noise": noise}
 
 
-def reduced_name(factor: int) -> str:
-    return f"4-step latent at 1/{factor} res. + full-res. head"
+def coarse_name(factor: int) -> str:
+    return f"4step-coarse{factor} (latent at 1/{factor} res. + full-res. head)"
 
 
 # -- the levers' graphs --------------------------------------------------------------------------------
-def reduced_latent_onnx(factor: int) -> Path:
-    """The reduced-latent lever's graph for ``factor`` (exported once into the evpipe cache)."""
-    from evpipe.nodes.predict.export import INPUT_NAMES, OUTPUT_NAME
-
-    model, steps = load_model("4step", "tiny")
-    path = export_cache_dir("predict") / f"bench-4step-latent-div{factor}.onnx"
-    if not path.is_file():
-        multiple = 16 * factor
-        unit = torch.export.Dim("blocks_h", min=1, max=256), torch.export.Dim("blocks_w", min=1, max=256)
-        frame = {2: multiple * unit[0], 3: multiple * unit[1]}
-        latent = {2: 4 * unit[0], 3: 4 * unit[1]}
-        size = 2 * multiple
-        example = (torch.rand(1, 1, size, size), torch.randn(1, model.config.bins, size, size),
-                   torch.zeros(1, 4, 8, 8))
-        export_onnx(ReducedLatent(model, steps, factor).eval(), example, path, INPUT_NAMES, OUTPUT_NAME,
-                    {"anchor": frame, "voxel": frame, "noise": latent})
-    return path
-
-
 def calibration_windows(recordings: list[RealRecording], per_recording: int) -> list[Window]:
     """Windows from the first half of each real recording (the half ``evaluate.py`` fits baselines on)."""
     windows = []
@@ -300,8 +255,8 @@ def quality(recordings: list[RealRecording], int8_path: Path, fp32_path: Path,
             model, steps = load_model(variant, "tiny", integration=(c, eps))
             modules[variant] = (FusedPredictor(model, steps).eval(), 16, 4)
         for factor in LATENT_FACTORS:
-            model, steps = load_model("4step", "tiny", integration=(c, eps))
-            modules[reduced_name(factor)] = (ReducedLatent(model, steps, factor).eval(), 16 * factor, 4 * factor)
+            model, steps = load_model(f"4step-coarse{factor}", "tiny", integration=(c, eps))
+            modules[coarse_name(factor)] = (FusedPredictor(model, steps).eval(), 16 * factor, 4 * factor)
         scores: dict[str, list[float]] = {}
         for case in scored:
             anchor, target = case["anchor"], case["target"]
@@ -390,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"load {load_start}; exporting / finding the graphs")
     four, one = cached_fused_onnx("4step", "tiny"), cached_fused_onnx("1step", "tiny")
     deblur = cached_student_onnx("tiny")
-    reduced = {factor: reduced_latent_onnx(factor) for factor in LATENT_FACTORS}
+    coarse = {factor: cached_fused_onnx(f"4step-coarse{factor}", "tiny") for factor in LATENT_FACTORS}
     recordings = load_real_recordings(DEFAULT_REAL_DATA)
     int8 = int8_onnx(four, calibration_windows(recordings, 8))
     log("graphs ready; timing")
@@ -402,10 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Variant("1-step (no head), 1 thread", "predict", one, 1),
                 Variant("4-step + head, static int8", "predict", int8, 2),
                 Variant("4-step + head, static int8, 1 thread", "predict", int8, 1),
-                *[Variant(reduced_name(factor), "predict", path, 2, multiple=16 * factor, latent_down=4 * factor)
-                  for factor, path in reduced.items()],
-                *[Variant(reduced_name(factor) + ", 1 thread", "predict", path, 1, multiple=16 * factor,
-                          latent_down=4 * factor) for factor, path in reduced.items()],
+                *[Variant(coarse_name(factor), "predict", path, 2, multiple=16 * factor, latent_down=4 * factor)
+                  for factor, path in coarse.items()],
+                *[Variant(coarse_name(factor) + ", 1 thread", "predict", path, 1, multiple=16 * factor,
+                          latent_down=4 * factor) for factor, path in coarse.items()],
                 Variant("deblur student", "deblur", deblur, 2),
                 Variant("deblur student, 1 thread", "deblur", deblur, 1)]
     windows = street_windows(args.windows)
