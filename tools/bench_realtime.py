@@ -228,12 +228,13 @@ def markdown(result: dict[str, Any]) -> str:
     for name, row in result["graphs"].items():
         kind = "deblur" if name.startswith("deblur") else "predictor"
         target = TARGETS[kind]
-        checks = [f"{key} {row[key]['median']} vs {limit}" for key, limit in target.items()
-                  if row[key]["median"] is not None]
+        checks = [f"{key} {row[key]['median']:.1f} ({'>=' if key == 'outputs_s' else '<='} {limit:g})"
+                  for key, limit in target.items() if row[key]["median"] is not None]
         met = all((row[k]["median"] or 0) >= v if k == "outputs_s" else (row[k]["median"] or np.inf) <= v
                   for k, v in target.items() if k in row)
         if kind == "deblur":
             met = met and row["skipped"]["median"] == 0
+            checks.append(f"skipped {row['skipped']['median']:.0f} (0)")
         lines.append(f"- {name}: {'met' if met else 'NOT met'} ({'; '.join(checks)})")
     lines += ["", "Each process's CPU share counts the stream's span only (from the DV server's first packet to "
               "its exit), not the workers' start-up; the DV server (the camera's stand-in) shares the 2 cores."]
