@@ -15,7 +15,8 @@ the events to the next frame) padded like the nodes pad them (``pad_to_multiple`
   base upsampled (bilinear) onto the full-resolution base, then the trained head at full resolution
   (the same weights, not retrained for this input);
 * the deblur student (threads 1 and 2);
-* the 4-step, 1-step and deblur students at 640x480 and 1280x720 (the node docs' cost per frame).
+* the 4-step (full and coarse), 1-step and deblur students at 640x480 and 1280x720 (the node docs' cost
+  per frame).
 
 Timing: ``--rounds`` rounds; in every round each variant makes ``--calls`` calls in turn, so a load spike
 from other jobs on the shared machine hits all variants alike. Per variant: the median over rounds of the
@@ -371,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for shape in LARGER_SENSORS:
             big = [tiled(window, shape) for window in windows[:2]]
             larger = [Variant(f"4-step + head, {shape[1]}x{shape[0]}", "predict", four, 2),
+                      *[Variant(f"4step-coarse{factor}, {shape[1]}x{shape[0]}", "predict", path, 2,
+                                multiple=16 * factor, latent_down=4 * factor) for factor, path in coarse.items()],
                       Variant(f"1-step (no head), {shape[1]}x{shape[0]}", "predict", one, 2),
                       Variant(f"deblur student, {shape[1]}x{shape[0]}", "deblur", deblur, 2)]
             rows, more_loads = time_rounds(larger, big, 3, args.large_calls, log)
