@@ -62,8 +62,8 @@ class Predictor(Node):
     2 threads, ``tools/bench_students.py``, three runs at load 3.5-8; the range is the machine's load):
     346x260 (DAVIS346) 4step 86-275 ms, 4step-coarse4 19-54 ms; 640x480 4step 284-1782 ms,
     4step-coarse4 325 ms; 1280x720 4step 798-3198 ms, 4step-coarse4 522 ms (coarse4 at the larger sizes:
-    one run, load 7). Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, load 10-14):
-    4step-coarse4 15 predictions/s, 4step 4.
+    one run, load 7). Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, two runs at load
+    5-14): 4step-coarse4 15 predictions/s, 4step 4.
     """
 
     @classmethod
