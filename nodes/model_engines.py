@@ -5,6 +5,7 @@
   nodes' ``check_machine``): a backend or device that was asked for and is missing is a
   :class:`~evpipe.runtime.node.ParamError` naming the node, the parameter and what to install — never
   a silent fall back to the CPU;
+* :func:`pad_to_multiple`: how a frame of any sensor size meets a network's stride;
 * :class:`NetworkEngines`: a family's network behind :func:`evpipe.runtime.engines.open_engine`, one
   engine per distinct input shape (a TensorRT plan or a CUDA graph is built for fixed shapes), called
   with numpy arrays (:meth:`NetworkEngines.run`) or torch tensors (calling it, for the samplers).
@@ -99,6 +100,26 @@ def build_plans(model: Any, frame_size: list[int]) -> list[tuple[str, str]]:
         return model.network.plans()
     finally:
         model.close()
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int, mode: str) -> np.ndarray:
+    """``array`` (..., H, W) padded at the bottom and right up to multiples of ``multiple`` (a network's
+    stride), float32; the caller crops the output back with ``[..., :H, :W]``, so any sensor size runs.
+
+    ``mode="edge"`` (replicate) for images and the EDI integral: the border pixel continues the scene
+    with no new gradient for the convolutions to react to, where ``reflect`` would mirror structure
+    (edges, texture) into the pad and ``zeros`` would put a dark-to-bright step next to the crop.
+    ``mode="zeros"`` for event voxel grids: no events happened outside the sensor, and replicating a
+    border pixel's counts would invent motion there.
+    """
+    height, width = array.shape[-2:]
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, -height % multiple), (0, -width % multiple)]
+    array = np.asarray(array, np.float32)
+    if mode == "zeros":
+        return np.pad(array, pad)
+    if mode != "edge":
+        raise ValueError(f"pad mode must be edge or zeros, got {mode!r}")
+    return np.pad(array, pad, mode="edge")
 
 
 class NetworkEngines:

@@ -59,7 +59,8 @@ class RunResult:
     report: dict[str, Any]
 
 
-def _free_tcp_port(host: str) -> int:
+def free_tcp_port(host: str) -> int:
+    """A TCP port on ``host`` that nothing listens on now (the OS's pick)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -95,7 +96,7 @@ class Supervisor:
             address = self.graph.hosts[self.graph.host_of(dst)].address
             return f"tcp://{address}:{self.graph.settings.port_base + cross_index}"
         if self.graph.settings.transport == "tcp":
-            return f"tcp://{self.graph.settings.bind}:{_free_tcp_port(self.graph.settings.bind)}"
+            return f"tcp://{self.graph.settings.bind}:{free_tcp_port(self.graph.settings.bind)}"
         return f"ipc://{self.run_dir}/{index}"
 
     def _clock_endpoint(self, host: str) -> str:

@@ -1,25 +1,23 @@
-"""Helpers for the live tests: a DV server process playing a real recording, free ports, a running graph's
+"""Helpers for the live tests (the DV server process playing a real recording is
+`evpipe.tools.dv_server.DvServer`): free ports, a running graph's
 workers and live status, TLS certificates, and recording measured outcomes for benchmarks/RELIABILITY.md."""
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from evpipe.runtime.status import RUN_DIR_ENV, read_status
-from tests.conftest import REPO, SHARED_DATA
+from evpipe.runtime.supervisor import free_tcp_port
+from tests.conftest import SHARED_DATA
 
 DAVIS346 = SHARED_DATA / "davis346_street" / "davis346_street_first1.8s_zstd.aedat4"
-SERVER = Path(__file__).resolve().parent / "dv_server.py"
 
 
 def davis_recording() -> Path:
@@ -29,46 +27,7 @@ def davis_recording() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DvServer:
-    """tests/dv_server.py in a subprocess: started, waited for (``ready``), its JSON summary read at the end.
-
-    With ``--hold`` among the arguments the server stays connected after its stream until `release`:
-    `summary` then returns as soon as the stream has been written.
-    """
-
-    def __init__(self, recording: Path, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(SERVER), str(recording), *args], cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        self.hold = "--hold" in args
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            self.proc.kill()
-            raise RuntimeError(f"dv_server did not start: {line!r} {self.proc.stderr.read()}")
-
-    def summary(self, timeout: float = 120) -> dict:
-        if self.hold:
-            if not select.select([self.proc.stdout], [], [], timeout)[0]:
-                raise AssertionError(f"dv_server wrote no summary in {timeout} s")
-            return json.loads(self.proc.stdout.readline())
-        out, err = self.proc.communicate(timeout=timeout)
-        assert self.proc.returncode == 0, err
-        return json.loads(out.strip().splitlines()[-1])
-
-    def release(self) -> None:
-        """Let a ``--hold`` server go: it disconnects its clients and exits."""
-        self.proc.stdin.close()
-        self.proc.wait(30)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    return free_tcp_port("127.0.0.1")
 
 
 def worker_pid(run: subprocess.Popen, node: str, timeout: float = 60) -> int:

@@ -27,8 +27,9 @@ import pytest
 from evpipe.nodes.sources.readers import open_recording
 from evpipe.nodes.sources.replay import Replay
 from evpipe.runtime.node import NodeError
+from evpipe.tools.dv_server import DvServer
 from tests.conftest import TESTS, run_graph
-from tests.live_support import DvServer, davis_recording, free_port, record, wait_until_processed, worker_pid
+from tests.live_support import davis_recording, free_port, record, wait_until_processed, worker_pid
 
 
 def run_killing(tmp_path: Path, text: str, victim: str, flowing: tuple[str, int]) -> tuple[dict, str]:

@@ -1,5 +1,5 @@
 """The live path end to end: a real recording served through dv-processing's NetworkWriter at its real rate
-(tests/dv_server.py, the way a camera stream comes out of DV), consumed by evpipe's DV network sources inside
+(evpipe.tools.dv_server, the way a camera stream comes out of DV), consumed by evpipe's DV network sources inside
 a graph: events and frames -> voxelizer (frame_sync) -> predictor (tiny checkpoint) -> metrics.
 
 Checked: zero unexplained loss, as ledgers that must balance exactly: events (server sent = source received =
@@ -17,8 +17,9 @@ import time
 
 import pytest
 
+from evpipe.tools.dv_server import DvServer
 from tests.conftest import start_evpipe
-from tests.live_support import DvServer, davis_recording, free_port, processed, record, run_dir, worker_pid
+from tests.live_support import davis_recording, free_port, processed, record, run_dir, worker_pid
 
 # Windows the predictor holds while their anchor frame has not arrived (evpipe.nodes.predict.node._MAX_PENDING).
 PREDICTOR_PENDING_MAX = 16

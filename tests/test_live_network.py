@@ -1,7 +1,7 @@
 """DV network source and sink against real dv-processing NetworkWriter/NetworkReader peers.
 
 Servers play the real DAVIS346 recording from ../shared/data through `io.NetworkWriter` in a separate
-process (tests/dv_server.py); everything runs on loopback TCP or UNIX sockets.
+process (evpipe.tools.dv_server); everything runs on loopback TCP or UNIX sockets.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from evpipe.nodes.dv_io import (
 )
 from evpipe.nodes.sources.dv_network import DvNetworkSource
 from evpipe.runtime.events import Events, Frame
+from evpipe.tools.dv_server import DvServer
 from tests.conftest import run_graph
-from tests.live_support import DvServer, davis_recording, free_port, make_certificates, record
+from tests.live_support import davis_recording, free_port, make_certificates, record
 
 
 def run_source(params: dict, node: DvNetworkSource | None = None) -> tuple[dict[str, list], dict]:

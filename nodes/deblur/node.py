@@ -33,6 +33,12 @@ class Deblur(Node):
     the stream the frames still pending are deblurred with the events there are. Events outside the
     frame or going back in time are dropped and counted. Reports frames_in, deblurred, no_exposure, late,
     events_dropped.
+
+    Any sensor size runs: frames are padded to the student's multiple (8) and cropped back. Cost per
+    frame on a shared 2-core CPU (ONNX Runtime, 2 threads, ``tools/bench_students.py``, three runs at
+    load 3.5-8; the range is the machine's load): 346x260 62-293 ms, 640x480 194-1393 ms, 1280x720
+    605-2365 ms; live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, load 5-14) it deblurs
+    about 6 of the 25 frames a second (the rest skipped on a ``latest`` edge).
     """
 
     @classmethod

@@ -3,8 +3,9 @@
 :class:`Deblurrer` wraps one variant: ``student`` (the distilled few-step graph the node runs, on
 any backend through the engine interface, :class:`evpipe.nodes.model_engines.NetworkEngines`) or the
 guided ``teacher`` (torch only: Algorithm 1 with ``degradation`` ``Ex``, ``fEx`` or ``fEx+r``). Frames
-of any size are padded (edge values) to a multiple of the model's stride and cropped back; one engine
-is opened per padded size.
+of any sensor size are padded (:func:`~evpipe.nodes.model_engines.pad_to_multiple`: edge values for
+the frame and E, zeros for the voxel grid) to a multiple of the model's stride and cropped back; one
+engine is opened per padded size.
 
     deblurrer = Deblurrer("student", checkpoint="tiny", backend="onnxruntime")
     sharp = deblurrer.deblur_events(blurry, events, exposure_start, exposure_end, t_ref)  # (H, W) in [0, 1]
@@ -24,7 +25,7 @@ from evpipe.kernels import edi_integral, voxel_grid
 from evpipe.nodes.deblur.checkpoint import load_model
 from evpipe.nodes.deblur.models import DEGRADATIONS, FusedStudent, GuidedTeacher
 from evpipe.nodes.deblur.presets import Guidance
-from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
+from evpipe.nodes.model_engines import EngineChoice, NetworkEngines, pad_to_multiple
 from evpipe.runtime.engines import BACKENDS, select_engine
 from evpipe.runtime.events import Events
 
@@ -101,12 +102,10 @@ class Deblurrer:
             raise ValueError(f"edi shape {np.shape(edi)} does not match the frame's {(h, w)}")
         if np.shape(voxel) != (self.bins, h, w):
             raise ValueError(f"voxel shape {np.shape(voxel)} does not match ({self.bins} bins, frame {(h, w)})")
-        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
-        pad = ((0, hp - h), (0, wp - w))
-        feeds = {"blurry": np.pad(blurry.astype(np.float32, copy=False), pad, mode="edge")[None, None],
-                 "edi": np.pad(np.asarray(edi, np.float32), pad, mode="edge")[None, None],
-                 "voxel": np.pad(np.asarray(voxel, np.float32), ((0, 0), *pad))[None],
-                 "noise": np.zeros((1, 1, hp, wp), np.float32)}
+        blurry_p = pad_to_multiple(blurry, self.multiple, "edge")
+        feeds = {"blurry": blurry_p[None, None], "edi": pad_to_multiple(edi, self.multiple, "edge")[None, None],
+                 "voxel": pad_to_multiple(voxel, self.multiple, "zeros")[None],
+                 "noise": np.zeros((1, 1, *blurry_p.shape), np.float32)}
         return self.network.run(feeds)[0, 0, :h, :w]
 
     def deblur_events(self, blurry: np.ndarray, events: Events, exposure_start: int, exposure_end: int,

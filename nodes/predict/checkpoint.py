@@ -13,6 +13,8 @@ are loaded as float32, and every number reported was measured with the loaded we
 config's ``head_channels`` > 0: ``train_predictor.py --stage head`` adds it to the node's student.
 
 Variants: ``teacher`` (DDIM, ``teacher_steps``), ``4step``/``2step``/``1step`` (distilled students),
+``4step-coarse2``/``4step-coarse4`` (the 4-step student's weights with its latent path at 1/2 or 1/4
+resolution and its head at full resolution: ``Dessert.coarse``; the real-time deployment variants),
 and the ablations ``no-ervae`` (raw events into the U-Net), ``no-dlt`` (trained on 1-frame gaps
 only), ``regression`` (same U-Net, deterministic) and ``short`` (the full model at the ablations'
 training budget, their fair reference).
@@ -29,7 +31,14 @@ import torch
 from evpipe.nodes.predict.models import Dessert, ModelConfig
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-VARIANTS = ("teacher", "4step", "2step", "1step", "no-ervae", "no-dlt", "regression", "short")
+# Deployment variants without weights of their own: (the trained variant, ``Dessert.coarse``).
+COARSE_VARIANTS = {"4step-coarse2": ("4step", 2), "4step-coarse4": ("4step", 4)}
+VARIANTS = ("teacher", "4step", "2step", "1step", "no-ervae", "no-dlt", "regression", "short", *COARSE_VARIANTS)
+
+
+def weights_variant(variant: str) -> str:
+    """The trained variant whose ``unet-<variant>.pt`` a variant runs (itself, except the coarse ones)."""
+    return COARSE_VARIANTS.get(variant, (variant, 1))[0]
 
 
 class CheckpointError(ValueError):
@@ -98,6 +107,7 @@ def load_model(variant: str = "4step", checkpoint: str | Path = "tiny", compose:
     if variant not in VARIANTS:
         raise CheckpointError(f"unknown predictor variant {variant!r} (known: {', '.join(VARIANTS)})")
     directory = resolve_dir(checkpoint)
+    variant, coarse = COARSE_VARIANTS.get(variant, (variant, 1))
     unet = load_part(directory / f"unet-{variant}.pt")
     config = ModelConfig(**unet["config"])
     if compose is not None:
@@ -123,4 +133,7 @@ def load_model(variant: str = "4step", checkpoint: str | Path = "tiny", compose:
             model.head.load_state_dict(unet["head"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit its config: {exc}") from None
+    if coarse > 1 and model.head is None:
+        raise CheckpointError(f"{path}: a coarse variant needs the student's full-resolution head, which it lacks")
+    model.coarse = coarse
     return model.eval().requires_grad_(False), int(unet["steps"])

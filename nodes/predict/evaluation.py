@@ -1,7 +1,8 @@
 """The predictor's models for ``python -m evpipe.tools.evaluate --task predict --model NAME``.
 
 Names: ``dessert-teacher`` (64-step DDIM), ``dessert-4step``/``-2step``/``-1step`` (distilled
-students, what the node runs), and the ablations ``dessert-no-ervae``, ``dessert-no-dlt``,
+students), ``dessert-4step-coarse2``/``-coarse4`` (the 4-step student with its latent path at 1/2 or
+1/4 resolution: the real-time deployment variants), and the ablations ``dessert-no-ervae``, ``dessert-no-dlt``,
 ``dessert-regression`` with their reference ``dessert-short`` (the full model at the ablations'
 training budget); ``dessert-4step-latent`` is the 4-step student with the paper's composition
 decode(z_anchor + ẑ_res) instead of the default pixel-space residual; ``-t1`` variants sample at
@@ -53,7 +54,7 @@ def factory(variant: str, compose: str | None = None, temperature: float = 0.0
 
 MODELS = {
     **{f"dessert-{v}": factory(v) for v in ("teacher", "4step", "2step", "1step", "no-ervae", "no-dlt",
-                                             "regression", "short")},
+                                             "regression", "short", "4step-coarse2", "4step-coarse4")},
     "dessert-4step-latent": factory("4step", compose="latent"),
     "dessert-teacher-t1": factory("teacher", temperature=1.0),
     "dessert-4step-t1": factory("4step", temperature=1.0),

@@ -1,10 +1,12 @@
 """ONNX export of the predictor: one fused graph per step count (encoders, unrolled DDIM sampler,
-decoder), with dynamic height and width (multiples of ``Dessert.multiple``).
+decoder; with ``Dessert.coarse`` the pooling and upsampling around them), with dynamic height and width
+(multiples of ``Dessert.multiple``).
 
 Graph: inputs ``anchor`` float32 (1, 1, H, W) in [0, 1], ``voxel`` float32 (1, bins, H, W),
-``noise`` float32 (1, zc, H/4, W/4); output ``prediction`` float32 (1, 1, H, W) in [0, 1]. One graph
-per step count beats four graphs per step (encoder, event encoder, U-Net step, decoder) for latency:
-no per-step round trips through the runtime and ONNX Runtime fuses across the whole sampler.
+``noise`` float32 (1, zc, H/s, W/s) (s = ``Dessert.latent_stride``); output ``prediction`` float32
+(1, 1, H, W) in [0, 1]. One graph per step count beats four graphs per step (encoder, event encoder,
+U-Net step, decoder) for latency: no per-step round trips through the runtime
+and ONNX Runtime fuses across the whole sampler.
 
 Exports are named by a hash of the checkpoint files, the variant and the composition, and cached
 (``$EVPIPE_CACHE`` or ``~/.cache/evpipe``, under ``predict/``), so a node exports once per machine. An export
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from evpipe.nodes.predict.checkpoint import load_model, resolve_dir
+from evpipe.nodes.predict.checkpoint import load_model, resolve_dir, weights_variant
 from evpipe.nodes.predict.models import Dessert, FusedPredictor
 from evpipe.runtime.engines.onnx_export import cached_export, export_cache_dir, export_onnx, onnx_parity
 
@@ -42,7 +44,7 @@ def example_inputs(model: Dessert, height: int, width: int, seed: int = 0) -> tu
 def export_fused(model: Dessert, steps: int, path: Path) -> Path:
     """Write the fused ``steps``-step graph of ``model`` to ``path`` (ONNX opset 18, dynamic H and W)."""
     unit = torch.export.Dim("blocks_h", min=1, max=512), torch.export.Dim("blocks_w", min=1, max=512)
-    mult, down = model.multiple, model.latent_downsample
+    mult, down = model.multiple, model.latent_stride
     frame_axes = {2: mult * unit[0], 3: mult * unit[1]}
     latent_axes = {2: (mult // down) * unit[0], 3: (mult // down) * unit[1]}
     return export_onnx(FusedPredictor(model, steps).eval(), example_inputs(model, 2 * mult, 2 * mult), path,
@@ -58,7 +60,7 @@ def parity(model: Dessert, steps: int, path: Path, sizes: tuple[tuple[int, int],
 
 def _checkpoint_hash(directory: Path, variant: str) -> str:
     digest = hashlib.sha256(_EXPORT_VERSION.encode())
-    for name in ("ae.pt", "ervae.pt", f"unet-{variant}.pt"):
+    for name in ("ae.pt", "ervae.pt", f"unet-{weights_variant(variant)}.pt"):
         file = directory / name
         if file.is_file():
             digest.update(file.read_bytes())

@@ -323,6 +323,9 @@ class Dessert(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # >1: the latent path runs on the frame average-pooled by this factor (see ``predict``); set by
+        # ``load_model`` for the coarse deployment variants, never in training.
+        self.coarse = 1
         zc = config.latent_channels
         self.ae = AutoEncoder(config.ae_channels, zc)
         self.event_encoder = EventEncoder(config.bins, config.ae_channels, zc) if config.events == "ervae" else None
@@ -336,14 +339,19 @@ class Dessert(nn.Module):
         self.register_buffer("ei_c", torch.zeros(()))
 
     @property
+    def latent_stride(self) -> int:
+        """Frame pixels per latent pixel: 4, times ``coarse``."""
+        return self.latent_downsample * self.coarse
+
+    @property
     def multiple(self) -> int:
         """H and W must be multiples of this."""
-        return self.latent_downsample * 2 ** (len(self.config.unet_mult) - 1)
+        return self.latent_stride * 2 ** (len(self.config.unet_mult) - 1)
 
     def noise_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """(zc, H/4, W/4): the sampler's noise (and every latent) for an H x W frame, per sample."""
-        down = self.latent_downsample
-        return self.config.latent_channels, height // down, width // down
+        """(zc, H/s, W/s), s = ``latent_stride``: the sampler's noise (and every latent) for an H x W frame."""
+        stride = self.latent_stride
+        return self.config.latent_channels, height // stride, width // stride
 
     def set_stats(self, latent_scale: float, residual_scale: float, voxel_scale: float, ei_c: float = 0.0,
                   ei_eps: float = 1.0, ei_residual_scale: float = 1.0) -> None:
@@ -429,7 +437,22 @@ class Dessert(nn.Module):
         return self.compose(base, z_base, residual), base
 
     def predict(self, anchor: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> Tensor:
-        image, base = self.predict_composed(anchor, voxel, noise, steps)
+        """The prediction. With ``coarse`` > 1 the latent path (encoders, sampler, decoder) runs on the
+        anchor and voxel grid average-pooled by ``coarse`` (a coarse pixel sees the mean event count of
+        the pixels it covers, as a coarser sensor would), its correction to the base is upsampled
+        (bilinear) onto the full-resolution base, and the head, trained at full resolution, restores the
+        detail: most of the student's time is the latent path, so this divides it by about coarse²
+        (benchmarks/students.md measures speed and quality)."""
+        if self.coarse > 1:
+            if self.head is None:
+                raise RuntimeError("a coarse latent path needs the full-resolution head to restore detail")
+            small, base_small = self.predict_composed(F.avg_pool2d(anchor, self.coarse),
+                                                      F.avg_pool2d(voxel, self.coarse), noise, steps)
+            base = self.base_image(anchor, voxel)
+            image = (base + F.interpolate(small - base_small, scale_factor=float(self.coarse), mode="bilinear",
+                                          align_corners=False)).clamp(0.0, 1.0)
+        else:
+            image, base = self.predict_composed(anchor, voxel, noise, steps)
         if self.head is None:
             return image
         return (image + self.head_correction(image, base, anchor, voxel)).clamp(0.0, 1.0)
@@ -437,7 +460,8 @@ class Dessert(nn.Module):
 
 class FusedPredictor(nn.Module):
     """``Dessert.predict`` with the step count fixed: one graph (encoders, unrolled sampler, decoder)
-    for ONNX export. forward(anchor (B,1,H,W), voxel (B,bins,H,W), noise (B,zc,H/4,W/4)) -> (B,1,H,W)."""
+    for ONNX export. forward(anchor (B,1,H,W), voxel (B,bins,H,W), noise (B,zc,H/s,W/s)) -> (B,1,H,W), s =
+    ``Dessert.latent_stride``."""
 
     def __init__(self, model: Dessert, steps: int) -> None:
         super().__init__()

@@ -56,6 +56,14 @@ class Predictor(Node):
     busy predictor may be older than many frames since; a window that starts after the newest frame
     waits (up to 16 of them) for it, and one whose anchor cannot come any more is counted as
     ``unanchored`` and skipped. Reports frames, predictions and unanchored.
+
+    Any sensor size runs: frames are padded to the variant's multiple (16; 32 and 64 for the coarse
+    variants) and the prediction cropped back. Cost per prediction on a shared 2-core CPU (ONNX Runtime,
+    2 threads, ``tools/bench_students.py``, three runs at load 3.5-8; the range is the machine's load):
+    346x260 (DAVIS346) 4step 86-275 ms, 4step-coarse4 19-54 ms; 640x480 4step 284-1782 ms,
+    4step-coarse4 325 ms; 1280x720 4step 798-3198 ms, 4step-coarse4 522 ms (coarse4 at the larger sizes:
+    one run, load 7). Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, two runs at load
+    5-14): 4step-coarse4 15 predictions/s, 4step 4.
     """
 
     @classmethod
@@ -64,8 +72,11 @@ class Predictor(Node):
         spec.input("voxels", "voxel", "voxel grids (bins, H, W) of the events from t_anchor to t_target")
         spec.output("predictions", "frame", "predicted frames at t_target, float32 (H, W) in [0, 1]")
         spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a checkpoint directory")
-        spec.param("variant", str, default="4step", doc="model variant: the distilled students run in real time",
-                   choices=list(VARIANTS))
+        spec.param("variant", str, default="4step-coarse4",
+                   doc="model variant: 4step-coarse4 (default) and 4step-coarse2 run the 4-step student's latent path "
+                   "at 1/4 or 1/2 resolution with its head at full resolution, the fastest variants that keep the "
+                   "quality floor on the real recordings (benchmarks/students.md); 4step is the full-resolution "
+                   "student", choices=list(VARIANTS))
         declare_engine_params(spec, auto=AUTO)
         spec.param("frame_size", list, None, "[width, height] of the frames, for `evpipe build-engines` to build "
                    "the TensorRT plan ahead (one per static shape); null: built at the first frame")

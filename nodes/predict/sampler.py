@@ -3,9 +3,9 @@
 :class:`FramePredictor` wraps one model variant behind the engine interface
 (:class:`evpipe.nodes.model_engines.NetworkEngines`): ``torch`` runs the fused module (eagerly on the
 CPU, as a CUDA graph on a GPU), ``onnxruntime`` and ``tensorrt`` run its cached ONNX export. Frames of
-any size are padded (edge values for the frame, zeros for the voxel grid) to a multiple of the
-model's stride and cropped back; one engine is opened per padded size, so GPU backends see fixed
-shapes.
+any sensor size are padded (:func:`~evpipe.nodes.model_engines.pad_to_multiple`: edge values for the
+frame, zeros for the voxel grid) to a multiple of the model's stride and cropped back; one engine is
+opened per padded size, so GPU backends see fixed shapes.
 
     predictor = FramePredictor("4step", checkpoint="tiny", backend="onnxruntime")
     target = predictor.predict(anchor, voxel)                    # (H, W) float32 in [0, 1]
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from evpipe.kernels import voxel_grid
-from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
+from evpipe.nodes.model_engines import EngineChoice, NetworkEngines, pad_to_multiple
 from evpipe.nodes.predict.checkpoint import load_model
 from evpipe.nodes.predict.export import INPUT_NAMES, OUTPUT_NAME, cached_fused_onnx
 from evpipe.nodes.predict.models import FusedPredictor
@@ -74,15 +74,10 @@ class FramePredictor:
         self._torch_threads = threads if self.backend == "torch" and self.device == "cpu" else None
         self._rng = np.random.default_rng(seed)
 
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size a height x width frame runs at: padded up to a multiple of the model's stride."""
-        return -(-height // self.multiple) * self.multiple, -(-width // self.multiple) * self.multiple
-
     def _feeds(self, anchor: np.ndarray, voxel: np.ndarray) -> dict[str, np.ndarray]:
-        h, w = anchor.shape
-        hp, wp = self.padded_size(h, w)
-        anchor_p = np.pad(anchor.astype(np.float32, copy=False), ((0, hp - h), (0, wp - w)), mode="edge")
-        voxel_p = np.pad(voxel.astype(np.float32, copy=False), ((0, 0), (0, hp - h), (0, wp - w)))
+        anchor_p = pad_to_multiple(anchor, self.multiple, "edge")
+        voxel_p = pad_to_multiple(voxel, self.multiple, "zeros")
+        hp, wp = anchor_p.shape
         noise = self._rng.standard_normal((1, *self.model.noise_shape(hp, wp)), dtype=np.float32) * \
             np.float32(self.temperature)
         return dict(zip(INPUT_NAMES, (anchor_p[None, None], voxel_p[None], noise), strict=True))

@@ -1,4 +1,5 @@
-"""A DV network server for the live tests: plays a real recording through dv-processing's ``io.NetworkWriter``.
+"""A DV network server for the live tests and benchmarks: plays a real recording through dv-processing's
+``io.NetworkWriter``.
 
 This is the path a camera stream takes through DV: one ``NetworkWriter`` per stream (events, frames,
 IMU), packets written as their sensor time comes due on the wall clock (``--speed`` × real time).
@@ -6,8 +7,10 @@ The recording is looped with its timestamps shifted so time keeps increasing, an
 Unix clock (DV's convention), so a client on this host can measure its arrival lag. It is a
 separate program, independent of evpipe's sink, like DV software would be.
 
-    python tests/dv_server.py REC --events tcp://127.0.0.1:7000 --frames unix:///tmp/f.sock \\
+    python -m evpipe.tools.dv_server REC --events tcp://127.0.0.1:7000 --frames unix:///tmp/f.sock \\
         --duration-s 30 --wait-clients --summary out.json
+
+:class:`DvServer` runs it as a subprocess (the live tests, ``tools/bench_realtime.py``).
 
 Prints ``ready`` once every writer listens; writes a JSON summary (what was sent, with an
 order-independent checksum of the events) and exits (with ``--hold``, once stdin closes) with
@@ -20,14 +23,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dv_processing as dv
 
 from evpipe.nodes.dv_io import events_to_dv, frame_to_dv, free_stale_socket, imu_message, imu_to_dv, parse_address
 from evpipe.nodes.sources.readers import open_recording
 from evpipe.runtime.events import Events
+
+
+class DvServer:
+    """This program in a subprocess: started, waited for (``ready``), its JSON summary read at the end.
+
+    With ``--hold`` among the arguments the server stays connected after its stream until `release`:
+    `summary` then returns as soon as the stream has been written.
+    """
+
+    def __init__(self, recording: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "evpipe.tools.dv_server", str(recording), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.hold = "--hold" in args
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"dv_server did not start: {line!r} {self.proc.stderr.read()}")
+
+    def summary(self, timeout: float = 120) -> dict:
+        if self.hold:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                raise AssertionError(f"dv_server wrote no summary in {timeout} s")
+            return json.loads(self.proc.stdout.readline())
+        out, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+    def release(self) -> None:
+        """Let a ``--hold`` server go: it disconnects its clients and exits."""
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def make_writer(address: str, stream: dv.io.Stream, tls: list[str] | None) -> dv.io.NetworkWriter:
