@@ -352,7 +352,9 @@ edges:
     proc, report = run_graph(tmp_path, graph, timeout=240)
     assert proc.returncode == 0, proc.stderr
     counts = report["reports"]["pred"][0]
+    engine = counts.pop("engine")
     assert counts == {"frames": 5, "predictions": 10, "unanchored": 0}
+    assert (engine["backend"], engine["device"]) == ("onnxruntime", "cpu")
     assert report["reports"]["sink"][0]["streams"]["pred.predictions"]["messages"] == 10
 
 
