@@ -90,6 +90,31 @@ def no_cache(choice: EngineChoice) -> str:
     return "none (torch CUDA graphs, captured per input shape)" if choice.device != "cpu" else "none (torch eager)"
 
 
+def onnx_engine_summary(name: str, choice: EngineChoice, onnx_path: Callable[[], Path], exported_when: str,
+                        plan_per: str) -> dict[str, str]:
+    """A model node's ``check_machine`` answer: its engine, and for the ONNX backends the export
+    ``onnx_path()`` names (made ``exported_when`` if missing) and what a TensorRT plan is built per.
+    A checkpoint ``onnx_path`` cannot resolve is a ParamError naming ``name.checkpoint``."""
+    if choice.backend == "torch":
+        return engine_summary(choice, no_cache(choice))
+    try:
+        path = onnx_path()
+    except (FileNotFoundError, ValueError) as error:
+        raise ParamError(f"{name}.checkpoint: {error}") from None
+    cache = f"{path} ({'cached' if path.is_file() else f'exported {exported_when}'})"
+    if choice.backend == "tensorrt":
+        cache += f"; a TensorRT plan per {plan_per}, built once and cached"
+    return engine_summary(choice, cache)
+
+
+def prepare_onnx(onnx_path: Path, export: Callable[[], Path]) -> tuple[str, str]:
+    """``evpipe build-engines``' line for an ONNX export: (file, ``built`` or ``cached``), after ``export()``
+    made sure it exists."""
+    state = "cached" if onnx_path.is_file() else "built"
+    export()
+    return str(onnx_path), state
+
+
 def build_plans(model: Any, frame_size: list[int]) -> list[tuple[str, str]]:
     """Build (or find) the static-shape engines of a model node's sampler for frames of ``frame_size``
     ([width, height]) by opening them once; returns (file, ``built`` or ``cached``) per engine file."""

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evpipe.nodes.model_engines import build_plans, choose_engine, declare_engine_params, engine_summary, no_cache
+from evpipe.nodes.model_engines import (
+    build_plans,
+    choose_engine,
+    declare_engine_params,
+    onnx_engine_summary,
+    prepare_onnx,
+)
 from evpipe.nodes.predict.node import AUTO, gray_unit
 from evpipe.nodes.transforms.voxelizer import EventIntake
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, NodeError, ParamError, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 METHODS = ("diffevent", "edi")
@@ -64,19 +71,12 @@ class Deblur(Node):
     def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str] | None:
         if params["method"] == "edi":
             return None  # no network
-        choice = choose_engine(name, params)
-        if choice.backend == "torch":
-            return engine_summary(choice, no_cache(choice))
-        from evpipe.nodes.deblur.export import student_onnx_path  # torch loads only for a graph with this node
+        def onnx_path() -> Path:
+            from evpipe.nodes.deblur.export import student_onnx_path  # torch loads only for a graph with this node
 
-        try:
-            path = student_onnx_path(params["checkpoint"])
-        except ValueError as error:
-            raise ParamError(f"{name}.checkpoint: {error}") from None
-        cache = f"{path} ({'cached' if path.is_file() else 'exported at start'})"
-        if choice.backend == "tensorrt":
-            cache += "; a TensorRT plan per frame size, built once and cached"
-        return engine_summary(choice, cache)
+            return student_onnx_path(params["checkpoint"])
+
+        return onnx_engine_summary(name, choose_engine(name, params), onnx_path, "at start", "frame size")
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -89,9 +89,8 @@ class Deblur(Node):
             return []
         from evpipe.nodes.deblur.export import cached_student_onnx, student_onnx_path
 
-        path = student_onnx_path(params["checkpoint"])
-        made = [(str(path), "cached" if path.is_file() else "built")]
-        cached_student_onnx(params["checkpoint"])
+        checkpoint = params["checkpoint"]
+        made = [prepare_onnx(student_onnx_path(checkpoint), lambda: cached_student_onnx(checkpoint))]
         if choice.backend == "tensorrt" and params["frame_size"]:
             made += build_plans(cls._deblurrer(params), params["frame_size"])
         return made

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evpipe.nodes.model_engines import build_plans, choose_engine, declare_engine_params, engine_summary, no_cache
+from evpipe.nodes.model_engines import (
+    build_plans,
+    choose_engine,
+    declare_engine_params,
+    onnx_engine_summary,
+    prepare_onnx,
+)
 from evpipe.nodes.predict.checkpoint import VARIANTS
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
@@ -97,16 +104,12 @@ class Predictor(Node):
 
     @classmethod
     def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str]:
-        choice = choose_engine(name, params)
-        if choice.backend == "torch":
-            return engine_summary(choice, no_cache(choice))
-        from evpipe.nodes.predict.export import fused_onnx_path  # torch loads only for a graph with this node
+        def onnx_path() -> Path:
+            from evpipe.nodes.predict.export import fused_onnx_path  # torch loads only for a graph with this node
 
-        path = fused_onnx_path(params["variant"], params["checkpoint"], integration=_integration(params))
-        cache = f"{path} ({'cached' if path.is_file() else 'exported at start'})"
-        if choice.backend == "tensorrt":
-            cache += "; a TensorRT plan per frame size, built once and cached"
-        return engine_summary(choice, cache)
+            return fused_onnx_path(params["variant"], params["checkpoint"], integration=_integration(params))
+
+        return onnx_engine_summary(name, choose_engine(name, params), onnx_path, "at start", "frame size")
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -119,9 +122,9 @@ class Predictor(Node):
             return []
         from evpipe.nodes.predict.export import cached_fused_onnx, fused_onnx_path
 
-        path = fused_onnx_path(params["variant"], params["checkpoint"], integration=integration)
-        made = [(str(path), "cached" if path.is_file() else "built")]
-        cached_fused_onnx(params["variant"], params["checkpoint"], integration=integration)
+        variant, checkpoint = params["variant"], params["checkpoint"]
+        made = [prepare_onnx(fused_onnx_path(variant, checkpoint, integration=integration),
+                             lambda: cached_fused_onnx(variant, checkpoint, integration=integration))]
         if choice.backend == "tensorrt" and params["frame_size"]:
             made += build_plans(cls._predictor(params), params["frame_size"])
         return made

@@ -21,12 +21,12 @@ from evpipe.nodes.model_engines import (
     NetworkEngines,
     choose_engine,
     declare_engine_params,
-    engine_summary,
-    no_cache,
+    onnx_engine_summary,
+    prepare_onnx,
 )
 from evpipe.nodes.restore.psf import BOUNDARIES, DEFAULT_BOUNDARY
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, NodeError, ParamError, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 DEGRADATIONS = ("uniform7", "uniform13", "gaussian1")
@@ -187,19 +187,13 @@ class Restore(Node):
 
     @classmethod
     def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str]:
-        choice = choose_engine(name, params, auto_forms=("torch",))
-        if choice.backend == "torch":
-            return engine_summary(choice, no_cache(choice))
-        from evpipe.nodes.restore.export import prior_onnx_path  # torch loads only for a graph with this node
+        def onnx_path() -> Path:
+            from evpipe.nodes.restore.export import prior_onnx_path  # torch loads only for a graph with this node
 
-        try:
-            path = prior_onnx_path(params["checkpoint"])
-        except FileNotFoundError as error:
-            raise ParamError(f"{name}.checkpoint: {error}") from None
-        cache = f"{path} ({'cached' if path.is_file() else 'exported at the first window'})"
-        if choice.backend == "tensorrt":
-            cache += "; a TensorRT plan per window shape, built once and cached"
-        return engine_summary(choice, cache)
+            return prior_onnx_path(params["checkpoint"])
+
+        return onnx_engine_summary(name, choose_engine(name, params, auto_forms=("torch",)), onnx_path,
+                                   "at the first window", "window shape")
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -209,10 +203,7 @@ class Restore(Node):
             return []
         from evpipe.nodes.restore.export import cached_prior_onnx, prior_onnx_path
 
-        path = prior_onnx_path(params["checkpoint"])
-        state = "cached" if path.is_file() else "built"
-        cached_prior_onnx(params["checkpoint"])
-        return [(str(path), state)]
+        return [prepare_onnx(prior_onnx_path(params["checkpoint"]), lambda: cached_prior_onnx(params["checkpoint"]))]
 
     def stop(self) -> None:
         if not hasattr(self, "buffer"):

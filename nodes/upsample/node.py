@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evpipe.nodes.model_engines import choose_engine, declare_engine_params, engine_summary, no_cache
+from evpipe.nodes.model_engines import (
+    choose_engine,
+    declare_engine_params,
+    onnx_engine_summary,
+    prepare_onnx,
+)
 from evpipe.runtime.events import Frame
-from evpipe.runtime.node import Node, NodeError, ParamError, Spec
+from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
 FACTORS = [2, 4, 8, 16]
@@ -79,19 +85,13 @@ class Upsample(Node):
 
     @classmethod
     def check_machine(cls, name: str, params: dict[str, Any]) -> dict[str, str]:
-        choice = choose_engine(name, params, auto_forms=("torch",))
-        if choice.backend == "torch":
-            return engine_summary(choice, no_cache(choice))
-        from evpipe.nodes.upsample.export import denoiser_onnx_path  # torch loads only for a graph with this node
+        def onnx_path() -> Path:
+            from evpipe.nodes.upsample.export import denoiser_onnx_path  # torch loads only for a graph with this node
 
-        try:
-            path = denoiser_onnx_path(params["checkpoint"])
-        except FileNotFoundError as error:
-            raise ParamError(f"{name}.checkpoint: {error}") from None
-        cache = f"{path} ({'cached' if path.is_file() else 'exported at the first frame pair'})"
-        if choice.backend == "tensorrt":
-            cache += "; a TensorRT plan per patch-batch shape, built once and cached"
-        return engine_summary(choice, cache)
+            return denoiser_onnx_path(params["checkpoint"])
+
+        return onnx_engine_summary(name, choose_engine(name, params, auto_forms=("torch",)), onnx_path,
+                                   "at the first frame pair", "patch-batch shape")
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -101,10 +101,8 @@ class Upsample(Node):
             return []
         from evpipe.nodes.upsample.export import cached_denoiser_onnx, denoiser_onnx_path
 
-        path = denoiser_onnx_path(params["checkpoint"])
-        state = "cached" if path.is_file() else "built"
-        cached_denoiser_onnx(params["checkpoint"])
-        return [(str(path), state)]
+        return [prepare_onnx(denoiser_onnx_path(params["checkpoint"]),
+                             lambda: cached_denoiser_onnx(params["checkpoint"]))]
 
     def stop(self) -> None:
         engine = {}
