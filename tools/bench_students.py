@@ -51,17 +51,11 @@ import torch
 
 from evpipe.nodes.model_engines import pad_to_multiple
 from evpipe.nodes.predict.checkpoint import load_model
+from evpipe.nodes.predict.integration import fit_event_integration, integrate_events, polarity_sum
 from evpipe.nodes.predict.models import FusedPredictor
 from evpipe.nodes.predict.sampler import events_voxel
 from evpipe.tools import command_line
-from evpipe.tools.evaluate import (
-    DEFAULT_REAL_DATA,
-    RealRecording,
-    fit_event_integration,
-    integrate_events,
-    load_real_recordings,
-    polarity_sum,
-)
+from evpipe.tools.evaluate import DEFAULT_REAL_DATA, RealRecording, load_real_recordings
 
 SENSOR = (260, 346)  # DAVIS346, height x width
 LARGER_SENSORS = ((480, 640), (720, 1280))
