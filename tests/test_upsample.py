@@ -252,7 +252,7 @@ def test_node_emits_interpolated_frames_in_time_order(tmp_path: Path) -> None:
     frames = [msg.frame() for msg in sent]
     assert [f.t for f in frames] == [1000, 1250, 1500, 1750, 2000]
     assert [bool(f.meta.get("interpolated")) for f in frames] == [False, True, True, True, False]
-    assert all(f.image.shape == (24, 20) and f.image.dtype == np.float32 for f in frames)
+    assert all(f.image.shape == (24, 20, 3) and f.image.dtype == np.float32 for f in frames)  # colour kept
     # The frames in between are the cascade's, in time order (not just frames at the right times).
     expected = node.upsampler.between(frames[0].image, frames[-1].image, 4)
     for got, want in zip(frames[1:-1], expected, strict=True):

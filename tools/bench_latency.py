@@ -93,7 +93,7 @@ def graph_run(recording: str, roi: list[int] | None, backend: str, speed: float,
 def load_windows(recording: str, roi: list[int] | None, per_frame: int, count: int) -> list[tuple]:
     """The first ``count`` frame-synchronous windows of the (cropped) recording, as the graph cuts them:
     (anchor frame float32 (H, W) in [0, 1], its events (``Events``), t_anchor, t_target), µs."""
-    from evpipe.nodes.predict.node import gray_unit
+    from evpipe.nodes.colour import gray_unit
     from evpipe.nodes.sources.readers import open_recording
     from evpipe.runtime.events import Events
 

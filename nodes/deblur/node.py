@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from evpipe.nodes.colour import gray_unit
 from evpipe.nodes.model_engines import build_plans, choose_engine, declare_engine_params, engine_summary, no_cache
-from evpipe.nodes.predict.node import AUTO, gray_unit
+from evpipe.nodes.predict.node import AUTO
 from evpipe.nodes.transforms.voxelizer import EventIntake
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, ParamError, Spec

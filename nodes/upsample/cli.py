@@ -3,7 +3,8 @@
 IN is a video file (anything PyAV/FFmpeg decodes) or a folder of images (PNG/JPEG/TIFF/BMP, taken
 in name order); OUT is a video file (``.mp4``, ``.mkv``, ``.avi``, ``.mov``; H.264 at ``factor`` × the
 input rate, 25 fps for an image folder unless ``--fps``) or a folder (written as
-``frame_000000.png`` ...). With the gray ``tiny`` checkpoint, colour input is converted to gray.
+``frame_000000.png`` ...). Colour in, colour out: the gray ``tiny`` checkpoint runs on the luma and
+the chroma is carried (see ``Upsampler``); a gray clip stays gray.
 This module imports torch only when the command runs.
 """
 
@@ -131,10 +132,14 @@ class FrameWriter:
 
 
 def model_images(frames: list[np.ndarray], channels: int) -> list[np.ndarray]:
-    """The frames as a model of ``channels`` takes them (gray for a gray checkpoint)."""
-    from evpipe.nodes.predict.node import gray_unit
+    """The frames as the upsampler takes them: a gray clip (every frame gray, :func:`is_gray`) as (H, W)
+    for a gray model, so it stays gray; a colour clip as it is (a gray model runs on its luma and carries
+    its chroma, see :class:`~evpipe.nodes.upsample.cascade.Upsampler`)."""
+    from evpipe.nodes.colour import gray_unit, is_gray
 
-    return [gray_unit(frame) if channels == 1 else frame for frame in frames]
+    if channels == 1 and all(is_gray(frame) for frame in frames):
+        return [gray_unit(frame) for frame in frames]
+    return frames
 
 
 def upsampled(frames: list[np.ndarray], factor: int, upsampler) -> Iterator[np.ndarray]:
