@@ -186,7 +186,7 @@ class Restore(Node):
                   "network": self.network}
         if self.colour:
             restored = restore_colour_window(self.model, self.psf, frames, self.config,
-                                             chroma=chroma_method(p.degradation, p.spatial), **common)
+                                             chroma=chroma_method(self.psf, p.spatial), **common)
         else:
             restored = restore_window(self.model, self.psf, frames, self.config, **common)
         ready = self.stitcher.add(restored, final)

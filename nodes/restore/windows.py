@@ -23,6 +23,7 @@ import torch
 from evpipe.nodes.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from evpipe.nodes.restore.model import ImagePrior
 from evpipe.nodes.restore.operators import make_operator
+from evpipe.nodes.restore.psf import temporal_psf
 from evpipe.nodes.restore.sampler import DDSConfig, cg_only, dds_restore
 from evpipe.runtime.events import Frame
 from evpipe.runtime.wire import Message
@@ -80,10 +81,11 @@ CHROMA_METHODS = ("cg", "degraded")
 _CHROMA_AS_MEASURED = ("gaussian1",)  # temporal PSFs whose degraded chroma beat the CG-only solve
 
 
-def chroma_method(degradation: str, spatial: str) -> str:
-    """How a colour window's chroma is restored: ``degraded`` (as measured) for a gaussian1 PSF alone,
+def chroma_method(psf: np.ndarray, spatial: str) -> str:
+    """How a colour window's chroma is restored: ``degraded`` (as measured) for the gaussian1 PSF alone,
     else ``cg`` (a spatial degradation changes the size or blurs, so the measured chroma cannot stand)."""
-    return "degraded" if degradation in _CHROMA_AS_MEASURED and spatial == "none" else "cg"
+    as_measured = any(np.array_equal(psf, temporal_psf(kind)) for kind in _CHROMA_AS_MEASURED)
+    return "degraded" if as_measured and spatial == "none" else "cg"
 
 
 def restore_colour_window(model: ImagePrior, psf: np.ndarray, frames: np.ndarray, config: DDSConfig, *, spatial: str,
