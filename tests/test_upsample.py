@@ -287,3 +287,17 @@ def test_cli_upsamples_an_image_folder_end_to_end(tmp_path: Path) -> None:
     assert np.abs(first.astype(int) - inputs[0]).max() <= 1
     assert main(["upsample", str(source), str(out), "--factor", "3"]) == 2
     assert main(["upsample", str(tmp_path / "nothing"), str(out)]) == 2
+
+
+def test_preview_is_the_fast_setting_and_explicit_counts_override_it() -> None:
+    import argparse
+
+    from evpipe.nodes.upsample.cascade import PREVIEW
+    from evpipe.nodes.upsample.cli import add_arguments, cascade_counts
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert cascade_counts(parser.parse_args(["in", "out"])) == {"levels": 3, "steps": 8, "samples": 4}
+    preview = cascade_counts(parser.parse_args(["in", "out", "--preview"]))
+    assert preview == {"levels": PREVIEW.levels, "steps": 1, "samples": 1}
+    assert cascade_counts(parser.parse_args(["in", "out", "--preview", "--steps", "3"]))["steps"] == 3

@@ -72,6 +72,11 @@ class CascadeSettings:
             raise ValueError(f"CascadeSettings: overlap must be in [0, 1), got {self.overlap}")
 
 
+# ``evpipe upsample --preview``: one DDIM step, one sample, the three levels. On three real 640-px frames it
+# scored above the default (8 steps, 4 samples) at about 1/30 of its time (benchmarks/video_models.md).
+PREVIEW = CascadeSettings(levels=3, steps=1, samples=1)
+
+
 def patch_origins(length: int, size: int, stride: int) -> list[int]:
     """Start offsets of patches of ``size`` covering [0, length) with at most ``stride`` between starts;
     the last patch ends exactly at ``length``. A length <= size gives one patch at 0."""
