@@ -252,7 +252,7 @@ def test_node_emits_interpolated_frames_in_time_order(tmp_path: Path) -> None:
     frames = [msg.frame() for msg in sent]
     assert [f.t for f in frames] == [1000, 1250, 1500, 1750, 2000]
     assert [bool(f.meta.get("interpolated")) for f in frames] == [False, True, True, True, False]
-    assert all(f.image.shape == (24, 20) and f.image.dtype == np.float32 for f in frames)
+    assert all(f.image.shape == (24, 20, 3) and f.image.dtype == np.float32 for f in frames)  # colour kept
     # The frames in between are the cascade's, in time order (not just frames at the right times).
     expected = node.upsampler.between(frames[0].image, frames[-1].image, 4)
     for got, want in zip(frames[1:-1], expected, strict=True):
@@ -287,3 +287,17 @@ def test_cli_upsamples_an_image_folder_end_to_end(tmp_path: Path) -> None:
     assert np.abs(first.astype(int) - inputs[0]).max() <= 1
     assert main(["upsample", str(source), str(out), "--factor", "3"]) == 2
     assert main(["upsample", str(tmp_path / "nothing"), str(out)]) == 2
+
+
+def test_preview_is_the_fast_setting_and_explicit_counts_override_it() -> None:
+    import argparse
+
+    from evpipe.nodes.upsample.cascade import PREVIEW
+    from evpipe.nodes.upsample.cli import add_arguments, cascade_counts
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert cascade_counts(parser.parse_args(["in", "out"])) == {"levels": 3, "steps": 8, "samples": 4}
+    preview = cascade_counts(parser.parse_args(["in", "out", "--preview"]))
+    assert preview == {"levels": PREVIEW.levels, "steps": 1, "samples": 1}
+    assert cascade_counts(parser.parse_args(["in", "out", "--preview", "--steps", "3"]))["steps"] == 3

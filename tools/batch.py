@@ -215,8 +215,10 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
         settings = fingerprint({"target": target, "restore": model_params})
         model_class = batch_jobs.RestoreModel
     else:
-        model_params = {"checkpoint": args.checkpoint, "levels": args.levels, "steps": args.steps,
-                        "samples": args.samples, "factor": args.factor, "backend": args.backend,
+        from evpipe.nodes.upsample.cli import cascade_counts
+
+        model_params = {"checkpoint": args.checkpoint, **cascade_counts(args), "factor": args.factor,
+                        "backend": args.backend,
                         "device": args.device, "precision": args.precision}
         resources = resources_for([model_params])
         settings = fingerprint({"target": target, "upsample": model_params, "max_frames": args.max_frames,

@@ -97,7 +97,7 @@ class RestoreModel:
 def read_clip(clip_params: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
     """Gray frames float32 (N, H, W) and their times, read as ``clip_reader`` reads them and converted
     as the ``restore`` node converts them."""
-    from evpipe.nodes.predict.node import gray_unit
+    from evpipe.nodes.colour import gray_unit
     from evpipe.nodes.restore.node import ClipReader
 
     reader = ClipReader("clip", clip_params)

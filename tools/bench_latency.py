@@ -96,7 +96,7 @@ def load_windows(recording: str, roi: list[int] | None, per_frame: int, count: i
     """``count`` frame-synchronous windows of the (cropped) recording, as the graph cuts them: (anchor frame
     float32 (H, W) in [0, 1], its events (``Events``), t_anchor, t_target), µs. Past the recording's end
     they start again from its first, as the graph's replay loops it."""
-    from evpipe.nodes.predict.node import gray_unit
+    from evpipe.nodes.colour import gray_unit
     from evpipe.nodes.sources.readers import open_recording
     from evpipe.runtime.events import Events
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from evpipe.nodes.colour import gray_unit
 from evpipe.nodes.model_engines import (
     build_plans,
     choose_engine,
@@ -14,7 +15,7 @@ from evpipe.nodes.model_engines import (
     onnx_engine_summary,
     prepare_onnx,
 )
-from evpipe.nodes.predict.node import AUTO, gray_unit
+from evpipe.nodes.predict.node import AUTO
 from evpipe.nodes.transforms.voxelizer import EventIntake
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec

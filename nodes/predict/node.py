@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from evpipe.nodes.colour import gray_unit
 from evpipe.nodes.model_engines import (
     build_plans,
     choose_engine,
@@ -20,25 +21,10 @@ from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
 
-# Luma weights of linear RGB (Rec. 709), as evpipe.tools.dataset uses for its gray frames.
-_LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)
 AUTO = ("onnxruntime on the CPU; on a GPU tensorrt, then torch (CUDA graphs), then onnxruntime's CUDA provider, "
         "whichever is installed first")
 # Windows held while their anchor frame has not arrived; beyond this the oldest is dropped (counted).
 _MAX_PENDING = 16
-
-
-def gray_unit(image: np.ndarray) -> np.ndarray:
-    """A frame image as float32 (H, W) in [0, 1]: uint8 is scaled by 1/255, colour becomes luma."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
-    image = image.astype(np.float32, copy=False)
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = image @ _LUMA
-    if image.ndim != 2:
-        raise ValueError(f"frame image must be (H, W) gray or (H, W, 3) colour, got shape {image.shape}")
-    return image
 
 
 def _integration(params: dict[str, Any]) -> tuple[float, float] | None:

@@ -15,7 +15,9 @@ paper's spatio-temporal ones (η 0.8, 100 NFE). ``--checkpoint`` selects the pri
 ``tiny``). The environment variable ``EVPIPE_DDS_NFE`` overrides the NFE of every DDS model and of
 the CG-only baseline together (so both keep the same number of CG iterations); the values used are
 recorded in the report's fitted parameters.
-Every DDS model is seeded with 0.
+Every DDS model is seeded with 0. A colour clip with the gray prior is restored as the restore node does
+it (``windows.restore_colour_window``: the luma by DDS, the chroma CG-solved or as measured); CG-only and
+ADMM-TV solve all three channels.
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def from_clip(clip: torch.Tensor, like: np.ndarray) -> np.ndarray:
     return array[:, 0] if like.ndim == 3 else np.ascontiguousarray(np.moveaxis(array, 1, -1))
 
 
+def _colour_with_gray_prior(model: Any, degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str,
+                            config: DDSConfig, device: str) -> np.ndarray:
+    """A colour clip with a gray prior, as the restore node does it: the luma by DDS, the chroma by
+    :func:`~evpipe.nodes.restore.windows.chroma_method`'s choice (no inpainting: its mask is per channel)."""
+    from evpipe.nodes.restore.windows import chroma_method, restore_colour_window
+
+    kind = spatial["kind"] if spatial else "none"
+    if kind == "inpaint":
+        raise ValueError("dds: a colour clip with the gray prior takes no inpaint degradation")
+    return restore_colour_window(model, psf, degraded, config, spatial=kind, boundary=boundary, device=device,
+                                 chroma=chroma_method(psf, kind))
+
+
 def _dds(batch_consistent: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
     def make(context: Any) -> Callable[..., np.ndarray]:
         from evpipe.nodes.restore.model import load_prior
@@ -92,8 +107,10 @@ def _dds(batch_consistent: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
         context.options["fitted"] = _fitted(configs)
 
         def restore(degraded: np.ndarray, psf: np.ndarray, spatial: Spatial, boundary: str) -> np.ndarray:
-            op, y, shape = problem(degraded, psf, spatial, boundary)
             config = configs[1] if spatial else configs[0]
+            if degraded.ndim == 4 and model.config.image_channels == 1:
+                return _colour_with_gray_prior(model, degraded, psf, spatial, boundary, config, context.device)
+            op, y, shape = problem(degraded, psf, spatial, boundary)
             return from_clip(dds_restore(model, op, y.to(context.device), shape, config), degraded)
 
         return restore

@@ -102,18 +102,21 @@ class ClipReader(Node):
 
 
 class Restore(Node):
-    """DDS video restoration of a clip in overlapping windows (gray, float32 [0, 1] out).
+    """DDS video restoration of a clip in overlapping windows (float32 [0, 1] out, colour kept).
 
-    Frames are converted to gray (the shipped prior is gray) and reflect-padded to a multiple of the
-    prior's stride. The measurement model: the temporal PSF ``degradation`` (frames beyond each window
-    given by ``boundary``), then optionally ``spatial`` ``blur`` (Gaussian σ 2) or ``sr4`` (4× average pooling:
-    the output is 4× the input size). Reports frames in/out and windows.
+    A clip whose first frame has colour comes out (H, W, 3) RGB: the gray prior restores the luma and the
+    chroma is restored by the CG-only solve of the same operator, or kept as measured for gaussian1
+    (``windows.restore_colour_window``, ``chroma_method``); a gray clip comes out (H, W). Frames are
+    reflect-padded to a multiple of the prior's stride. The measurement model: the temporal PSF
+    ``degradation`` (frames beyond each window given by ``boundary``), then optionally ``spatial``
+    ``blur`` (Gaussian σ 2) or ``sr4`` (4× average pooling: the output is 4× the input size). Reports
+    frames in/out and windows.
     """
 
     @classmethod
     def setup(cls, spec: Spec) -> None:
         spec.input("frames", "frame", "degraded frames in time order, gray or colour, uint8 or float in [0, 1]")
-        spec.output("frames", "frame", "restored frames, float32 (H, W) in [0, 1], the inputs' times")
+        spec.output("frames", "frame", "restored frames, float32 (H, W) or (H, W, 3) in [0, 1], the inputs' times")
         spec.param("degradation", str, "uniform7", "temporal PSF of the measurement", choices=list(DEGRADATIONS))
         spec.param("boundary", str, DEFAULT_BOUNDARY, "frames beyond a window in the PSF: wrapped around (the paper's "
                    "code) or the end frames repeated", choices=list(BOUNDARIES))
@@ -136,7 +139,6 @@ class Restore(Node):
     def start(self) -> None:
         import torch
 
-        from evpipe.nodes.predict.node import gray_unit  # imports torch: only when a graph runs this node
         from evpipe.nodes.restore.psf import temporal_psf
         from evpipe.nodes.restore.windows import WindowStitcher, sampler_config
 
@@ -148,15 +150,24 @@ class Restore(Node):
         self.choice, self.model, self.network = open_prior(self.name, vars(p))
         self.config = sampler_config(vars(p))
         self.psf = temporal_psf(p.degradation)
-        self.buffer: list[tuple[np.ndarray, int]] = []  # (gray frame, time) not yet restored in a full window
+        self.buffer: list[tuple[np.ndarray, int]] = []  # (frame, time) not yet restored in a full window
         self.stitcher = WindowStitcher(p.overlap)
         self.counts = {"frames_in": 0, "frames_out": 0, "windows": 0}
-        self.size: tuple[int, int] | None = None
-        self.gray = gray_unit
+        self.size: tuple[int, ...] | None = None
+        self.colour: bool | None = None
+
+    def _image(self, image: np.ndarray) -> np.ndarray:
+        """float32 in [0, 1]: (H, W, 3) RGB for a colour clip, (H, W) for a gray one."""
+        from evpipe.nodes.colour import colour_image, gray_unit, is_gray, unit_image
+
+        image = unit_image(image)
+        if self.colour is None:  # the clip's first frame decides, so every window has one shape
+            self.colour = not is_gray(image)
+        return colour_image(image) if self.colour else gray_unit(image)
 
     def process(self, port: str, msg: Message) -> None:
         frame = msg.frame()
-        image = self.gray(frame.image)
+        image = self._image(frame.image)
         if self.size is None:
             self.size = image.shape
         elif image.shape != self.size:
@@ -167,12 +178,17 @@ class Restore(Node):
             self._restore_window(final=False)
 
     def _restore_window(self, final: bool) -> None:
-        from evpipe.nodes.restore.windows import restore_window
+        from evpipe.nodes.restore.windows import chroma_method, restore_colour_window, restore_window
 
         p = self.params
         frames = np.stack([image for image, _ in self.buffer])
-        restored = restore_window(self.model, self.psf, frames, self.config, spatial=p.spatial, boundary=p.boundary,
-                                  device=self.choice.device, progress=p.progress, network=self.network)
+        common = {"spatial": p.spatial, "boundary": p.boundary, "device": self.choice.device, "progress": p.progress,
+                  "network": self.network}
+        if self.colour:
+            restored = restore_colour_window(self.model, self.psf, frames, self.config,
+                                             chroma=chroma_method(self.psf, p.spatial), **common)
+        else:
+            restored = restore_window(self.model, self.psf, frames, self.config, **common)
         ready = self.stitcher.add(restored, final)
         self._send(ready, self.buffer[: len(ready)])
         self.buffer = self.buffer[len(ready):]

@@ -35,8 +35,9 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import Tensor
 
 from evpipe.nodes import diffusion
+from evpipe.nodes.colour import rgb_to_ycbcr, unit_image, ycbcr_to_rgb
 from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
-from evpipe.nodes.upsample.alignment import align_to_middle
+from evpipe.nodes.upsample.alignment import align_to_middle, motion_shift
 from evpipe.nodes.upsample.export import INPUT_NAMES, OUTPUT_NAME, cached_denoiser_onnx
 from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint, to_model
 from evpipe.runtime.engines import BACKENDS, select_engine
@@ -69,6 +70,11 @@ class CascadeSettings:
             raise ValueError(f"CascadeSettings: patch must be >= 1 or None, got {self.patch}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"CascadeSettings: overlap must be in [0, 1), got {self.overlap}")
+
+
+# ``evpipe upsample --preview``: one DDIM step, one sample, the three levels. On three real 640-px frames it
+# scored above the default (8 steps, 4 samples) at about 1/30 of its time (benchmarks/video_models.md).
+PREVIEW = CascadeSettings(levels=3, steps=1, samples=1)
 
 
 def patch_origins(length: int, size: int, stride: int) -> list[int]:
@@ -165,9 +171,10 @@ def _pad_multiple(levels: int, model: HiFI) -> int:
 
 @torch.no_grad()
 def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSettings | None = None,
-                network: Network | None = None) -> Tensor:
+                network: Network | None = None, shift: tuple[float, float] | None = None) -> Tensor:
     """The middle frame of ``frame0`` and ``frame1`` (float32 (C, H, W) in [0, 1]) -> (C, H, W) in [0, 1];
-    ``network`` as in :func:`multidiffusion_denoiser`."""
+    ``network`` as in :func:`multidiffusion_denoiser`; ``shift`` the pair's translation (default their
+    :func:`~evpipe.nodes.upsample.alignment.motion_shift`)."""
     settings = settings or CascadeSettings()
     if frame0.shape != frame1.shape or frame0.ndim != 3:
         raise ValueError(f"interpolate: frames must be (C, H, W) of the same shape, got {tuple(frame0.shape)} "
@@ -180,7 +187,7 @@ def interpolate(model: HiFI, frame0: Tensor, frame1: Tensor, settings: CascadeSe
     pad_h, pad_w = -height % multiple, -width % multiple
     # Filled in place rather than stacked: at 2048² each full-size copy is 16 MiB per channel.
     pair = frame0.new_empty((2, *frame0.shape), dtype=torch.float32)
-    pair[0], pair[1] = align_to_middle(frame0.float(), frame1.float())
+    pair[0], pair[1] = align_to_middle(frame0.float(), frame1.float(), shift)
     pair = to_model(pair)
     if pad_h or pad_w:
         # Reflect needs the pad to be smaller than the side; replicate covers tiny frames.
@@ -228,7 +235,13 @@ def recursive_middles(frame0: Tensor, frame1: Tensor, factor: int,
 
 class Upsampler:
     """Numpy front end for the node, the CLI and the evaluation: images float32 (H, W) gray or (H, W, 3)
-    colour in [0, 1] (the model's channel count decides which); ``checkpoint`` a shipped name or a file.
+    colour in [0, 1] (uint8 is scaled by 1/255); ``checkpoint`` a shipped name or a file.
+
+    A colour model takes colour frames as they are. A gray model (the shipped ``tiny``) takes gray frames
+    as they are and returns gray; colour frames run the network on their luma (:mod:`evpipe.nodes.colour`)
+    and carry their chroma by the aligned blend the cascade starts from: both frames' Cb/Cr moved halfway
+    along the luma's ``motion_shift`` and averaged — measured against the plain blend's chroma in
+    ``benchmarks/RESULTS.md`` ("Colour"). A colour pair comes back (H, W, 3) RGB.
 
     The denoiser runs through the engine interface on ``backend`` / ``device`` / ``precision``
     (:func:`evpipe.runtime.engines.select_engine`); ``auto`` is torch here (eager on the CPU, a CUDA
@@ -246,31 +259,47 @@ class Upsampler:
         self.network = NetworkEngines(self.choice, self.model, INPUT_NAMES, OUTPUT_NAME,
                                       onnx=lambda: cached_denoiser_onnx(checkpoint))
 
-    def _tensor(self, image: np.ndarray) -> Tensor:
-        image = np.asarray(image, dtype=np.float32)
-        channels = self.model.config.channels
-        if image.ndim == 2 and channels == 1:
-            return torch.from_numpy(image)[None].to(self.device)
-        if image.ndim == 3 and image.shape[2] == channels:
-            return torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0))).to(self.device)
-        raise ValueError(f"image of shape {image.shape} does not fit a {channels}-channel model (expected "
-                         f"{'(H, W)' if channels == 1 else f'(H, W, {channels})'})")
+    def _luma_chroma(self, image: np.ndarray) -> bool:
+        """Whether ``image`` runs as luma plus carried chroma (a colour image, a gray model)."""
+        return self.model.config.channels == 1 and image.ndim == 3
 
-    def _image(self, tensor: Tensor) -> np.ndarray:
+    def _tensor(self, image: np.ndarray) -> Tensor:
+        """(C, H, W) on the device: the model's channels, or Y, Cb, Cr for :meth:`_luma_chroma` images."""
+        image = unit_image(image)
+        channels = self.model.config.channels
+        if self._luma_chroma(image):
+            image = rgb_to_ycbcr(image)
+        elif image.ndim == 2 and channels == 3:
+            raise ValueError(f"image of shape {image.shape} is gray; the {channels}-channel model takes (H, W, 3)")
+        if image.ndim == 2:
+            return torch.from_numpy(image)[None].to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0))).to(self.device)
+
+    def _image(self, tensor: Tensor, colour: bool) -> np.ndarray:
         array = tensor.cpu().numpy()
-        return array[0] if array.shape[0] == 1 else np.ascontiguousarray(np.moveaxis(array, 0, 2))
+        if array.shape[0] == 1:
+            return array[0]
+        array = np.ascontiguousarray(np.moveaxis(array, 0, 2))
+        return ycbcr_to_rgb(array) if colour and self.model.config.channels == 1 else array
 
     def _middle(self, frame0: Tensor, frame1: Tensor) -> Tensor:
-        return interpolate(self.model, frame0, frame1, self.settings, self.network)
+        if frame0.shape[0] == self.model.config.channels:
+            return interpolate(self.model, frame0, frame1, self.settings, self.network)
+        shift = motion_shift(frame0[:1], frame1[:1])
+        luma = interpolate(self.model, frame0[:1], frame1[:1], self.settings, self.network, shift)
+        chroma0, chroma1 = align_to_middle(frame0[1:], frame1[1:], shift)
+        return torch.cat([luma, chroma0.add_(chroma1).mul_(0.5)])
 
     def middle(self, image0: np.ndarray, image1: np.ndarray) -> np.ndarray:
         """The frame halfway between two images (see the class docstring for the image format)."""
-        return self._image(self._middle(self._tensor(image0), self._tensor(image1)))
+        colour = self._luma_chroma(np.asarray(image0))
+        return self._image(self._middle(self._tensor(image0), self._tensor(image1)), colour)
 
     def between(self, image0: np.ndarray, image1: np.ndarray, factor: int) -> list[np.ndarray]:
         """The ``factor - 1`` frames at k / factor between the images (``factor`` a power of two)."""
+        colour = self._luma_chroma(np.asarray(image0))
         middles = recursive_middles(self._tensor(image0), self._tensor(image1), factor, self._middle)
-        return [self._image(frame) for frame in middles]
+        return [self._image(frame, colour) for frame in middles]
 
     def close(self) -> None:
         self.network.close()

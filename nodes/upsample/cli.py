@@ -3,7 +3,8 @@
 IN is a video file (anything PyAV/FFmpeg decodes) or a folder of images (PNG/JPEG/TIFF/BMP, taken
 in name order); OUT is a video file (``.mp4``, ``.mkv``, ``.avi``, ``.mov``; H.264 at ``factor`` × the
 input rate, 25 fps for an image folder unless ``--fps``) or a folder (written as
-``frame_000000.png`` ...). With the gray ``tiny`` checkpoint, colour input is converted to gray.
+``frame_000000.png`` ...). Colour in, colour out: the gray ``tiny`` checkpoint runs on the luma and
+the chroma is carried (see ``Upsampler``); a gray clip stays gray.
 This module imports torch only when the command runs.
 """
 
@@ -36,9 +37,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The upsampling settings (shared with ``evpipe batch upsample``)."""
     parser.add_argument("--factor", type=int, default=2, help="frame-rate multiplier: 2, 4, 8 or 16 (default 2)")
     parser.add_argument("--checkpoint", default="tiny", help="shipped checkpoint name or a .pt file (default tiny)")
-    parser.add_argument("--levels", type=int, default=3, help="cascade levels (default 3; 1 = no cascade)")
-    parser.add_argument("--steps", type=int, default=8, help="DDIM steps per level (default 8)")
-    parser.add_argument("--samples", type=int, default=4, help="samples averaged per level (default 4)")
+    parser.add_argument("--levels", type=int, help="cascade levels (default 3; 1 = no cascade)")
+    parser.add_argument("--steps", type=int, help="DDIM steps per level (default 8; 1 with --preview)")
+    parser.add_argument("--samples", type=int, help="samples averaged per level (default 4; 1 with --preview)")
+    parser.add_argument("--preview", action="store_true",
+                        help="the fast setting: 1 DDIM step, 1 sample, 3 levels (its cost and quality beside the "
+                        "default's: benchmarks/video_models.md); --levels/--steps/--samples still override it")
     parser.add_argument("--fps", type=float, help="input frame rate (default: the video's; 25 for images)")
     parser.add_argument("--max-frames", type=int, help="read at most this many input frames")
     add_engine_arguments(parser, "upsample")
@@ -131,10 +135,14 @@ class FrameWriter:
 
 
 def model_images(frames: list[np.ndarray], channels: int) -> list[np.ndarray]:
-    """The frames as a model of ``channels`` takes them (gray for a gray checkpoint)."""
-    from evpipe.nodes.predict.node import gray_unit
+    """The frames as the upsampler takes them: a gray clip (every frame gray, :func:`is_gray`) as (H, W)
+    for a gray model, so it stays gray; a colour clip as it is (a gray model runs on its luma and carries
+    its chroma, see :class:`~evpipe.nodes.upsample.cascade.Upsampler`)."""
+    from evpipe.nodes.colour import gray_unit, is_gray
 
-    return [gray_unit(frame) if channels == 1 else frame for frame in frames]
+    if channels == 1 and all(is_gray(frame) for frame in frames):
+        return [gray_unit(frame) for frame in frames]
+    return frames
 
 
 def upsampled(frames: list[np.ndarray], factor: int, upsampler) -> Iterator[np.ndarray]:
@@ -162,13 +170,22 @@ def load_clip(args: argparse.Namespace) -> tuple[list[np.ndarray], float]:
     return frames, args.fps or fps or 25.0
 
 
+def cascade_counts(args: argparse.Namespace) -> dict[str, int]:
+    """The command's levels, steps and samples: those given, the rest from ``--preview`` or the default."""
+    from evpipe.nodes.upsample.cascade import PREVIEW, CascadeSettings
+
+    base = PREVIEW if args.preview else CascadeSettings()
+    return {name: getattr(base, name) if getattr(args, name) is None else getattr(args, name)
+            for name in ("levels", "steps", "samples")}
+
+
 def make_upsampler(args: argparse.Namespace):
     """The cascade with the command's settings (the checkpoint's patch size)."""
     from evpipe.nodes.upsample.cascade import CascadeSettings, Upsampler
     from evpipe.nodes.upsample.model import load_checkpoint
 
     patch = load_checkpoint(args.checkpoint).config.patch
-    settings = CascadeSettings(levels=args.levels, steps=args.steps, samples=args.samples, patch=patch)
+    settings = CascadeSettings(**cascade_counts(args), patch=patch)
     return Upsampler(args.checkpoint, settings, args.device, args.backend, args.precision)
 
 

@@ -3,7 +3,8 @@
 ``hifi-base``: the network on the whole frame at full resolution, no cascade and no patches (HiFI's
 "base" row); ``hifi-cascade2`` / ``hifi-cascade3``: the patch-based self-cascade with 2 or 3
 pyramid levels (patches of the training size, MultiDiffusion merging). All use the paper's sampler
-defaults (8 DDIM steps, mean of 4 samples, seeds 0..3). ``--checkpoint`` selects a checkpoint file
+defaults (8 DDIM steps, mean of 4 samples, seeds 0..3); ``hifi-preview`` is ``evpipe upsample --preview``
+(3 levels, 1 step, 1 sample). ``--checkpoint`` selects a checkpoint file
 (default: the shipped ``tiny``).
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 
-def factory(levels: int, patched: bool) -> Callable[[Any], Callable[..., np.ndarray]]:
+def factory(levels: int, patched: bool, steps: int = 8, samples: int = 4) -> Callable[[Any], Callable[..., np.ndarray]]:
     """A model factory (see ``evpipe.tools.evaluate``) for one cascade configuration."""
 
     def make(context: Any) -> Callable[..., np.ndarray]:
@@ -24,7 +25,8 @@ def factory(levels: int, patched: bool) -> Callable[[Any], Callable[..., np.ndar
 
         checkpoint = context.checkpoint or "tiny"
         patch = load_checkpoint(checkpoint).config.patch if patched else None
-        upsampler = Upsampler(checkpoint, CascadeSettings(levels=levels, patch=patch), context.device)
+        settings = CascadeSettings(levels=levels, steps=steps, samples=samples, patch=patch)
+        upsampler = Upsampler(checkpoint, settings, context.device)
 
         def middle(frame0: np.ndarray, frame1: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
             return upsampler.middle(frame0, frame1)
@@ -38,4 +40,5 @@ MODELS = {
     "hifi-base": factory(1, patched=False),
     "hifi-cascade2": factory(2, patched=True),
     "hifi-cascade3": factory(3, patched=True),
+    "hifi-preview": factory(3, patched=True, steps=1, samples=1),
 }

@@ -25,15 +25,17 @@ AUTO_UPSAMPLE = ("torch (eager on the CPU, CUDA graphs per patch-batch shape on 
 class Upsample(Node):
     """Raises the frame rate ``factor`` times: after each input frame (from the second on) it emits the
     ``factor - 1`` interpolated frames between it and the previous one (times evenly spaced, meta
-    ``interpolated: true``), then the input frame itself, so the output is in time order. Frames are
-    converted to float32 gray in [0, 1] for a gray model (colour for an RGB one). Offline: each frame
-    pair costs seconds on a CPU. Reports frames in, frames interpolated.
+    ``interpolated: true``), then the input frame itself, so the output is in time order. Frames come
+    out float32 in [0, 1]: colour (H, W, 3) RGB when the stream's first frame has colour (the gray
+    ``tiny`` network runs on the luma and the chroma is carried, see ``Upsampler``), gray (H, W) when
+    it is gray. Offline: each frame pair costs seconds on a CPU. Reports frames in, frames interpolated.
     """
 
     @classmethod
     def setup(cls, spec: Spec) -> None:
         spec.input("frames", "frame", "frames in time order, gray or colour, uint8 or float in [0, 1]")
-        spec.output("frames", "frame", "the input frames with the interpolated frames between them, float32")
+        spec.output("frames", "frame", "the input frames with the interpolated frames between them, float32, "
+                    "colour kept")
         spec.param("factor", int, default=2, choices=FACTORS, doc="frame-rate multiplier (a power of two)")
         spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a .pt file")
         spec.param("levels", int, default=3, minimum=1, maximum=8, doc="cascade pyramid levels (1: no cascade)")
@@ -57,15 +59,17 @@ class Upsample(Node):
                                    overlap=p.overlap, seed=p.seed)
         self.upsampler = Upsampler(p.checkpoint, settings, p.device, p.backend, p.precision)
         self.previous: Frame | None = None
+        self.colour: bool | None = None
         self.counts = {"frames": 0, "interpolated": 0}
 
     def _image(self, image: np.ndarray) -> np.ndarray:
-        from evpipe.nodes.predict.node import gray_unit
+        """float32 in [0, 1]: gray (H, W) for a gray model on a gray stream, else (H, W, 3) RGB."""
+        from evpipe.nodes.colour import colour_image, gray_unit, is_gray, unit_image
 
-        if self.upsampler.model.config.channels == 1:
-            return gray_unit(image)
-        image = np.asarray(image)
-        return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        image = unit_image(image)
+        if self.colour is None:  # the stream's first frame decides, so every frame out has one shape
+            self.colour = self.upsampler.model.config.channels == 3 or not is_gray(image)
+        return colour_image(image) if self.colour else gray_unit(image)
 
     def process(self, port: str, msg: Message) -> None:
         frame = msg.frame()

@@ -5,6 +5,15 @@
     python -m evpipe.tools.evaluate --task deblur --model edi --dataset ~/.cache/evpipe/datasets/tiny
     python -m evpipe.tools.evaluate --task restore --model dds cg --degradation uniform7 gaussian1
 
+    python -m evpipe.tools.evaluate --task upsample --model hifi-cascade3 --videos ../shared/data/video_gallery
+    python -m evpipe.tools.evaluate --task restore --model dds cg admm-tv --videos DIR --max-frames 16
+
+``--videos DIR`` (upsample, restore) scores real colour clips instead of the dataset (``videos.py``): every
+video file or folder of image frames in DIR, scaled to ``--width`` (640) px wide, at most ``--max-frames``
+frames each; upsample drops every other frame and scores the dropped ones, restore degrades consecutive
+windows of ``--clip-length`` frames by each PSF (8-bit unless ``--bits``); free baseline parameters
+(ADMM-TV's λ) are fitted on the other clips in DIR. Colour PSNR/SSIM and luma PSNR (Rec. 709 Y) are reported.
+
 Prints a Markdown table (mean ± std over samples), and writes ``<out>/<name>.md``, ``.json``
 (configuration, fitted parameters, summaries, per-sequence results, timings),
 ``<name>_per_sequence.csv`` and ``<name>.png`` (examples: input, baselines, model, ground truth).

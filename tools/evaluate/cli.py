@@ -16,6 +16,7 @@ from evpipe.tools.evaluate.registry import BASELINES, TASKS, resolve_model
 from evpipe.tools.evaluate.reports import markdown_table, write_reports
 from evpipe.tools.evaluate.scoring import evaluate_source
 from evpipe.tools.evaluate.sources import build_sources
+from evpipe.tools.evaluate.videos import video_sources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with the real recordings (predict only; skipped when absent)")
     parser.add_argument("--no-real", action="store_true", help="skip the real recordings")
     parser.add_argument("--examples", type=int, default=3, help="example rows per block in the PNG")
+    parser.add_argument("--videos", type=Path, help="upsample/restore on real colour clips in this folder (video "
+                        "files, or folders of image frames) instead of the dataset: upsample drops every other frame "
+                        "and scores the dropped ones; restore degrades windows of --clip-length frames (--bits 8 "
+                        "unless given); baselines are fitted on the other clips")
+    parser.add_argument("--width", type=int, default=640, help="--videos: frames scaled to this width (default 640)")
+    parser.add_argument("--max-frames", type=int, help="--videos: read at most this many frames of each clip")
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.k):
         parser.error(f"--k: gaps must be >= 1, got {args.k}")
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error).replace("Measurement.", "--"))
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
+    if args.videos is not None:
+        return _videos(args, argv, measurement if args.bits is not None else Measurement(args.noise, 8, args.boundary))
     try:
         for kind in args.degradation:
             parse_degradation(kind)
@@ -99,6 +108,45 @@ def main(argv: list[str] | None = None) -> int:
         "fit_samples": args.fit_samples,
         "max_samples": args.max_samples,
         "real_recordings": [r.name for r in real],
+        "checkpoint": str(args.checkpoint or ""),
+    }
+    paths = write_reports(args.out, name, args.task, args.model, results, settings)
+    print(markdown_table(results, args.model))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _videos(args: argparse.Namespace, argv: list[str] | None, measurement: Measurement) -> int:
+    """The ``--videos`` mode: every clip in the folder, scored in colour and luma."""
+    if args.width is not None and args.width < 8:
+        print(f"error: --width must be >= 8, got {args.width}", file=sys.stderr)
+        return 1
+    try:
+        for kind in args.degradation:
+            parse_degradation(kind)
+        specs = [resolve_model(args.task, name) for name in args.model]
+        methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
+        methods += [spec for spec in specs if spec.name not in BASELINES[args.task]]
+        sources = video_sources(args.task, args.videos, args.width, args.max_frames, args.degradation,
+                                args.clip_length, measurement, args.max_samples)
+        results = [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
+                   for source in sources]
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    model_names = "+".join(args.model).replace(":", "_").replace("/", "_")
+    name = args.name or f"{args.task}_{model_names}_videos"
+    settings = {
+        "command": command_line("evpipe.tools.evaluate", argv),
+        "videos": str(args.videos),
+        "width": args.width,
+        "max_frames": args.max_frames,
+        "degradation": args.degradation if args.task == "restore" else None,
+        "clip_length": args.clip_length if args.task == "restore" else None,
+        "boundary": measurement.boundary if args.task == "restore" else None,
+        "noise": measurement.noise if args.task == "restore" else None,
+        "bits": measurement.bits if args.task == "restore" else None,
+        "max_samples": args.max_samples,
         "checkpoint": str(args.checkpoint or ""),
     }
     paths = write_reports(args.out, name, args.task, args.model, results, settings)

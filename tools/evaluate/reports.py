@@ -19,7 +19,9 @@ from evpipe.tools.evaluate.scoring import PSNR_CAP_DB
 def markdown_table(results: list[dict[str, Any]], models: list[str]) -> str:
     """Markdown table of every source's summaries: mean ± std over samples; ``models`` are shown in bold."""
     has_flicker = any(s["flicker_x100_mean"] is not None for r in results for s in r["summary"].values())
-    columns = ["data", "k", "method", "PSNR (dB)", "SSIM", *(["flicker ×100"] if has_flicker else []), "ms/call", "n"]
+    has_colour = any(r.get("colour") for r in results)
+    columns = ["data", "k", "method", "PSNR (dB)", "SSIM", *(["luma PSNR (dB)"] if has_colour else []),
+               *(["flicker ×100"] if has_flicker else []), "ms/call", "n"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for result in results:
         for method, s in result["summary"].items():
@@ -30,6 +32,8 @@ def markdown_table(results: list[dict[str, Any]], models: list[str]) -> str:
                 f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f}",
                 f"{s['ssim_mean']:.3f} ± {s['ssim_std']:.3f}",
             ]
+            if has_colour:
+                cells.append(f"{s['luma_psnr_mean']:.2f} ± {s['luma_psnr_std']:.2f}")
             if has_flicker:
                 cells.append("–" if s["flicker_x100_mean"] is None else f"{s['flicker_x100_mean']:.2f}")
             cells += [f"{s['timing_ms']['median_ms']:.2f}", str(s["n"])]
@@ -96,13 +100,20 @@ def write_reports(out: Path, name: str, task: str, models: list[str], results: l
     fitted = list(dict.fromkeys(  # one line per source and method (the k blocks share their fit)
         f"- {r['label']} {m}: " + ", ".join(f"{k}={v:.4g}" for k, v in s["fitted"].items())
         for r in results for m, s in r["summary"].items() if s["fitted"]))
+    if "videos" in settings:
+        protocol = (f"(real colour clips in `{settings['videos']}`, scaled to {settings['width']} px wide, at most "
+                    f"{settings['max_frames'] or 'all'} frames each; "
+                    + ("every other frame dropped, the dropped frames scored" if task == "upsample" else
+                       f"windows of {settings['clip_length']} frames through the PSF, {settings['bits']}-bit")
+                    + "; free baseline parameters fitted on the other clips).\n")
+    else:
+        protocol = (f"(dataset `{settings['dataset_name']}`, split `{settings['split']}`: sources never seen in "
+                    "training; free baseline parameters fitted on the training split).\n")
     paths["md"].write_text(
         f"# {task}: {model} vs baselines\n\n"
-        f"Written by `{settings['command']}` "
-        f"(dataset `{settings['dataset_name']}`, split `{settings['split']}`: sources never seen in training; "
-        "free baseline parameters fitted on the training split).\n"
+        f"Written by `{settings['command']}` " + protocol
         + ("Real recordings: scored on the second half of their consecutive APS frame pairs, baseline parameters "
-           "fitted on the first half; frames centre-cropped to multiples of 16.\n" if settings["real_recordings"]
+           "fitted on the first half; frames centre-cropped to multiples of 16.\n" if settings.get("real_recordings")
            else "")
         + f"\n{table}\n\nMean ± std over samples; flicker ×100 = 100 × temporal_consistency_error (predict: chains of "
         "consecutive k = 1 predictions; restore: per clip), averaged over sequences; ms/call = median model call.\n"
@@ -116,7 +127,8 @@ def write_reports(out: Path, name: str, task: str, models: list[str], results: l
               "per_sequence": [row for r in results for row in r["rows"]]}
     paths["json"].write_text(json.dumps(report, indent=1))
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["data", "k", "method", "sequence", "n", "psnr", "ssim", "flicker_x100"])
+        writer = csv.DictWriter(f, fieldnames=["data", "k", "method", "sequence", "n", "psnr", "ssim", "luma_psnr",
+                                               "flicker_x100"])
         writer.writeheader()
         writer.writerows(report["per_sequence"])
     save_examples_png(paths["png"], task, results, methods)

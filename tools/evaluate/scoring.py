@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from evpipe.kernels.quality import Stopwatch, psnr, ssim, temporal_consistency_error
+from evpipe.nodes.colour import LUMA
 from evpipe.tools.evaluate.cases import model_args
 from evpipe.tools.evaluate.registry import Case, ModelContext, ModelSpec
 from evpipe.tools.evaluate.sources import EvalSource
@@ -22,12 +23,20 @@ def _image_ssim(reference: np.ndarray, estimate: np.ndarray) -> float:
     return ssim(reference, estimate)
 
 
-def _score(reference: np.ndarray, estimate: np.ndarray, task: str) -> tuple[float, float]:
-    """(PSNR capped at PSNR_CAP_DB, SSIM); a restore clip's SSIM is the mean over its frames."""
+def _luma(image: np.ndarray, colour: bool) -> np.ndarray:
+    return image @ LUMA if colour else image
+
+
+def _score(reference: np.ndarray, estimate: np.ndarray, task: str, colour: bool) -> tuple[float, float, float]:
+    """(PSNR capped at PSNR_CAP_DB, SSIM, luma PSNR capped likewise — the PSNR itself for gray); a restore
+    clip's SSIM is the mean over its frames. ``colour``: the images end in an RGB axis."""
     value_psnr = min(psnr(reference, estimate), PSNR_CAP_DB)
+    luma_psnr = min(psnr(_luma(reference, colour), _luma(estimate, colour)), PSNR_CAP_DB) if colour else value_psnr
     if task == "restore":
-        return value_psnr, float(np.mean([_image_ssim(r, e) for r, e in zip(reference, estimate, strict=True)]))
-    return value_psnr, _image_ssim(reference, estimate)
+        value_ssim = float(np.mean([_image_ssim(r, e) for r, e in zip(reference, estimate, strict=True)]))
+    else:
+        value_ssim = _image_ssim(reference, estimate)
+    return value_psnr, value_ssim, luma_psnr
 
 
 class _Flicker:
@@ -85,8 +94,8 @@ def evaluate_source(
         watches[spec.name] = Stopwatch()
     # Examples at the centres of n equal slices of the (sequence-ordered) cases: different sequences.
     example_ids = {int((j + 0.5) * len(cases) / n_examples) for j in range(n_examples)}
-    scores: dict[str, list[tuple[float, float]]] = {spec.name: [] for spec in methods}
-    per_sequence: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    scores: dict[str, list[tuple[float, float, float]]] = {spec.name: [] for spec in methods}
+    per_sequence: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
     flicker = _Flicker()
     track_steps = task == "predict" and source.k == 1
     examples = []
@@ -98,7 +107,7 @@ def evaluate_source(
                 output = np.asarray(fns[spec.name](*args), dtype=np.float32)
             if output.shape != case["target"].shape:
                 raise ValueError(f"model {spec.name!r} returned shape {output.shape}; expected {case['target'].shape}")
-            score = _score(case["target"], output, task)
+            score = _score(case["target"], output, task, source.channels == 3)
             scores[spec.name].append(score)
             per_sequence[(spec.name, case["sequence"])].append(score)
             if track_steps:
@@ -116,6 +125,7 @@ def evaluate_source(
         summary[spec.name] = {
             "psnr_mean": float(values[:, 0].mean()), "psnr_std": float(values[:, 0].std()),
             "ssim_mean": float(values[:, 1].mean()), "ssim_std": float(values[:, 1].std()),
+            "luma_psnr_mean": float(values[:, 2].mean()), "luma_psnr_std": float(values[:, 2].std()),
             "flicker_x100_mean": float(np.mean(list(by_sequence.values()))) if by_sequence else None,
             "n": len(values), "timing_ms": watches[spec.name].summary().as_dict(), "fitted": fitted[spec.name],
         }
@@ -124,5 +134,7 @@ def evaluate_source(
         array = np.array(values)
         rows.append({"data": source.label, "k": source.k, "method": method, "sequence": sequence, "n": len(array),
                      "psnr": float(array[:, 0].mean()), "ssim": float(array[:, 1].mean()),
+                     "luma_psnr": float(array[:, 2].mean()),
                      "flicker_x100": flicker.per_sequence(method).get(sequence)})
-    return {"label": source.label, "k": source.k, "summary": summary, "rows": rows, "examples": examples}
+    return {"label": source.label, "k": source.k, "colour": source.channels == 3, "summary": summary, "rows": rows,
+            "examples": examples}
