@@ -54,6 +54,7 @@ from evpipe.nodes.predict.checkpoint import load_model
 from evpipe.nodes.predict.integration import fit_event_integration, integrate_events, polarity_sum
 from evpipe.nodes.predict.models import FusedPredictor
 from evpipe.nodes.predict.sampler import events_voxel
+from evpipe.runtime.engines.onnx_export import export_cache_dir
 from evpipe.tools import command_line
 from evpipe.tools.evaluate import DEFAULT_REAL_DATA, RealRecording, load_real_recordings
 
@@ -168,11 +169,12 @@ def calibration_windows(recordings: list[RealRecording], per_recording: int) -> 
 
 def int8_onnx(source: Path, windows: list[Window]) -> Path:
     """``source`` statically quantised to int8 (QDQ; per-channel int8 weights, uint8 activations, MinMax
-    calibration over ``windows``), cached next to it."""
+    calibration over ``windows``), cached in the export cache (never beside a shipped export, in the package)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    path = source.with_name(source.stem + "-int8-qdq.onnx")
+    path = export_cache_dir("predict") / f"{source.stem}-int8-qdq.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         return path
     probe = Variant("calibration", "predict", source, threads=2)
@@ -184,7 +186,7 @@ def int8_onnx(source: Path, windows: list[Window]) -> Path:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.pending, None)
 
-    prepared = source.with_name(source.stem + "-preprocessed.onnx")
+    prepared = path.with_name(f"{source.stem}-preprocessed.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)

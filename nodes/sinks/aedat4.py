@@ -8,6 +8,7 @@ from typing import Any
 import dv_processing as dv
 import numpy as np
 
+from evpipe.nodes.sinks.ordering import StreamOrder
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
@@ -61,9 +62,9 @@ class Aedat4Recorder(Node):
         except OSError as exc:
             raise NodeError(f"{self.name}: cannot create the folder of {self.path} ({exc.strerror})") from None
         self.writer: dv.io.MonoCameraWriter | None = None
-        self.last_t = {"events": None, "frames": None, "imu": None, "triggers": None}
+        self.order = StreamOrder()
         self.written = {"events": 0, "event_messages": 0, "checksum": 0, "frames": 0, "imu_samples": 0,
-                        "triggers": 0, "dropped_out_of_order": 0}
+                        "triggers": 0}
 
     def _open(self, msg: Message) -> dv.io.MonoCameraWriter:
         size = self.params.sensor_size
@@ -94,21 +95,11 @@ class Aedat4Recorder(Node):
         else:
             self._write_imu(msg)
 
-    def _in_order(self, stream: str, t: np.ndarray) -> np.ndarray:
-        """Mask of the items not older than the last one written on ``stream`` (nor than earlier ones here)."""
-        last = self.last_t[stream]
-        floor = np.maximum.accumulate(np.concatenate(([last if last is not None else np.iinfo(np.int64).min], t)))
-        keep = t >= floor[:-1]
-        self.written["dropped_out_of_order"] += int(len(t) - np.count_nonzero(keep))
-        if keep.any():
-            self.last_t[stream] = int(t[keep][-1])
-        return keep
-
     def _write_events(self, msg: Message) -> None:
         events = msg.events()
         if not len(events):
             return
-        keep = self._in_order("events", events.t)
+        keep = self.order.keep("events", events.t)
         if not keep.all():
             events = events[keep]
         self.writer.writeEvents(events_store(events.t, events.x, events.y, events.p))
@@ -117,7 +108,7 @@ class Aedat4Recorder(Node):
         self.written["checksum"] = (self.written["checksum"] + events.checksum()) % (1 << 64)
 
     def _write_frame(self, frame: Frame) -> None:
-        if not self._in_order("frames", np.array([frame.exposure_start], np.int64))[0]:
+        if not self.order.keep("frames", np.array([frame.exposure_start], np.int64))[0]:
             return
         image = frame.image
         if image.dtype != np.uint8:
@@ -131,14 +122,14 @@ class Aedat4Recorder(Node):
 
     def _write_imu(self, msg: Message) -> None:
         t, accel, gyro = msg.arrays["t"], msg.arrays["accel"], msg.arrays["gyro"]
-        keep = self._in_order("imu", t)
+        keep = self.order.keep("imu", t)
         for ti, a, g in zip(t[keep].tolist(), accel[keep].tolist(), gyro[keep].tolist(), strict=True):
             self.writer.writeImu(dv.IMU(ti, 0.0, *a, *g, 0.0, 0.0, 0.0))
         self.written["imu_samples"] += int(np.count_nonzero(keep))
 
     def _write_triggers(self, msg: Message) -> None:
         triggers = msg.triggers()
-        keep = self._in_order("triggers", triggers.t)
+        keep = self.order.keep("triggers", triggers.t)
         for ti, rising in zip(triggers.t[keep].tolist(), triggers.edge[keep].tolist(), strict=True):
             kind = dv.TriggerType.EXTERNAL_SIGNAL_RISING_EDGE if rising else dv.TriggerType.EXTERNAL_SIGNAL_FALLING_EDGE
             self.writer.writeTrigger(dv.Trigger(ti, kind))
@@ -147,5 +138,5 @@ class Aedat4Recorder(Node):
     def stop(self) -> None:
         # Destroying the writer flushes buffered packets and writes the packet index that completes the file.
         self.writer = None
-        report: dict[str, Any] = {"path": str(self.path), **self.written}
+        report: dict[str, Any] = {"path": str(self.path), **self.written, "dropped_out_of_order": self.order.dropped}
         self.report(report)

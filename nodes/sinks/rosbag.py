@@ -11,6 +11,7 @@ from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Writer2
 
+from evpipe.nodes.sinks.ordering import StreamOrder
 from evpipe.nodes.sources.readers.evt3 import MAX_COORDINATE, encode_evt3
 from evpipe.nodes.sources.readers.ros_messages import DVS_EVENT_ARRAY, EVENT_PACKET, IMAGE, IMU, builtin_typestore
 from evpipe.nodes.sources.readers.rosbag import STANDARD_GRAVITY, TRIGGER_ENCODING
@@ -83,10 +84,10 @@ class RosbagRecorder(Node):
         self.size: tuple[int, int] | None = None
         self.connections: dict[str, Any] = {}
         self.seq = dict.fromkeys(_STREAMS, 0)
-        self.last_t: dict[str, int | None] = dict.fromkeys(_STREAMS)
+        self.order = StreamOrder()
         self.evt3_high = -1
         self.written = {"events": 0, "event_messages": 0, "checksum": 0, "frames": 0, "imu_samples": 0,
-                        "triggers": 0, "dropped_out_of_order": 0}
+                        "triggers": 0}
 
     # ------------------------------------------------------------------------------- writing
 
@@ -156,21 +157,11 @@ class RosbagRecorder(Node):
         else:
             self._write_triggers(msg)
 
-    def _in_order(self, stream: str, t: np.ndarray) -> np.ndarray:
-        """Mask of the items not older than the last one written on ``stream`` (nor than earlier ones here)."""
-        last = self.last_t[stream]
-        floor = np.maximum.accumulate(np.concatenate(([last if last is not None else np.iinfo(np.int64).min], t)))
-        keep = t >= floor[:-1]
-        self.written["dropped_out_of_order"] += int(len(t) - np.count_nonzero(keep))
-        if keep.any():
-            self.last_t[stream] = int(t[keep][-1])
-        return keep
-
     def _write_events(self, msg: Message) -> None:
         events = msg.events()
         if not len(events):
             return
-        events = events[self._in_order("events", events.t)]
+        events = events[self.order.keep("events", events.t)]
         if not len(events):
             return
         t0 = int(events.t[0])
@@ -207,7 +198,7 @@ class RosbagRecorder(Node):
 
     def _write_triggers(self, msg: Message) -> None:
         triggers = msg.triggers()
-        triggers = triggers[self._in_order("triggers", triggers.t)]
+        triggers = triggers[self.order.keep("triggers", triggers.t)]
         for part in _mono_parts(triggers.t):
             t = triggers.t[part]
             words = _mono_words(t, triggers.edge[part].astype(np.uint64), triggers.channel[part], None)
@@ -217,7 +208,7 @@ class RosbagRecorder(Node):
 
     def _write_frame(self, msg: Message) -> None:
         frame = msg.frame()
-        if not self._in_order("frames", np.array([frame.t], np.int64))[0]:
+        if not self.order.keep("frames", np.array([frame.t], np.int64))[0]:
             return
         image = frame.image
         if image.dtype != np.uint8:
@@ -233,7 +224,7 @@ class RosbagRecorder(Node):
 
     def _write_imu(self, msg: Message) -> None:
         t, accel, gyro = msg.arrays["t"], msg.arrays["accel"], msg.arrays["gyro"]
-        keep = self._in_order("imu", t)
+        keep = self.order.keep("imu", t)
         types = self.store.types
         vector, quaternion = types["geometry_msgs/msg/Vector3"], types["geometry_msgs/msg/Quaternion"]
         unknown = np.zeros(9, np.float64)
@@ -254,7 +245,7 @@ class RosbagRecorder(Node):
         if self.writer is not None:
             self.writer.close()  # writes the ROS 1 index / the ROS 2 metadata.yaml that completes the bag
             self.writer = None
-        self.report({"path": str(self.path), **self.written})
+        self.report({"path": str(self.path), **self.written, "dropped_out_of_order": self.order.dropped})
 
 
 def _mono_parts(t: np.ndarray) -> list[slice]:
