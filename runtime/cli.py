@@ -29,13 +29,13 @@ def default_graph_path() -> Path:
     return Path(str(resources.files("evpipe.configs").joinpath(DEFAULT_GRAPH)))
 
 
-def _load(config: str | None, overrides: list[str], console: Console) -> Graph | None:
+def _load(config: str | None, overrides: list[str], console: Console, check_inputs: bool = True) -> Graph | None:
     path = Path(config) if config else default_graph_path()
     if config and not path.exists():
         shipped = Path(str(resources.files("evpipe.configs").joinpath(config)))
         path = shipped if shipped.exists() else path
     try:
-        return load_graph(path, overrides)
+        return load_graph(path, overrides, check_inputs)
     except ConfigError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return None
@@ -119,7 +119,7 @@ def cmd_build_engines(args: argparse.Namespace, console: Console) -> int:
 
     from evpipe.runtime.node import Node
 
-    graph = _load(args.config, args.set, console)
+    graph = _load(args.config, args.set, console, check_inputs=False)  # models only: no input is read
     if graph is None:
         return 2
     if _check_machine(graph, args.host, console) is None:

@@ -217,9 +217,10 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
     else:
         from evpipe.nodes.upsample.cli import cascade_counts
 
-        model_params = {"checkpoint": args.checkpoint, **cascade_counts(args), "factor": args.factor,
-                        "backend": args.backend,
-                        "device": args.device, "precision": args.precision}
+        # The counts are resolved here (--preview included), so the actors take them as given.
+        model_params = {"checkpoint": args.checkpoint, **cascade_counts(args), "preview": False,
+                        "factor": args.factor, "backend": args.backend, "device": args.device,
+                        "precision": args.precision}
         resources = resources_for([model_params])
         settings = fingerprint({"target": target, "upsample": model_params, "max_frames": args.max_frames,
                                 "fps": args.fps})

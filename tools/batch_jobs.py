@@ -87,25 +87,28 @@ class RestoreModel:
         self.psf = temporal_psf(params["degradation"])
 
     def restore(self, frames: np.ndarray) -> np.ndarray:
-        from evpipe.nodes.restore.windows import restore_window
+        from evpipe.nodes.restore.windows import restore_any_window
 
         p = self.params
-        return restore_window(self.model, self.psf, frames, self.config, spatial=p["spatial"],
-                              boundary=p["boundary"], device=self.choice.device, network=self.network)
+        return restore_any_window(self.model, self.psf, frames, self.config, spatial=p["spatial"],
+                                  boundary=p["boundary"], device=self.choice.device, network=self.network)
 
 
 def read_clip(clip_params: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
-    """Gray frames float32 (N, H, W) and their times, read as ``clip_reader`` reads them and converted
-    as the ``restore`` node converts them."""
-    from evpipe.nodes.colour import gray_unit
+    """Frames float32 (N, H, W, 3) for a colour clip or (N, H, W) for a gray one, and their times, read as
+    ``clip_reader`` reads them and converted as the ``restore`` node converts them (the first frame decides)."""
+    from evpipe.nodes.colour import is_gray, unit_image
     from evpipe.nodes.restore.node import ClipReader
+    from evpipe.nodes.restore.windows import clip_image
 
     reader = ClipReader("clip", clip_params)
     reader.start()
-    images, times = [], []
+    images, times, colour = [], [], None
     for _, msg in reader.produce():
         frame = msg.frame()
-        images.append(gray_unit(frame.image))
+        if colour is None:
+            colour = not is_gray(unit_image(frame.image))
+        images.append(clip_image(frame.image, colour))
         times.append(frame.t)
     return np.stack(images), times
 

@@ -158,12 +158,12 @@ class Restore(Node):
 
     def _image(self, image: np.ndarray) -> np.ndarray:
         """float32 in [0, 1]: (H, W, 3) RGB for a colour clip, (H, W) for a gray one."""
-        from evpipe.nodes.colour import colour_image, gray_unit, is_gray, unit_image
+        from evpipe.nodes.colour import is_gray, unit_image
+        from evpipe.nodes.restore.windows import clip_image
 
-        image = unit_image(image)
         if self.colour is None:  # the clip's first frame decides, so every window has one shape
-            self.colour = not is_gray(image)
-        return colour_image(image) if self.colour else gray_unit(image)
+            self.colour = not is_gray(unit_image(image))
+        return clip_image(image, self.colour)
 
     def process(self, port: str, msg: Message) -> None:
         frame = msg.frame()
@@ -178,17 +178,13 @@ class Restore(Node):
             self._restore_window(final=False)
 
     def _restore_window(self, final: bool) -> None:
-        from evpipe.nodes.restore.windows import chroma_method, restore_colour_window, restore_window
+        from evpipe.nodes.restore.windows import restore_any_window
 
         p = self.params
         frames = np.stack([image for image, _ in self.buffer])
-        common = {"spatial": p.spatial, "boundary": p.boundary, "device": self.choice.device, "progress": p.progress,
-                  "network": self.network}
-        if self.colour:
-            restored = restore_colour_window(self.model, self.psf, frames, self.config,
-                                             chroma=chroma_method(self.psf, p.spatial), **common)
-        else:
-            restored = restore_window(self.model, self.psf, frames, self.config, **common)
+        restored = restore_any_window(self.model, self.psf, frames, self.config, spatial=p.spatial,
+                                      boundary=p.boundary, device=self.choice.device, progress=p.progress,
+                                      network=self.network)
         ready = self.stitcher.add(restored, final)
         self._send(ready, self.buffer[: len(ready)])
         self.buffer = self.buffer[len(ready):]

@@ -139,6 +139,26 @@ class WindowStitcher:
         return carry if carry is not None else np.zeros((0, 0, 0), np.float32)
 
 
+def clip_image(image: np.ndarray, colour: bool) -> np.ndarray:
+    """A clip frame as the restore windows take it: float32 (H, W, 3) RGB in [0, 1] for a colour clip, (H, W)
+    for a gray one (decided by the clip's first frame, :func:`evpipe.nodes.colour.is_gray`)."""
+    from evpipe.nodes.colour import colour_image, gray_unit, unit_image
+
+    image = unit_image(image)
+    return colour_image(image) if colour else gray_unit(image)
+
+
+def restore_any_window(model: ImagePrior, psf: np.ndarray, frames: np.ndarray, config: DDSConfig, *, spatial: str,
+                       boundary: str, device: str, progress: bool = False,
+                       network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """:func:`restore_colour_window` for colour frames (L, H, W, 3), :func:`restore_window` for gray (L, H, W):
+    what the ``restore`` node and ``evpipe batch restore`` run on each window."""
+    common = {"spatial": spatial, "boundary": boundary, "device": device, "progress": progress, "network": network}
+    if frames.ndim == 4:
+        return restore_colour_window(model, psf, frames, config, chroma=chroma_method(psf, spatial), **common)
+    return restore_window(model, psf, frames, config, **common)
+
+
 def restored_message(image: np.ndarray, t: int, degradation: str) -> Message:
     """The message the node sends for one restored frame."""
     return Message.from_frame(Frame(image, t, 0, {"restored": True, "degradation": degradation}))
