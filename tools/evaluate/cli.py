@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.videos is not None:
         return _videos(args, argv, measurement if args.bits is not None else Measurement(args.noise, 8, args.boundary))
     try:
-        for kind in args.degradation:
-            parse_degradation(kind)
-        specs = [resolve_model(args.task, name) for name in args.model]
+        methods = _methods(args)
         dataset = EventDataset(args.dataset, args.split)
         train = EventDataset(args.dataset, "train") if args.split != "train" else dataset
         real = []
@@ -82,17 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                 real = load_real_recordings(args.real_data)
             else:
                 print(f"note: {args.real_data} not found; skipping the real recordings", file=sys.stderr)
-        methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
-        methods += [spec for spec in specs if spec.name not in BASELINES[args.task]]
         sources = build_sources(args.task, dataset, train, args.k, real, args.fit_samples, args.max_samples,
                                 args.degradation, args.exposure_intervals, args.clip_length, measurement)
-        results = [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
-                   for source in sources]
+        results = _score(args, methods, sources)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    model_names = "+".join(args.model).replace(":", "_").replace("/", "_")
-    name = args.name or f"{args.task}_{model_names}_{args.split}"
     settings = {
         "command": command_line("evpipe.tools.evaluate", argv),
         "dataset": str(dataset.root),
@@ -110,6 +103,28 @@ def main(argv: list[str] | None = None) -> int:
         "real_recordings": [r.name for r in real],
         "checkpoint": str(args.checkpoint or ""),
     }
+    return _report(args, args.split, results, settings)
+
+
+def _methods(args: argparse.Namespace) -> list:
+    """The task's baselines, then the models asked for that are not among them (``--degradation`` checked
+    first); raises ValueError naming an unknown model or degradation."""
+    for kind in args.degradation:
+        parse_degradation(kind)
+    specs = [resolve_model(args.task, name) for name in args.model]
+    methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
+    return methods + [spec for spec in specs if spec.name not in BASELINES[args.task]]
+
+
+def _score(args: argparse.Namespace, methods: list, sources: list) -> list:
+    return [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
+            for source in sources]
+
+
+def _report(args: argparse.Namespace, suffix: str, results: list, settings: dict) -> int:
+    """Write the JSON/Markdown/PNG reports as ``TASK_MODELS_SUFFIX`` (or ``--name``) and print the table."""
+    model_names = "+".join(args.model).replace(":", "_").replace("/", "_")
+    name = args.name or f"{args.task}_{model_names}_{suffix}"
     paths = write_reports(args.out, name, args.task, args.model, results, settings)
     print(markdown_table(results, args.model))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -122,20 +137,13 @@ def _videos(args: argparse.Namespace, argv: list[str] | None, measurement: Measu
         print(f"error: --width must be >= 8, got {args.width}", file=sys.stderr)
         return 1
     try:
-        for kind in args.degradation:
-            parse_degradation(kind)
-        specs = [resolve_model(args.task, name) for name in args.model]
-        methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
-        methods += [spec for spec in specs if spec.name not in BASELINES[args.task]]
+        methods = _methods(args)
         sources = video_sources(args.task, args.videos, args.width, args.max_frames, args.degradation,
                                 args.clip_length, measurement, args.max_samples)
-        results = [evaluate_source(args.task, source, methods, args.checkpoint, args.device, args.examples)
-                   for source in sources]
+        results = _score(args, methods, sources)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    model_names = "+".join(args.model).replace(":", "_").replace("/", "_")
-    name = args.name or f"{args.task}_{model_names}_videos"
     settings = {
         "command": command_line("evpipe.tools.evaluate", argv),
         "videos": str(args.videos),
@@ -149,7 +157,4 @@ def _videos(args: argparse.Namespace, argv: list[str] | None, measurement: Measu
         "max_samples": args.max_samples,
         "checkpoint": str(args.checkpoint or ""),
     }
-    paths = write_reports(args.out, name, args.task, args.model, results, settings)
-    print(markdown_table(results, args.model))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return _report(args, "videos", results, settings)

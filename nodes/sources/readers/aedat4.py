@@ -252,43 +252,39 @@ class Aedat4Recording(Recording):
     def _read_frames(self, t_start: int | None, t_stop: int | None) -> Iterator[tuple[str, int, Frame]]:
         if not self._has_frames:
             return
-        first, end = self.time_range()
-        t = first if t_start is None else max(first, t_start - _MAX_EXPOSURE_US)
-        stop = end if t_stop is None else min(end, t_stop)
-        while t < stop:
-            window_end = min(t + _FRAME_WINDOW_US, stop)
-            for timestamp, exposure, image in self._call("frames", t, window_end):
+        reach_back = None if t_start is None else t_start - _MAX_EXPOSURE_US
+        for start, end in self._windows(reach_back, t_stop, _FRAME_WINDOW_US):
+            for timestamp, exposure, image in self._call("frames", start, end):
                 if image.ndim == 3 and image.shape[2] == 1:
                     image = image[:, :, 0]
                 elif image.ndim == 3 and image.shape[2] in (3, 4):
                     image = np.ascontiguousarray(image[:, :, 2::-1])  # BGR(A) -> RGB
                 yield "t_us", timestamp, Frame(image=image, t=timestamp + exposure // 2, exposure_us=exposure)
-            t = window_end
 
     def _read_imu(self, t_start: int | None, t_stop: int | None) -> Iterator[Imu]:
         if not self._has_imu:
             return
-        first, end = self.time_range()
-        t = first if t_start is None else max(first, t_start)
-        stop = end if t_stop is None else min(end, t_stop)
-        while t < stop:
-            window_end = min(t + _IMU_WINDOW_US, stop)
-            samples = self._call("imu", t, window_end)
+        for start, end in self._windows(t_start, t_stop, _IMU_WINDOW_US):
+            samples = self._call("imu", start, end)
             if samples is not None:
                 t_us, accel, gyro = samples
                 yield Imu(t=t_us, accel=accel, gyro=gyro)
-            t = window_end
 
     def _read_triggers(self, t_start: int | None, t_stop: int | None) -> Iterator[Triggers]:
         if not self._has_triggers:
             return
-        first, end = self.time_range()
-        t = first if t_start is None else max(first, t_start)
-        stop = end if t_stop is None else min(end, t_stop)
-        while t < stop:
-            window_end = min(t + _IMU_WINDOW_US, stop)
-            found = self._call("triggers", t, window_end)
+        for start, end in self._windows(t_start, t_stop, _IMU_WINDOW_US):
+            found = self._call("triggers", start, end)
             if found is not None:
                 times, values = found
                 yield Triggers(times, values, np.zeros(len(times), np.uint8))
-            t = window_end
+
+    def _windows(self, t_start: int | None, t_stop: int | None, step_us: int) -> Iterator[tuple[int, int]]:
+        """[start, end) windows of ``step_us`` covering the file's time range clipped to [t_start, t_stop)."""
+        first, last = self.time_range()
+        t = first if t_start is None else max(first, t_start)
+        stop = last if t_stop is None else min(last, t_stop)
+        while t < stop:
+            end = min(t + step_us, stop)
+            yield t, end
+            t = end

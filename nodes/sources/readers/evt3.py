@@ -136,7 +136,7 @@ def _decode(words: np.ndarray, state: np.ndarray):
             trig_w[m] = i
             m += 1
         elif kind == 0x7 or kind == 0xE or kind == 0xF:
-            pass
+            pass  # CONTINUED_4, OTHERS, CONTINUED_12: no CD event or trigger (format specification)
         else:
             counters[N_UNKNOWN] += 1
             if counters[FIRST_UNKNOWN] < 0:

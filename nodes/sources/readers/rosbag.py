@@ -164,6 +164,7 @@ class _RosbagRecording(Recording):
             self._header_sensor_size = (int(first.width), int(first.height))
 
     def _open_sources(self) -> None:
+        """Open the bag's storage and fill ``self.topics`` (ROS 1 and ROS 2 each do it their way)."""
         raise NotImplementedError
 
     def _open_hint(self, exc: Exception) -> str:
