@@ -115,13 +115,20 @@ def prepare_onnx(onnx_path: Path, export: Callable[[], Path]) -> tuple[str, str]
     return str(onnx_path), state
 
 
+def warm_up(model: Any, frame_size: list[int]) -> None:
+    """Open a model node's engine for frames of ``frame_size`` ([width, height]) and run it once, so the
+    first frames of a stream do not wait for it (a ``latest`` edge would skip the frames arriving
+    meanwhile)."""
+    if len(frame_size) != 2 or not all(isinstance(v, int) and v > 0 for v in frame_size):
+        raise ParamError(f"parameter 'frame_size' must be [width, height] (positive integers), got {frame_size}")
+    model.warm_up(frame_size[1], frame_size[0])
+
+
 def build_plans(model: Any, frame_size: list[int]) -> list[tuple[str, str]]:
     """Build (or find) the static-shape engines of a model node's sampler for frames of ``frame_size``
     ([width, height]) by opening them once; returns (file, ``built`` or ``cached``) per engine file."""
-    if len(frame_size) != 2 or not all(isinstance(v, int) and v > 0 for v in frame_size):
-        raise ParamError(f"parameter 'frame_size' must be [width, height] (positive integers), got {frame_size}")
     try:
-        model.warm_up(frame_size[1], frame_size[0])
+        warm_up(model, frame_size)
         return model.network.plans()
     finally:
         model.close()

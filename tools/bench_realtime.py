@@ -9,13 +9,23 @@ stream leaves DV software) serves the full 346x260 DAVIS346 street recording at 
   --windows-per-frame windows per APS interval) -> predictor`` (on a ``latest`` edge: a busy predictor
   takes the newest window and the older ones are skipped and counted), ``frames -> predictor`` (anchors),
   ``predictor -> metrics``;
-* the deblur graph: ``frames -> deblur`` (``latest``: a busy deblurrer takes the newest frame),
-  ``events -> deblur``, ``deblur -> metrics``.
+* deblur graphs, one per ``--deblur-checkpoints`` entry (the shipped ``tiny`` student and the compact
+  ``tiny-rt`` one by default): ``frames -> deblur`` (lossless: every frame is deblurred, so a deblurrer
+  that falls behind shows as queueing in its latency, and a frame the graph loses anywhere shows as
+  served minus deblurred), ``events -> deblur``, ``deblur -> metrics``.
+
+The model nodes get ``frame_size`` (346x260), so their engines open and run once before the stream starts.
+
+The DV server runs with ``--idle-io`` unless ``--server-io normal``: dv-processing's writers busy-poll on
+a thread each (about a core apiece, see ``evpipe.tools.dv_server``), which a camera's stream does not
+cost; under SCHED_IDLE they spin on idle CPU only. Whether the stream still arrives on time is measured: the
+events source's arrival lag (wall clock at receipt minus the packet's newest timestamp, both on the Unix
+clock) p50/p99 per run.
 
 Every graph runs ``--repeats`` times, the graphs interleaved within each repeat so that they see the same
 machine load. Per run: end-to-end latency p50/p99/max (the runtime's tracing: from the newest input
 available to the output delivered at the metrics node), outputs per second of streamed time, windows (or
-frames) skipped on the ``latest`` edge, and per process (each node's worker and the DV server) its CPU
+frames not deblurred), and per process (each node's worker and the DV server) its CPU
 share (CPU seconds / wall seconds; 1.0 = one core) and peak RSS (``VmHWM``), sampled from /proc every
 0.25 s. The load average is recorded at the start and the end of every run. Reported per graph: the
 median over repeats with its spread (min-max). Writes JSON, Markdown and a PNG:
@@ -46,6 +56,7 @@ from evpipe.tools.dv_server import DvServer
 
 RECORDING = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / \
     "davis346_street_first1.8s_zstd.aedat4"
+SENSOR = [346, 260]  # the recording's [width, height]
 SAMPLE_S = 0.25
 # issue #26's targets on this machine class
 TARGETS = {"predictor": {"outputs_s": 25.0, "p50_ms": 40.0, "p99_ms": 80.0}, "deblur": {"p99_ms": 40.0}}
@@ -66,8 +77,7 @@ def graph_doc(name: str, events_port: int, frames_port: int, model: dict[str, An
                             {"edge": "vox.voxels -> model.voxels", "policy": "latest"},
                             "frames.frames -> model.frames", "model.predictions -> metrics.in"]
     else:
-        edges = ["events.events -> model.events", {"edge": "frames.frames -> model.frames", "policy": "latest"},
-                 "model.frames -> metrics.in"]
+        edges = ["events.events -> model.events", "frames.frames -> model.frames", "model.frames -> metrics.in"]
     return {"name": name, "nodes": nodes, "edges": edges}
 
 
@@ -134,12 +144,14 @@ class ProcessSampler:
         return shares
 
 
-def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_frame: int) -> dict[str, Any]:
+def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_frame: int, idle_io: bool
+             ) -> dict[str, Any]:
     """Serve ``duration_s`` of the recording at 1x into one graph; what it measured (see the module doc)."""
     events_port, frames_port = free_tcp_port("127.0.0.1"), free_tcp_port("127.0.0.1")
     load_start = os.getloadavg()[0]
     server = DvServer(RECORDING, "--events", f"tcp://127.0.0.1:{events_port}", "--frames",
-                      f"tcp://127.0.0.1:{frames_port}", "--wait-clients", "--duration-s", str(duration_s))
+                      f"tcp://127.0.0.1:{frames_port}", "--wait-clients", "--duration-s", str(duration_s),
+                      *(["--idle-io"] if idle_io else []))
     sampler = ProcessSampler(server.proc.pid)
     try:
         doc = graph_doc(name, events_port, frames_port, model, windows_per_frame)
@@ -153,19 +165,30 @@ def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_fr
     if result.exit_code != 0:
         raise RuntimeError(f"graph {name} failed: {result.report['nodes']}")
     report = result.report
+    # Every output reaches the metrics node on one of several traced paths (named by the input that was newest
+    # when it was made: the events, or a frame the model was waiting for); all of them count.
     paths = report["latency"]["paths"]
-    path = next((p for p in paths if p.startswith("events ->")), None)
-    latency = paths.get(path, {})
-    skipped_edge = next(e for e in report["edges"] if e.get("policy") == "latest")
-    outputs = latency.get("count", 0) + latency.get("warmup_skipped", 0)
-    return {"graph": name, "path": path, "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
-            "max_ms": latency.get("max"),
+    series = [ms for stats in paths.values() for ms in stats.get("series_ms", [])]
+    outputs = sum(stats.get("count", 0) + stats.get("warmup_skipped", 0) for stats in paths.values())
+    e2e = {f"p{q}": float(np.percentile(series, q)) if series else None for q in (50, 99)}
+    e2e["max"] = max(series) if series else None
+    if model["type"] == "predictor":  # windows offered to and skipped by the busy predictor on its latest edge
+        edge = next(e for e in report["edges"] if e.get("policy") == "latest")
+        offered, skipped = edge["sent"], edge["dropped"]
+    else:  # every APS frame served should come out deblurred
+        offered = sent["sent"]["frames"]
+        skipped = offered - outputs
+    lag = next(r["live"] for r in report["reports"]["events"] if "live" in r)["arrival_lag_ms"]
+    return {"graph": name, "paths": sorted(paths), "p50_ms": e2e["p50"], "p99_ms": e2e["p99"], "max_ms": e2e["max"],
             "compute_p50_ms": report["latency"]["nodes"].get("model", {}).get("compute", {}).get("p50"),
             "outputs": outputs, "outputs_s": outputs / sent["wall_s"],
-            "latest_edge": skipped_edge["edge"], "offered": skipped_edge["sent"], "skipped": skipped_edge["dropped"],
-            "sent": sent["sent"], "served_wall_s": sent["wall_s"], "processes": processes,
+            "offered": offered, "skipped": skipped,
+            "dropped_on_edges": sum(e.get("dropped", 0) for e in report["edges"]),
+            "arrival_lag_p50_ms": lag.get("p50"), "arrival_lag_p99_ms": lag.get("p99"),
+            "sent": sent["sent"], "served_wall_s": sent["wall_s"],
+            "server_io_threads_sched_idle": sent["io_threads_sched_idle"], "processes": processes,
             "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2),
-            "series_ms": latency.get("series_ms", [])}
+            "series_ms": series}
 
 
 def spread(runs: list[dict[str, Any]], key: str) -> dict[str, float | None]:
@@ -181,7 +204,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         cpu = [r["processes"][label]["cpu_share"] for r in runs if label in r["processes"]]
         rss = [r["processes"][label]["peak_rss_mb"] for r in runs if label in r["processes"]]
         processes[label] = {"cpu_share": float(np.median(cpu)), "peak_rss_mb": float(max(rss))}
-    keys = ("p50_ms", "p99_ms", "max_ms", "compute_p50_ms", "outputs_s", "skipped", "offered")
+    keys = ("p50_ms", "p99_ms", "max_ms", "compute_p50_ms", "outputs_s", "skipped", "offered", "arrival_lag_p50_ms",
+            "arrival_lag_p99_ms")
     return {**{key: spread(runs, key) for key in keys},
             "processes": processes, "runs": len(runs)}
 
@@ -192,6 +216,8 @@ def markdown(result: dict[str, Any]) -> str:
             return "-"
         return f"{cell['median']:.{digits}f} ({cell['min']:.{digits}f}-{cell['max']:.{digits}f})"
 
+    server_threads = ("its busy-polling I/O threads under SCHED_IDLE" if result["server_idle_io"]
+                      else "all threads at normal priority")
     lines = [
         "# Live at the full DAVIS346 sensor (346x260) on this CPU",
         "",
@@ -200,19 +226,23 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{r['load_start']}->{r['load_end']}" for r in result["runs"]) + ". "
         f"A DV server (dv-processing `NetworkWriter`, a separate process) streams "
         f"`{Path(result['recording']).name}` at 1x real time, looped for {result['duration_s']:g} s, on two TCP "
-        f"streams; {result['repeats']} repeats, graphs interleaved within each. Cells: median over repeats "
+        f"streams ({server_threads}); "
+        f"{result['repeats']} repeats, graphs interleaved within each. Cells: median over repeats "
         "(min-max). End-to-end: newest input available -> output at the metrics node (runtime tracing). "
-        f"Predictor graphs offer {result['windows_per_frame']} windows per APS interval on a `latest` edge; "
-        "the deblur graph takes frames on a `latest` edge.",
+        f"Predictor graphs offer {result['windows_per_frame']} windows per APS interval on a `latest` edge "
+        "(skipped: windows the busy predictor passed over); deblur graphs take every frame on a lossless edge "
+        "(skipped: frames served but not deblurred). Arrival lag: the events source's wall clock at receipt "
+        "minus the packet's newest timestamp (the stream's own delay, before evpipe).",
         "",
         "| graph | e2e p50 ms | e2e p99 ms | e2e max ms | model compute p50 ms | outputs/s "
-        "| skipped / offered on `latest` |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| skipped / offered | arrival lag p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in result["graphs"].items():
         lines.append(f"| {name} | {fmt(row['p50_ms'])} | {fmt(row['p99_ms'])} | {fmt(row['max_ms'])} | "
                      f"{fmt(row['compute_p50_ms'])} | {fmt(row['outputs_s'])} | "
-                     f"{fmt(row['skipped'], 0)} / {fmt(row['offered'], 0)} |")
+                     f"{fmt(row['skipped'], 0)} / {fmt(row['offered'], 0)} | "
+                     f"{fmt(row['arrival_lag_p50_ms'])} / {fmt(row['arrival_lag_p99_ms'])} |")
     lines += ["", "CPU share (CPU s / wall s, 1.0 = one core; median over repeats) and peak RSS (MB, max over "
               "repeats) per process:", "", "| graph | " + " | ".join(
                   ["events source", "frames source", "voxelizer", "model", "metrics", "DV server"]) + " |",
@@ -237,7 +267,9 @@ def markdown(result: dict[str, Any]) -> str:
             checks.append(f"skipped {row['skipped']['median']:.0f} (0)")
         lines.append(f"- {name}: {'met' if met else 'NOT met'} ({'; '.join(checks)})")
     lines += ["", "Each process's CPU share counts the stream's span only (from the DV server's first packet to "
-              "its exit), not the workers' start-up; the DV server (the camera's stand-in) shares the 2 cores."]
+              "its exit), not the workers' start-up; the DV server (the camera's stand-in) shares the 2 cores"
+              + (", its busy-polling I/O threads under SCHED_IDLE (their spinning fills idle CPU, so its share "
+                 "mostly says how much CPU the graph left idle)." if result["server_idle_io"] else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -277,29 +309,42 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30.0, help="sensor seconds streamed per run (default 30)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every graph (default 3)")
-    parser.add_argument("--variants", nargs="+", default=["4step", "4step-coarse2", "4step-coarse4"],
+    parser.add_argument("--variants", nargs="*", default=["4step", "4step-coarse2", "4step-coarse4"],
                         choices=list(VARIANTS), help="predictor variants, one graph each (default: the full-resolution "
-                        "4-step student and its real-time variants with the latent path at 1/2 and 1/4 resolution)")
-    parser.add_argument("--no-deblur", action="store_true", help="skip the deblur graph")
+                        "4-step student and its real-time variants with the latent path at 1/2 and 1/4 resolution; "
+                        "none: no "
+                        "predictor graph)")
+    parser.add_argument("--deblur-checkpoints", nargs="*", default=["tiny", "tiny-rt"],
+                        help="deblur checkpoints, one graph each (default: tiny's student and the compact tiny-rt; "
+                        "none: no deblur graph)")
+    parser.add_argument("--server-io", choices=("idle", "normal"), default="idle",
+                        help="priority of the DV server's busy-polling I/O threads (default idle: SCHED_IDLE)")
     parser.add_argument("--windows-per-frame", type=int, default=2,
                         help="voxelizer windows per APS interval offered to the predictor (default 2)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the model nodes' ONNX Runtime intra-op threads (default 0: all cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/realtime.json"), help="JSON report path")
     args = parser.parse_args(None if argv is None else list(argv))
-    if args.duration <= 0 or args.repeats < 1 or args.windows_per_frame < 1:
-        parser.error("--duration must be > 0, --repeats and --windows-per-frame >= 1")
+    if args.duration <= 0 or args.repeats < 1 or args.windows_per_frame < 1 or args.threads < 0:
+        parser.error("--duration must be > 0, --repeats and --windows-per-frame >= 1, --threads >= 0")
+    if not args.variants and not args.deblur_checkpoints:
+        parser.error("nothing to run: give --variants or --deblur-checkpoints")
     if not RECORDING.is_file():
         parser.error(f"the DAVIS346 recording is missing: {RECORDING}")
-    graphs = {f"predictor {variant}": {"type": "predictor", "params": {"variant": variant}}
+    # frame_size: the engines open and warm up before the stream starts, as a user with a known camera sets it.
+    common = {"frame_size": SENSOR, "threads": args.threads}
+    graphs = {f"predictor {variant}": {"type": "predictor", "params": {"variant": variant, **common}}
               for variant in args.variants}
-    if not args.no_deblur:
-        graphs["deblur student"] = {"type": "deblur", "params": {"method": "diffevent"}}
+    for checkpoint in args.deblur_checkpoints:
+        graphs[f"deblur {checkpoint}"] = {"type": "deblur", "params": {"method": "diffevent", "checkpoint": checkpoint,
+                                                                        **common}}
     started = time.time()
     runs = []
     for repeat in range(args.repeats):
         for name, model in graphs.items():
             print(f"[bench_realtime {time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats}: {name}",
                   flush=True)
-            runs.append(live_run(name, model, args.duration, args.windows_per_frame))
+            runs.append(live_run(name, model, args.duration, args.windows_per_frame, args.server_io == "idle"))
             print(f"  e2e p50 {runs[-1]['p50_ms']} ms, {runs[-1]['outputs_s']:.1f} outputs/s, skipped "
                   f"{runs[-1]['skipped']}/{runs[-1]['offered']}", flush=True)
     result = {
@@ -307,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command_line("evpipe.tools.bench_realtime", None if argv is None else list(argv)),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "recording": str(RECORDING), "duration_s": args.duration, "repeats": args.repeats,
-        "windows_per_frame": args.windows_per_frame,
+        "windows_per_frame": args.windows_per_frame, "server_idle_io": args.server_io == "idle",
+        "threads": args.threads,
         "graphs": {name: summarise([r for r in runs if r["graph"] == name]) for name in graphs},
         "runs": runs, "wall_s": time.time() - started,
     }

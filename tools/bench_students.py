@@ -14,9 +14,10 @@ the events to the next frame) padded like the nodes pad them (``pad_to_multiple`
   student's latent path (encoders, sampler, decoder) on them, its correction to the event-integration
   base upsampled (bilinear) onto the full-resolution base, then the trained head at full resolution
   (the same weights, not retrained for this input);
-* the deblur student (threads 1 and 2);
-* the 4-step (full and coarse), 1-step and deblur students at 640x480 and 1280x720 (the node docs' cost
-  per frame).
+* the deblur students (threads 1 and 2): ``tiny``'s and the compact ``tiny-rt`` deployment student
+  (a 16-channel U-Net and 16-channel, 6-layer head in place of 64 channels and 32x8);
+* the 4-step (full and coarse), 1-step and both deblur students at 640x480 and 1280x720 (the node docs'
+  cost per frame).
 
 Timing: ``--rounds`` rounds; in every round each variant makes ``--calls`` calls in turn, so a load spike
 from other jobs on the shared machine hits all variants alike. Per variant: the median over rounds of the
@@ -341,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_start = time.time(), load_average()
     log(f"load {load_start}; exporting / finding the graphs")
     four, one = cached_fused_onnx("4step", "tiny"), cached_fused_onnx("1step", "tiny")
-    deblur = cached_student_onnx("tiny")
+    deblur, deblur_rt = cached_student_onnx("tiny"), cached_student_onnx("tiny-rt")
     coarse = {factor: cached_fused_onnx(f"4step-coarse{factor}", "tiny") for factor in LATENT_FACTORS}
     recordings = load_real_recordings(DEFAULT_REAL_DATA)
     int8 = int8_onnx(four, calibration_windows(recordings, 8))
@@ -359,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *[Variant(coarse_name(factor) + ", 1 thread", "predict", path, 1, multiple=16 * factor,
                           latent_down=4 * factor) for factor, path in coarse.items()],
                 Variant("deblur student", "deblur", deblur, 2),
-                Variant("deblur student, 1 thread", "deblur", deblur, 1)]
+                Variant("deblur student, 1 thread", "deblur", deblur, 1),
+                Variant("deblur tiny-rt (compact student)", "deblur", deblur_rt, 2),
+                Variant("deblur tiny-rt (compact student), 1 thread", "deblur", deblur_rt, 1)]
     windows = street_windows(args.windows)
     timing, loads = time_rounds(variants, windows, args.rounds, args.calls, log)
     for row in timing.values():
@@ -371,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       *[Variant(f"4step-coarse{factor}, {shape[1]}x{shape[0]}", "predict", path, 2,
                                 multiple=16 * factor, latent_down=4 * factor) for factor, path in coarse.items()],
                       Variant(f"1-step (no head), {shape[1]}x{shape[0]}", "predict", one, 2),
-                      Variant(f"deblur student, {shape[1]}x{shape[0]}", "deblur", deblur, 2)]
+                      Variant(f"deblur student, {shape[1]}x{shape[0]}", "deblur", deblur, 2),
+                      Variant(f"deblur tiny-rt, {shape[1]}x{shape[0]}", "deblur", deblur_rt, 2)]
             rows, more_loads = time_rounds(larger, big, 3, args.large_calls, log)
             for row in rows.values():
                 row["size"] = f"{shape[1]}x{shape[0]}"

@@ -12,6 +12,14 @@ separate program, independent of evpipe's sink, like DV software would be.
 
 :class:`DvServer` runs it as a subprocess (the live tests, ``tools/bench_realtime.py``).
 
+``--idle-io`` runs dv-processing's I/O threads under Linux's ``SCHED_IDLE`` policy: in dv-processing
+2.0.4 each ``NetworkWriter`` keeps a thread busy-polling while a client is connected (measured here: the
+two writers of a 1x DAVIS346 stream took 1.96 cores of an idle 2-core machine, the pacing thread 0.08),
+CPU that a camera's stream does not need and that would otherwise be taken from the graph under test.
+Under ``SCHED_IDLE`` those threads run only on CPU nothing else wants and yield as soon as another thread
+wakes; the pacing thread keeps its priority, and the clients' arrival lag (``dv_network_source``'s
+report) shows whether packets still leave on time.
+
 Prints ``ready`` once every writer listens; writes a JSON summary (what was sent, with an
 order-independent checksum of the events) and exits (with ``--hold``, once stdin closes) with
 ``os._exit`` — destroying a writer with a connected client deadlocks dv-processing 2.0.4 (see
@@ -26,6 +34,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +122,17 @@ def shifted(stream: str, item: object, shift: int) -> object:
     return type(item)(item.t + shift, item.accel, item.gyro)
 
 
+def idle_io_threads() -> int:
+    """Put every thread of this process but the calling one under ``SCHED_IDLE``; returns how many (Linux)."""
+    own = threading.get_native_id()
+    lowered = 0
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) != own:
+            os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+            lowered += 1
+    return lowered
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recording")
@@ -124,6 +144,8 @@ def main() -> int:
     parser.add_argument("--wait-clients", action="store_true", help="start only when every writer has a client")
     parser.add_argument("--tls", nargs=3, metavar=("CERT", "KEY", "CA"), help="serve TCP streams over TLS")
     parser.add_argument("--summary", help="write what was sent here (JSON)")
+    parser.add_argument("--idle-io", action="store_true",
+                        help="run the writers' busy-polling I/O threads under SCHED_IDLE (see the module docstring)")
     parser.add_argument("--hold", action="store_true",
                         help="after the stream, print the summary and stay connected until stdin closes: "
                              "dv-processing discards what a reader has not yet taken when its server goes away")
@@ -149,6 +171,7 @@ def main() -> int:
             else:
                 connected_since = None
             time.sleep(0.005)
+    io_threads_lowered = idle_io_threads() if args.idle_io else 0
     duration_us = int(args.duration_s * 1e6) or span
     unix_shift = time.time_ns() // 1000 - t0  # the recording starts now on the Unix clock
     sent = {"event_packets": 0, "events": 0, "events_checksum": 0, "frames": 0, "imu_samples": 0}
@@ -185,7 +208,7 @@ def main() -> int:
         time.sleep(0.01)
     time.sleep(0.2)  # the last packets leave the socket buffers
     summary = {"sent": sent, "wall_s": wall_s, "sensor_s": duration_us / 1e6, "speed": args.speed,
-               "peak_writer_queue": peak_queue,
+               "peak_writer_queue": peak_queue, "io_threads_sched_idle": io_threads_lowered,
                # Packets not yet handed to the socket now (its clients read too slowly to drain it in 10 s).
                "still_queued": {n: w.getQueuedPacketCount() for n, w in writers.items()},
                "clients": {n: w.getClientCount() for n, w in writers.items()}}

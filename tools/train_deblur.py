@@ -5,6 +5,8 @@
     python -m evpipe.tools.train_deblur --preset tiny --stage tune      # 3. guidance weights on val
     python -m evpipe.tools.train_deblur --preset tiny --stage distill   # 4. guided teacher -> student
     python -m evpipe.tools.train_deblur --preset tiny --stage all       # 1-4 in order
+    python -m evpipe.tools.train_deblur --preset tiny-rt --stage distill --start-from tiny
+                                            # the compact student on tiny's f(E), priors and guidance
 
 Each stage reads and rewrites ``diffevent.pt`` in ``--out`` (default: the shipped directory
 ``nodes/deblur/checkpoints/<preset>``) and appends its losses and wall time to ``train_log.json``
@@ -40,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -50,11 +53,11 @@ import torch
 from tqdm import tqdm
 
 from evpipe.nodes import diffusion
-from evpipe.nodes.deblur.checkpoint import CHECKPOINTS, FILE
+from evpipe.nodes.deblur.checkpoint import CHECKPOINTS, FILE, resolve_dir
 from evpipe.nodes.deblur.models import E_MAX, E_MIN, DiffEvent, GuidedTeacher, ModelConfig
 from evpipe.nodes.deblur.presets import PRESETS, Guidance, Preset, StageSchedule, get_preset
 from evpipe.nodes.deblur.sampler import exposure_edi
-from evpipe.nodes.predict.checkpoint import load_part, save_part
+from evpipe.nodes.predict.checkpoint import CheckpointError, load_part, save_part
 from evpipe.runtime.engines.onnx_export import export_cache_dir
 from evpipe.tools import command_line
 from evpipe.tools.dataset import DeblurView, EventDataset
@@ -187,7 +190,8 @@ class Trainer:
         """The preset's student architecture, as ``ModelConfig`` fields."""
         p = self.preset
         return {"student_channels": p.student_channels, "student_mult": p.student_mult,
-                "event_bins": p.event_bins, "student_head": p.student_head}
+                "event_bins": p.event_bins, "student_head": p.student_head,
+                "student_head_layers": p.student_head_layers, "student_e": p.student_e}
 
     def config(self) -> ModelConfig:
         p = self.preset
@@ -333,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-weight", type=float, default=None,
                         help="override the teacher term's weight in the student's loss (0: data term only)")
     parser.add_argument("--tune-samples", type=int, default=32, help="val crops scored per guidance setting")
+    parser.add_argument("--start-from", metavar="CHECKPOINT",
+                        help="copy this checkpoint (a shipped name or a directory) into --out first, so later "
+                             "stages build on its f(E), priors and guidance")
     args = parser.parse_args(argv)
     preset = with_iters(get_preset(args.preset), ("enhance", "priors", "distill"), args.iters, parser)
     if args.distill_pairs is not None:
@@ -345,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         preset = dataclasses.replace(preset, distill_weight=args.distill_weight)
     out = args.out or CHECKPOINTS / preset.name
     out.mkdir(parents=True, exist_ok=True)
+    if args.start_from:
+        try:
+            source = resolve_dir(args.start_from) / FILE
+        except CheckpointError as error:
+            parser.error(f"--start-from: {error}")
+        if source.resolve() != (out / FILE).resolve():
+            shutil.copyfile(source, out / FILE)
     trainer = Trainer(preset, out, args.dataset, args.seed, args.tune_samples)
     command = command_line("evpipe.tools.train_deblur", argv)
     try:

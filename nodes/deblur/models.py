@@ -20,7 +20,7 @@ voxel grid of the exposure's events (``evpipe.kernels.voxel_grid``): E folds the
 one number per pixel at one contrast threshold, while the synthetic sensors' thresholds vary
 (0.15-0.45) and the bins let the network weigh early and late events itself (measured on the tiny
 test split with a regression probe: +0.36 dB over the same network without them). It also has a
-full-resolution head (``student_head`` channels, :data:`HEAD_LAYERS` 3x3 convolutions; see
+full-resolution head (``student_head`` channels, ``student_head_layers`` 3x3 convolutions; see
 :class:`PixelDenoiser`): in scratch probes (the same head on the 1-step student's output image, data
 term only, 2000 steps, a third of the 510 tiny test frames, blurry input 45.05 dB) the student
 without it scored 46.01 dB; with a head of 24 channels and 3 layers 46.26, 32 and 5 46.82, 48 and 5
@@ -45,7 +45,8 @@ from evpipe.nodes.predict.models import UNet, conv_stack, voxel_input
 E_MIN, E_MAX = 0.05, 10.0
 SPACE_TO_DEPTH = 4
 COND_CHANNELS = 3
-HEAD_LAYERS = 8  # convolutions of the student's full-resolution head (receptive field 17x17)
+HEAD_LAYERS = 8  # default convolutions of the student's full-resolution head (receptive field 17x17)
+STUDENT_E = ("enhanced", "raw")
 # Degradation models of the paper's ablation (Table "EBRD model"): what the guidance uses for F and r.
 DEGRADATIONS = ("Ex", "fEx", "fEx+r")
 
@@ -77,11 +78,11 @@ class PixelDenoiser(nn.Module):
     starts at zero, so it starts as the plain denoiser)."""
 
     def __init__(self, channels: int, mult: tuple[int, ...], cond_channels: int = COND_CHANNELS,
-                 head_channels: int = 0) -> None:
+                 head_channels: int = 0, head_layers: int = HEAD_LAYERS) -> None:
         super().__init__()
         k = SPACE_TO_DEPTH * SPACE_TO_DEPTH
         self.unet = UNet(k, cond_channels * k, channels, mult)
-        self.head = conv_stack(2 + cond_channels, head_channels, HEAD_LAYERS) if head_channels else None
+        self.head = conv_stack(2 + cond_channels, head_channels, head_layers) if head_channels else None
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         out = self.unet(F.pixel_unshuffle(x, SPACE_TO_DEPTH), t, F.pixel_unshuffle(cond, SPACE_TO_DEPTH))
@@ -105,12 +106,20 @@ class ModelConfig:
     event_bins: int  # voxel bins of the exposure's events in the student's condition
     prediction: str = "v"
     student_head: int = 0  # channels of the student's full-resolution head (0: none; see PixelDenoiser)
+    student_head_layers: int = HEAD_LAYERS  # its 3x3 convolutions
+    # What the student's E channels are: "enhanced" f(E) (the priors' condition) or "raw" E, which spares the
+    # enhancement net's full-resolution convolutions at run time (the compact student learns the correction).
+    student_e: str = "enhanced"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unet_mult", tuple(self.unet_mult))
         object.__setattr__(self, "student_mult", tuple(self.student_mult))
         if self.event_bins < 1:
             raise ValueError(f"ModelConfig.event_bins: must be >= 1, got {self.event_bins!r}")
+        if self.student_e not in STUDENT_E:
+            raise ValueError(f"ModelConfig.student_e: {self.student_e!r} is not one of {STUDENT_E}")
+        if self.student_head_layers < 2:
+            raise ValueError(f"ModelConfig.student_head_layers: must be >= 2, got {self.student_head_layers!r}")
         diffusion.check_prediction(self.prediction)
 
     def to_dict(self) -> dict:
@@ -131,7 +140,7 @@ class DiffEvent(nn.Module):
         self.prior_x = PixelDenoiser(config.unet_channels, config.unet_mult)
         self.prior_r = PixelDenoiser(config.unet_channels, config.unet_mult)
         self.student = PixelDenoiser(config.student_channels, config.student_mult, COND_CHANNELS + config.event_bins,
-                                     config.student_head)
+                                     config.student_head, config.student_head_layers)
         self.schedule = diffusion.CosineSchedule()
         self.register_buffer("x_scale", torch.ones(()))
         self.register_buffer("r_scale", torch.ones(()))
@@ -143,9 +152,10 @@ class DiffEvent(nn.Module):
         return SPACE_TO_DEPTH * 2 ** (levels - 1)
 
     # -- conditioning and units ---------------------------------------------------------------------
-    def condition(self, blurry: Tensor, edi: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(E), cond): the enhanced E (B, 1, H, W) and the priors' condition (B, 3, H, W)."""
-        enhanced = self.enhance(edi)
+    def condition(self, blurry: Tensor, edi: Tensor, enhance: bool = True) -> tuple[Tensor, Tensor]:
+        """(f(E), cond): the enhanced E (B, 1, H, W) and the priors' condition (B, 3, H, W); with
+        ``enhance`` False the raw E (clamped) in place of f(E)."""
+        enhanced = self.enhance(edi) if enhance else edi.clamp(E_MIN, E_MAX)
         pseudo_inverse = (blurry / enhanced).clamp(0.0, 1.0)
         cond = torch.cat([blurry * 2.0 - 1.0, torch.log(enhanced), pseudo_inverse * 2.0 - 1.0], dim=1)
         return enhanced, cond
@@ -211,9 +221,9 @@ class DiffEvent(nn.Module):
 
     def student_sample(self, blurry: Tensor, edi: Tensor, voxel: Tensor, noise: Tensor, steps: int) -> Tensor:
         """The distilled student: ``steps`` unguided DDIM steps of ``student`` from ``noise`` (B, 1, H, W)
-        (data units; zeros at temperature 0), conditioned on (y, f(E)) and the exposure's voxel grid
-        (B, event_bins, H, W). Returns x_0 in [0, 1], unclamped for training."""
-        _, cond = self.condition(blurry, edi)
+        (data units; zeros at temperature 0), conditioned on (y, f(E)) (or the raw E, ``config.student_e``) and
+        the exposure's voxel grid (B, event_bins, H, W). Returns x_0 in [0, 1], unclamped for training."""
+        _, cond = self.condition(blurry, edi, enhance=self.config.student_e == "enhanced")
         cond = torch.cat([cond, voxel_input(voxel)], dim=1)
         out = diffusion.ddim_sample(lambda z, t, c: self.student(z, t, c), noise, self.schedule, steps,
                                     prediction=self.config.prediction, cond={"c": cond})

@@ -14,6 +14,7 @@ from evpipe.nodes.model_engines import (
     declare_engine_params,
     onnx_engine_summary,
     prepare_onnx,
+    warm_up,
 )
 from evpipe.nodes.predict.node import AUTO
 from evpipe.nodes.transforms.voxelizer import EventIntake
@@ -56,10 +57,13 @@ class Deblur(Node):
         spec.output("frames", "frame", "sharp frames float32 (H, W) in [0, 1] at the exposure midpoint")
         spec.param("method", str, "diffevent", "diffevent (the distilled student) or edi (blurry / E)",
                    choices=list(METHODS))
-        spec.param("checkpoint", str, "tiny", "shipped deblur checkpoint name (tiny) or a checkpoint directory")
+        spec.param("checkpoint", str, "tiny-rt", "shipped deblur checkpoint name or a checkpoint directory: tiny-rt "
+                   "(default) has the compact student, chosen for a live full sensor on a 2-core CPU; tiny the wider "
+                   "one, 0.24-0.31 dB better on the synthetic test split at 3.5x the cost (benchmarks/RESULTS.md)")
         declare_engine_params(spec, auto=AUTO)
-        spec.param("frame_size", list, None, "[width, height] of the frames, for `evpipe build-engines` to build "
-                   "the TensorRT plan ahead (one per static shape); null: built at the first frame")
+        spec.param("frame_size", list, None, "[width, height] of the frames: the engine opens and runs once at start "
+                   "(else at the first frame, and a live stream's frames arriving meanwhile wait or are skipped), "
+                   "and `evpipe build-engines` builds the TensorRT plan ahead (one per static shape)")
         spec.param("threads", int, 0, "onnxruntime intra-op threads; 0 = all usable cores", minimum=0)
         spec.param("edi_c", float, 0.0, "edi: contrast threshold; 0 = the checkpoint's (the c the model saw)",
                    minimum=0.0)
@@ -113,6 +117,8 @@ class Deblur(Node):
             self.deblurrer = self._deblurrer(vars(p))
         except ValueError as error:
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
+        if p.method == "diffevent" and p.frame_size:
+            warm_up(self.deblurrer, p.frame_size)
 
         self.exposure_edi, self.exposure_voxel = exposure_edi, exposure_voxel
         self.c = p.edi_c or self.deblurrer.c

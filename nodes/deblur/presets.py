@@ -1,8 +1,16 @@
 """Training and sampling presets of the DiffEvent deblurrer.
 
 ``tiny``: 128x128 gray, every stage trains on two (shared) CPU cores in about half an hour; its
-checkpoints ship in ``nodes/deblur/checkpoints/tiny/``. ``base``: wider networks, longer schedules
-and more teacher steps for a GPU (configuration only; not trained in this repository).
+checkpoints ship in ``nodes/deblur/checkpoints/tiny/``. ``tiny-rt``: ``tiny``
+with the compact deployment student the deblur node runs by default, chosen by measurement for a live
+full-sensor stream on two CPU cores: a 16-channel U-Net, a 16-channel 5-layer head, and the raw E in its
+condition in place of f(E) (the enhancement net's full-resolution convolutions cost 4 ms of ONNX Runtime
+time per 346x260 frame; the student learns the correction itself) — about 12 ms per 346x260 frame against
+51 ms for ``tiny``'s student, for 0.3-0.4 dB on the synthetic test split (benchmarks/RESULTS.md). Its
+f(E), priors and guidance are ``tiny``'s (``train_deblur --preset tiny-rt --stage distill --start-from
+tiny``, 4 minutes on two cores); its checkpoint ships in ``nodes/deblur/checkpoints/tiny-rt/``.
+``base``: wider networks, longer schedules and more teacher steps for a GPU (configuration only; not
+trained in this repository).
 
 Guidance parameters (:class:`Guidance`, the s, λ, s', λ' of Algorithm 1). The sampler moves x̂_0 by
 ``-∇L_x`` and r̂_0 by ``-∇L_r`` in intensity units (see :mod:`.guidance`), so s and s' are step sizes:
@@ -27,7 +35,7 @@ the best in the checkpoint (the grid and its scores are in the checkpoint's ``tr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from evpipe.nodes.predict.presets import StageSchedule  # one schedule type for every trainer
 
@@ -72,18 +80,24 @@ class Preset:
     distill_pairs: int  # teacher samples (random training crops) the students learn from
     distill_weight: float  # weight of the teacher term beside the data term in the student's loss
     guidance: Guidance
+    student_head_layers: int = 8  # 3x3 convolutions of the student's head
+    student_e: str = "enhanced"  # the student's E channels: f(E) or the raw E (ModelConfig.student_e)
 
+
+_TINY = Preset(
+    name="tiny", image_size=128, crop=64, edi_c=0.3, edi_samples=32, enhance_channels=16,
+    unet_channels=32, unet_mult=(1, 2), student_channels=64, student_mult=(1, 2), student_head=32, event_bins=4,
+    teacher_steps=8, student_steps=(1,),
+    enhance=StageSchedule(iters=200, batch=16, lr=2e-3),
+    priors=StageSchedule(iters=500, batch=16, lr=1e-3),
+    distill=StageSchedule(iters=4000, batch=16, lr=1e-3),
+    distill_pairs=256, distill_weight=0.25, guidance=Guidance(),
+)
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        name="tiny", image_size=128, crop=64, edi_c=0.3, edi_samples=32, enhance_channels=16,
-        unet_channels=32, unet_mult=(1, 2), student_channels=64, student_mult=(1, 2), student_head=32, event_bins=4,
-        teacher_steps=8, student_steps=(1,),
-        enhance=StageSchedule(iters=200, batch=16, lr=2e-3),
-        priors=StageSchedule(iters=500, batch=16, lr=1e-3),
-        distill=StageSchedule(iters=4000, batch=16, lr=1e-3),
-        distill_pairs=256, distill_weight=0.25, guidance=Guidance(),
-    ),
+    "tiny": _TINY,
+    "tiny-rt": replace(_TINY, name="tiny-rt", student_channels=16, student_head=16, student_head_layers=5,
+                       student_e="raw"),
     "base": Preset(
         name="base", image_size=256, crop=128, edi_c=0.3, edi_samples=32, enhance_channels=32,
         unet_channels=96, unet_mult=(1, 2, 3), student_channels=128, student_mult=(1, 2, 3), student_head=32,

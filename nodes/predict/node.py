@@ -15,6 +15,7 @@ from evpipe.nodes.model_engines import (
     declare_engine_params,
     onnx_engine_summary,
     prepare_onnx,
+    warm_up,
 )
 from evpipe.nodes.predict.checkpoint import VARIANTS
 from evpipe.runtime.events import Frame
@@ -71,8 +72,9 @@ class Predictor(Node):
                    "quality floor on the real recordings (benchmarks/students.md); 4step is the full-resolution "
                    "student", choices=list(VARIANTS))
         declare_engine_params(spec, auto=AUTO)
-        spec.param("frame_size", list, None, "[width, height] of the frames, for `evpipe build-engines` to build "
-                   "the TensorRT plan ahead (one per static shape); null: built at the first frame")
+        spec.param("frame_size", list, None, "[width, height] of the frames: the engine opens and runs once at start "
+                   "(else at the first frame, and a live stream's frames arriving meanwhile wait or are skipped), "
+                   "and `evpipe build-engines` builds the TensorRT plan ahead (one per static shape)")
         spec.param("threads", int, default=0, minimum=0,
                    doc="intra-op threads of onnxruntime or torch; 0 = the backend's default (all usable cores)")
         spec.param("temperature", float, default=0.0, minimum=0.0, maximum=1.0,
@@ -127,6 +129,8 @@ class Predictor(Node):
     def start(self) -> None:
         p = self.params
         self.predictor = self._predictor(vars(p))
+        if p.frame_size:
+            warm_up(self.predictor, p.frame_size)
         self.anchors: dict[int, np.ndarray] = {}  # time -> real frame or prediction
         self.frame_times: deque[int] = deque()  # real frames within anchor_history_us, oldest first
         self.pending: list[Message] = []
