@@ -1,10 +1,10 @@
 """Write the predictor export that ships beside its checkpoint (``<checkpoint>/onnx/``), so the default graph's
 first run needs no ONNX export; ``cached_fused_onnx`` uses it while its name (the weights' hash) matches.
 
-    python -m evpipe.tools.ship_predictor_onnx                    # tiny, 4step: the default graph's
+    python -m evpipe.tools.ship_predictor_onnx                    # tiny, 4step-coarse4: the default graph's
     python -m evpipe.tools.ship_predictor_onnx --checkpoint DIR --variant 2step
 
-Older exports of the same variant in that folder are removed; the torch vs ONNX Runtime parity is printed.
+Every other export in that folder is removed (one ships); the torch vs ONNX Runtime parity is printed.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ from evpipe.nodes.predict.export import SHIPPED, export_fused, export_name, pari
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="tiny", help="shipped checkpoint name or directory (default tiny)")
-    parser.add_argument("--variant", default="4step", help="checkpoint variant (default 4step)")
+    parser.add_argument("--variant", default="4step-coarse4", help="checkpoint variant (default 4step-coarse4)")
     args = parser.parse_args(argv)
     directory = resolve_dir(args.checkpoint)
     model, steps = load_model(args.variant, directory)
     folder = directory / SHIPPED
     folder.mkdir(exist_ok=True)
-    for old in folder.glob(f"*-{args.variant}-*.onnx"):
+    for old in folder.glob("*.onnx"):
         old.unlink()
     path = folder / f"{export_name(directory, args.variant, model.config.compose)}.onnx"
     export_fused(model, steps, path)
-    print(f"{path}: max |torch - onnxruntime| = {parity(model, steps, path):.2e}")
+    m = model.multiple  # a square and the DAVIS346 frame (346x260), padded to the variant's multiple
+    sizes = ((2 * m, 2 * m), (-(-260 // m) * m, -(-346 // m) * m))
+    print(f"{path}: max |torch - onnxruntime| = {parity(model, steps, path, sizes):.2e} at {sizes}")
     return 0
 
 

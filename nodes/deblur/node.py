@@ -44,10 +44,11 @@ class Deblur(Node):
     events_dropped.
 
     Any sensor size runs: frames are padded to the student's multiple (8) and cropped back. Cost per
-    frame on a shared 2-core CPU (ONNX Runtime, 2 threads, ``tools/bench_students.py``, three runs at
-    load 3.5-8; the range is the machine's load): 346x260 62-293 ms, 640x480 194-1393 ms, 1280x720
-    605-2365 ms; live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, load 5-14) it deblurs
-    about 6 of the 25 frames a second (the rest skipped on a ``latest`` edge).
+    frame on this 2-core CPU (ONNX Runtime, 2 threads, isolated calls, ``tools/bench_students.py`` at load
+    2-4), checkpoint ``tiny-rt`` (the default) / ``tiny``: 346x260 12 / 57 ms, 640x480 40 / 195 ms,
+    1280x720 117 / 569 ms. Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, every frame on a
+    lossless edge, ``frame_size`` set): ``tiny-rt`` deblurs all 25 frames a second at end-to-end p50 27 ms;
+    ``tiny`` falls behind (p50 378 ms).
     """
 
     @classmethod

@@ -52,12 +52,12 @@ class Predictor(Node):
     ``unanchored`` and skipped. Reports frames, predictions and unanchored.
 
     Any sensor size runs: frames are padded to the variant's multiple (16; 32 and 64 for the coarse
-    variants) and the prediction cropped back. Cost per prediction on a shared 2-core CPU (ONNX Runtime,
-    2 threads, ``tools/bench_students.py``, three runs at load 3.5-8; the range is the machine's load):
-    346x260 (DAVIS346) 4step 86-275 ms, 4step-coarse4 19-54 ms; 640x480 4step 284-1782 ms,
-    4step-coarse4 325 ms; 1280x720 4step 798-3198 ms, 4step-coarse4 522 ms (coarse4 at the larger sizes:
-    one run, load 7). Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, two runs at load
-    5-14): 4step-coarse4 15 predictions/s, 4step 4.
+    variants) and the prediction cropped back. Cost per prediction on this 2-core CPU (ONNX Runtime, 2
+    threads, isolated calls, ``tools/bench_students.py`` at load 2-4): 346x260 (DAVIS346) 4step 71 ms,
+    4step-coarse4 17 ms; 640x480 4step 242 ms, 4step-coarse4 43 ms; 1280x720 4step 748 ms, 4step-coarse4
+    125 ms. Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, a DV network stream, set
+    ``frame_size`` so the engine warms up before it): 4step-coarse4 36 predictions/s at end-to-end p50 42 ms,
+    4step 9.5/s.
     """
 
     @classmethod
