@@ -289,15 +289,18 @@ def test_cli_upsamples_an_image_folder_end_to_end(tmp_path: Path) -> None:
     assert main(["upsample", str(tmp_path / "nothing"), str(out)]) == 2
 
 
-def test_preview_is_the_fast_setting_and_explicit_counts_override_it() -> None:
+def test_the_default_is_the_fast_setting_and_explicit_counts_override_it() -> None:
     import argparse
 
-    from evpipe.nodes.upsample.cascade import PREVIEW
+    from evpipe.nodes.upsample.cascade import PAPER_SAMPLER, CascadeSettings
     from evpipe.nodes.upsample.cli import add_arguments, cascade_counts
+    from evpipe.nodes.upsample.node import Upsample
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert cascade_counts(parser.parse_args(["in", "out"])) == {"levels": 3, "steps": 8, "samples": 4}
-    preview = cascade_counts(parser.parse_args(["in", "out", "--preview"]))
-    assert preview == {"levels": PREVIEW.levels, "steps": 1, "samples": 1}
-    assert cascade_counts(parser.parse_args(["in", "out", "--preview", "--steps", "3"]))["steps"] == 3
+    default = {"levels": 3, "steps": 1, "samples": 1}
+    assert cascade_counts(parser.parse_args(["in", "out"])) == default  # the CLI, the node and the library agree
+    assert {k: v for k, v in Upsample.spec().resolve_params({}).items() if k in default} == default
+    assert (CascadeSettings().levels, CascadeSettings().steps, CascadeSettings().samples) == tuple(default.values())
+    paper = cascade_counts(parser.parse_args(["in", "out", "--steps", "8", "--samples", "4"]))
+    assert paper == {"levels": PAPER_SAMPLER.levels, "steps": PAPER_SAMPLER.steps, "samples": PAPER_SAMPLER.samples}

@@ -217,8 +217,8 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
     else:
         from evpipe.nodes.upsample.cli import cascade_counts
 
-        # The counts are resolved here (--preview included), so the actors take them as given.
-        model_params = {"checkpoint": args.checkpoint, **cascade_counts(args), "preview": False,
+        # The counts are resolved here, so the actors take them as given.
+        model_params = {"checkpoint": args.checkpoint, **cascade_counts(args),
                         "factor": args.factor, "backend": args.backend, "device": args.device,
                         "precision": args.precision}
         resources = resources_for([model_params])

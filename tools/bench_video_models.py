@@ -1,5 +1,5 @@
 """CPU cost of the offline video models on real 640×360 colour frames: HiFI per interpolated frame (the
-shipped default, ``--preview`` and a few other cascade settings, with their colour PSNR), DDS per 16-frame
+shipped default, the paper's sampler and a few other cascade settings, with their colour PSNR), DDS per 16-frame
 window, each beside its non-learned reference measured the same way in the same run.
 
     python -m evpipe.tools.bench_video_models --out benchmarks --name video_models
@@ -7,7 +7,7 @@ window, each beside its non-learned reference measured the same way in the same 
 HiFI: the dropped frames 1 and 3 of ``video_cockatoo`` and 1 of ``video_bedroom`` (frames scaled to
 ``--width``), each interpolated from its two neighbours through ``Upsampler.middle`` (colour: the luma
 through the network, the chroma of the aligned blend); ``--hifi-runs`` passes over the three for the
-default and preview settings, one for the others; reference: the aligned blend. DDS: the first 16
+shipped default and the paper's sampler, one for the others; reference: the aligned blend. DDS: the first 16
 frames of ``video_cockatoo`` through uniform7, 8-bit, restored by ``restore_colour_window`` (20 NFE,
 the node's default) ``--dds-runs`` times; reference: CG-only on all three channels (the same 20 × 5 CG
 steps). One torch thread (``--threads``): the machine is shared; its load average is recorded at the
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from evpipe.kernels.quality import Stopwatch, psnr
-from evpipe.nodes.upsample.cascade import PREVIEW, CascadeSettings, Upsampler
+from evpipe.nodes.upsample.cascade import PAPER_SAMPLER, CascadeSettings, Upsampler
 from evpipe.tools import command_line
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -76,8 +76,8 @@ def bench_hifi(data: Path, width: int, runs: int) -> list[dict]:
         return np.moveaxis((0.5 * (moved[0] + moved[1])).numpy(), 0, -1)
 
     rows = [_hifi_row("aligned blend (reference)", aligned_blend, triplets, max(runs, 3))]
-    Upsampler("tiny", PREVIEW).middle(triplets[0][1], triplets[0][3])  # warm-up, untimed
-    for settings, name, n in ((DEFAULT, "default", runs), (PREVIEW, "preview", runs),
+    Upsampler("tiny", DEFAULT).middle(triplets[0][1], triplets[0][3])  # warm-up, untimed
+    for settings, name, n in ((DEFAULT, "default", runs), (PAPER_SAMPLER, "paper sampler", runs),
                               *((s, "", 1) for s in OTHERS)):
         upsampler = Upsampler("tiny", settings)
         row = _hifi_row(_label(settings), upsampler.middle, triplets, n)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--hifi-runs", type=int, default=1, help="passes over the 3 frames, default and preview")
+    parser.add_argument("--hifi-runs", type=int, default=1, help="passes over the 3 frames, default and paper sampler")
     parser.add_argument("--dds-runs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))

@@ -38,11 +38,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor", type=int, default=2, help="frame-rate multiplier: 2, 4, 8 or 16 (default 2)")
     parser.add_argument("--checkpoint", default="tiny", help="shipped checkpoint name or a .pt file (default tiny)")
     parser.add_argument("--levels", type=int, help="cascade levels (default 3; 1 = no cascade)")
-    parser.add_argument("--steps", type=int, help="DDIM steps per level (default 8; 1 with --preview)")
-    parser.add_argument("--samples", type=int, help="samples averaged per level (default 4; 1 with --preview)")
-    parser.add_argument("--preview", action="store_true",
-                        help="the fast setting: 1 DDIM step, 1 sample, 3 levels (its cost and quality beside the "
-                        "default's: benchmarks/video_models.md); --levels/--steps/--samples still override it")
+    parser.add_argument("--steps", type=int, help="DDIM steps per level (default 1; the paper's sampler: 8)")
+    parser.add_argument("--samples", type=int,
+                        help="samples averaged per level (default 1; the paper's sampler: 4; the default scored "
+                        "higher on held-out real clips at 1/30 of the time: benchmarks/upsample_videos_test_640.md)")
     parser.add_argument("--fps", type=float, help="input frame rate (default: the video's; 25 for images)")
     parser.add_argument("--max-frames", type=int, help="read at most this many input frames")
     add_engine_arguments(parser, "upsample")
@@ -171,10 +170,10 @@ def load_clip(args: argparse.Namespace) -> tuple[list[np.ndarray], float]:
 
 
 def cascade_counts(args: argparse.Namespace) -> dict[str, int]:
-    """The command's levels, steps and samples: those given, the rest from ``--preview`` or the default."""
-    from evpipe.nodes.upsample.cascade import PREVIEW, CascadeSettings
+    """The command's levels, steps and samples: those given, the rest the defaults'."""
+    from evpipe.nodes.upsample.cascade import CascadeSettings
 
-    base = PREVIEW if args.preview else CascadeSettings()
+    base = CascadeSettings()
     return {name: getattr(base, name) if getattr(args, name) is None else getattr(args, name)
             for name in ("levels", "steps", "samples")}
 

@@ -3,8 +3,8 @@
 ``hifi-base``: the network on the whole frame at full resolution, no cascade and no patches (HiFI's
 "base" row); ``hifi-cascade2`` / ``hifi-cascade3``: the patch-based self-cascade with 2 or 3
 pyramid levels (patches of the training size, MultiDiffusion merging). All use the paper's sampler
-defaults (8 DDIM steps, mean of 4 samples, seeds 0..3); ``hifi-preview`` is ``evpipe upsample --preview``
-(3 levels, 1 step, 1 sample). ``--checkpoint`` selects a checkpoint file
+defaults (8 DDIM steps, mean of 4 samples, seeds 0..3); ``hifi`` is the shipped setting of ``evpipe upsample``
+and the node (3 levels, 1 step, 1 sample). ``--checkpoint`` selects a checkpoint file
 (default: the shipped ``tiny``).
 """
 
@@ -40,5 +40,5 @@ MODELS = {
     "hifi-base": factory(1, patched=False),
     "hifi-cascade2": factory(2, patched=True),
     "hifi-cascade3": factory(3, patched=True),
-    "hifi-preview": factory(3, patched=True, steps=1, samples=1),
+    "hifi": factory(3, patched=True, steps=1, samples=1),
 }

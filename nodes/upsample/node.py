@@ -39,8 +39,9 @@ class Upsample(Node):
         spec.param("factor", int, default=2, choices=FACTORS, doc="frame-rate multiplier (a power of two)")
         spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a .pt file")
         spec.param("levels", int, default=3, minimum=1, maximum=8, doc="cascade pyramid levels (1: no cascade)")
-        spec.param("steps", int, default=8, minimum=1, doc="DDIM sampling steps per level")
-        spec.param("samples", int, default=4, minimum=1, doc="samples averaged per level")
+        spec.param("steps", int, default=1, minimum=1, doc="DDIM sampling steps per level (the paper's sampler: 8)")
+        spec.param("samples", int, default=1, minimum=1,
+                   doc="samples averaged per level (the paper's sampler: 4; see CascadeSettings for the choice)")
         spec.param("overlap", float, default=0.25, minimum=0.0, maximum=0.9, doc="patch overlap fraction")
         spec.param("seed", int, default=0, doc="seed of the sampler's noise")
         declare_engine_params(spec, auto=AUTO_UPSAMPLE)
