@@ -453,7 +453,7 @@ def test_shipped_4step_predictor_beats_event_integration_and_its_diffusion_part_
 
 @pytest.mark.slow  # a 1.5 s real-time graph plus process start-up; on a fresh machine also the ONNX export
 def test_default_graph_predicts_and_writes_the_side_by_side_video(tmp_path):
-    """`evpipe run` with no config: simulator -> voxelizer -> predictor -> video + metrics, shortened."""
+    """`evpipe run` with no config: simulator (346x260) -> voxelizer -> predictor -> video + metrics, shortened."""
     import av
 
     proc = evpipe("run", "--set", "sim.duration_s=1.5", "--report", str(tmp_path / "report.json"), timeout=300,
@@ -463,7 +463,7 @@ def test_default_graph_predicts_and_writes_the_side_by_side_video(tmp_path):
     pred, video = report["pred"][0], report["video"][0]
     assert pred["predictions"] > 0 and pred["unanchored"] == 0
     assert report["metrics"][0]["streams"]["pred.predictions"]["messages"] == pred["predictions"]
-    assert video["panels"] == ["pred.predictions", "sim.truth"] and video["size"] == [256, 128]
+    assert video["panels"] == ["pred.predictions", "sim.truth"] and video["size"] == [2 * 346, 260]  # DAVIS346-sized
     with av.open(str(tmp_path / "runs" / "default" / "prediction.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == video["frames"] > 0
 
