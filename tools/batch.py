@@ -20,7 +20,9 @@ import collections
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +83,9 @@ class Batch:
         self.manifest = Manifest(args.out)
         self.rows: dict[str, dict[str, Any]] = {}
         self.stop: Callable[[], None] = lambda: None  # the engine's way to stop what is in flight (Ctrl-C)
+        # Set by Ctrl-C: the run counts as interrupted even where Ray turns the KeyboardInterrupt raised inside
+        # one of its calls into a task error, and the scheduler stops at its next turn.
+        self.interrupted = threading.Event()
 
     def row(self, stem: str, path: Path, **fields: Any) -> None:
         self.rows.setdefault(stem, {"stem": stem, "input": str(path), "status": "not started", "attempts": 0})
@@ -112,8 +117,8 @@ class Scheduler:
     units in flight; ``refill()`` may add units while it runs (videos are read as workers free up);
     ``settle(ref, error)`` hears of every unit that came back, before any retry."""
 
-    def __init__(self, ray: Any, max_attempts: int) -> None:
-        self.ray, self.max_attempts = ray, max_attempts
+    def __init__(self, ray: Any, max_attempts: int, interrupted: threading.Event) -> None:
+        self.ray, self.max_attempts, self.interrupted = ray, max_attempts, interrupted
         self.pending: collections.deque = collections.deque()
         self.in_flight: dict[Any, Any] = {}
         self.attempts: collections.Counter = collections.Counter()
@@ -125,6 +130,8 @@ class Scheduler:
             settle: Callable[[Any, BaseException | None], None] = lambda ref, error: None) -> None:
         refill()
         while self.pending or self.in_flight:
+            if self.interrupted.is_set():
+                raise KeyboardInterrupt
             while self.pending and len(self.in_flight) < capacity():
                 unit = self.pending.popleft()
                 if unit in self.dropped:
@@ -164,7 +171,7 @@ def run_graphs(ray: Any, batch: Batch, config: Path, bar: Any) -> None:
             todo[job.stem] = job
     bar.reset(total=len(todo))
     task = ray.remote(max_retries=0)(run_graph_job)
-    scheduler = Scheduler(ray, args.max_attempts)
+    scheduler = Scheduler(ray, args.max_attempts, batch.interrupted)
     scheduler.pending.extend(todo)
 
     def submit(stem: str, attempt: int) -> Any:
@@ -241,7 +248,7 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
     idle = collections.deque(actors)
     busy: dict[Any, Any] = {}  # ref -> actor
     videos: dict[str, VideoState] = {}
-    scheduler = Scheduler(ray, args.max_attempts)
+    scheduler = Scheduler(ray, args.max_attempts, batch.interrupted)
 
     def load(path: Path) -> VideoState | None:
         stem = path.stem
@@ -409,6 +416,12 @@ def _run(ray: Any, batch: Batch, target: str, config: Path | None) -> int:
     started = time.monotonic()
     interrupted = False
     bar = tqdm(total=0, desc=f"batch {Path(target).stem}", unit="input", file=sys.stderr, dynamic_ncols=True)
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        batch.interrupted.set()
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, on_ctrl_c)  # after ray.init, which may install its own
     try:
         if target in MODEL_TARGETS:
             run_models(ray, batch, target, bar)
@@ -418,8 +431,10 @@ def _run(ray: Any, batch: Batch, target: str, config: Path | None) -> int:
         interrupted = True
         batch.stop()
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         ray.shutdown()
+    interrupted = interrupted or batch.interrupted.is_set()
     rows = list(batch.rows.values())
     json_path, md_path = write_summary(args.out, batch.command, rows, time.monotonic() - started, workers, interrupted)
     counts = collections.Counter(row["status"] for row in rows)
