@@ -18,6 +18,18 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: small tensors on a shared 2-core machine, where more threads only add
+    contention (two made the upsample tests about 20x slower under load)."""
+    import torch  # only the tests that use this fixture load torch here
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real recordings not available: {SHARED_DATA} is absent (a fresh clone has no ../shared)")

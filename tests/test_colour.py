@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from evpipe.nodes.colour import colour_image, gray_unit, is_gray, rgb_to_ycbcr, ycbcr_to_rgb
 from evpipe.nodes.restore.psf import degrade_clip, temporal_psf
@@ -18,13 +17,7 @@ SIZE, SQUARE, STEP = 32, 12, 2  # frame side, square side, motion per frame (pix
 HUE_TOLERANCE_DEG = 10.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _square_clip(frames: int) -> np.ndarray:

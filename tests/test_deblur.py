@@ -19,6 +19,7 @@ from evpipe.runtime.events import Events
 from evpipe.tools.train_deblur import DeblurData, lr_at, random_crops
 from evpipe.tools.training import LOG_FLOOR, log_mse, optimise
 from tests.conftest import run_graph
+from tests.split_sequences import tiny_test_split_sequences
 
 STREET = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis346_street" / "davis346_street_first1.8s.h5"
 SMALL = ModelConfig(enhance_channels=4, unet_channels=8, unet_mult=(1, 2), edi_c=0.3, edi_samples=8,
@@ -303,26 +304,16 @@ def test_compact_student_shares_tinys_enhancement_and_priors():
 
 
 def _test_split_blur_cases() -> list[dict]:
-    """Blurry frames at 128² with their exposure's events and the sharp frame at the exposure centre, made the way
-    the tiny dataset makes them (tools/make_dataset.py: homography motion, simulated events, the blur of the
-    stored frames) from the two bundled photos of its test split, two sequences of four APS frames each."""
-    from skimage import data as skdata
-
-    from evpipe.tools.make_dataset import BuildConfig, render_image_sequence, synthesize
-
-    config, cases = BuildConfig(size=128, aps_per_sequence=4), []
-    for name in ("coffee", "immunohistochemistry"):
-        photo = (getattr(skdata, name)() / 255.0).astype(np.float32)
-        for seed in range(2):
-            rng = np.random.default_rng(seed)
-            rendered = render_image_sequence(photo, config, rng)
-            arrays = synthesize(rendered, config, rng)[0]
-            blur = arrays["blur"]
-            for j, i in enumerate(rendered.aps_index):
-                start, end = int(blur["exposure_start"][j]), int(blur["exposure_end"][j])
-                cases.append({"blurry": blur["frames"][j].astype(np.float32), "target": rendered.frames[i],
-                              "events": arrays["events"].time_slice(start, end), "exposure_start": start,
-                              "exposure_end": end, "t_ref": int(rendered.frames_t[i])})
+    """Blurry frames (the stored blur) of the tiny test split's photo sequences (:func:`tiny_test_split_sequences`)
+    with their exposure's events and the sharp frame at the exposure centre, four per sequence."""
+    cases = []
+    for rendered, arrays in tiny_test_split_sequences():
+        blur = arrays["blur"]
+        for j, i in enumerate(rendered.aps_index):
+            start, end = int(blur["exposure_start"][j]), int(blur["exposure_end"][j])
+            cases.append({"blurry": blur["frames"][j].astype(np.float32), "target": rendered.frames[i],
+                          "events": arrays["events"].time_slice(start, end), "exposure_start": start,
+                          "exposure_end": end, "t_ref": int(rendered.frames_t[i])})
     return cases
 
 

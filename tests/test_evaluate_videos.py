@@ -7,18 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from evpipe.tools.evaluate.cli import main
 from evpipe.tools.evaluate.videos import find_clips, read_clip, upsample_cases
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from evpipe.runtime.wire import Message, Trace
 from evpipe.tools.train_predictor import PairData, Trainer
 from evpipe.tools.training import log_mse
 from tests.conftest import evpipe, run_graph
+from tests.split_sequences import tiny_test_split_sequences
 
 BINS = 3
 SIZE = 32
@@ -401,22 +402,15 @@ def test_shipped_onnx_is_the_one_the_default_graph_runs_and_matches_torch(tmp_pa
 
 
 def _test_split_pairs() -> list[dict]:
-    """k = 1 prediction pairs at 128² (the tiny preset's size), rendered and simulated the way the tiny dataset
-    makes its sequences (tools/make_dataset.py: homography motion, per-sequence random contrast thresholds and
-    noise) from the two bundled photos of its test split, two sequences each, three pairs per sequence."""
-    from evpipe.tools.make_dataset import BuildConfig, render_image_sequence, synthesize
-
-    config, pairs = BuildConfig(size=128, aps_per_sequence=4), []
-    for name in ("coffee", "immunohistochemistry"):
-        photo = (getattr(skdata, name)() / 255.0).astype(np.float32)
-        for seed in range(2):
-            rng = np.random.default_rng(seed)
-            rendered = render_image_sequence(photo, config, rng)
-            events = synthesize(rendered, config, rng)[0]["events"]
-            aps, times = rendered.frames[rendered.aps_index], rendered.frames_t[rendered.aps_index]
-            pairs += [{"anchor": aps[i], "target": aps[i + 1], "t_anchor": int(times[i]), "t_target": int(times[i + 1]),
-                       "events": events.time_slice(int(times[i]) + 1, int(times[i + 1]) + 1)}
-                      for i in range(len(aps) - 1)]
+    """k = 1 prediction pairs of the tiny test split's photo sequences (:func:`tiny_test_split_sequences`), three
+    pairs per sequence."""
+    pairs = []
+    for rendered, arrays in tiny_test_split_sequences():
+        events = arrays["events"]
+        aps, times = rendered.frames[rendered.aps_index], rendered.frames_t[rendered.aps_index]
+        pairs += [{"anchor": aps[i], "target": aps[i + 1], "t_anchor": int(times[i]), "t_target": int(times[i + 1]),
+                   "events": events.time_slice(int(times[i]) + 1, int(times[i + 1]) + 1)}
+                  for i in range(len(aps) - 1)]
     return pairs
 
 

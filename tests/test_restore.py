@@ -14,13 +14,7 @@ from evpipe.nodes.restore.sampler import DDSConfig, cg_only, dds_restore, sample
 SHAPE = (9, 2, 16, 12)  # L, C, H, W: odd length, 2 channels, non-square
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: more torch threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _operators() -> dict[str, ops.LinearOperator]:

@@ -22,14 +22,7 @@ from evpipe.nodes.upsample.cascade import (
 )
 from evpipe.nodes.upsample.model import HiFI, HiFIConfig, load_checkpoint, save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded machine two threads made these tests ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int = 0) -> HiFI:

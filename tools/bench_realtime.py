@@ -50,6 +50,7 @@ from rich.console import Console
 
 from evpipe.nodes.predict.checkpoint import VARIANTS
 from evpipe.runtime.graph import build_graph
+from evpipe.runtime.report import describe_ms
 from evpipe.runtime.supervisor import Supervisor, free_tcp_port
 from evpipe.tools import command_line
 from evpipe.tools.dv_server import DvServer
@@ -170,8 +171,7 @@ def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_fr
     paths = report["latency"]["paths"]
     series = [ms for stats in paths.values() for ms in stats.get("series_ms", [])]
     outputs = sum(stats.get("count", 0) + stats.get("warmup_skipped", 0) for stats in paths.values())
-    e2e = {f"p{q}": float(np.percentile(series, q)) if series else None for q in (50, 99)}
-    e2e["max"] = max(series) if series else None
+    e2e = describe_ms(np.asarray(series) * 1e6)
     if model["type"] == "predictor":  # windows offered to and skipped by the busy predictor on its latest edge
         edge = next(e for e in report["edges"] if e.get("policy") == "latest")
         offered, skipped = edge["sent"], edge["dropped"]
@@ -179,7 +179,8 @@ def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_fr
         offered = sent["sent"]["frames"]
         skipped = offered - outputs
     lag = next(r["live"] for r in report["reports"]["events"] if "live" in r)["arrival_lag_ms"]
-    return {"graph": name, "paths": sorted(paths), "p50_ms": e2e["p50"], "p99_ms": e2e["p99"], "max_ms": e2e["max"],
+    return {"graph": name, "paths": sorted(paths), "p50_ms": e2e.get("p50"), "p99_ms": e2e.get("p99"),
+            "max_ms": e2e.get("max"),
             "compute_p50_ms": report["latency"]["nodes"].get("model", {}).get("compute", {}).get("p50"),
             "outputs": outputs, "outputs_s": outputs / sent["wall_s"],
             "offered": offered, "skipped": skipped,
@@ -312,8 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=["4step", "4step-coarse2", "4step-coarse4"],
                         choices=list(VARIANTS), help="predictor variants, one graph each (default: the full-resolution "
                         "4-step student and its real-time variants with the latent path at 1/2 and 1/4 resolution; "
-                        "none: no "
-                        "predictor graph)")
+                        "none: no predictor graph)")
     parser.add_argument("--deblur-checkpoints", nargs="*", default=["tiny", "tiny-rt"],
                         help="deblur checkpoints, one graph each (default: tiny's student and the compact tiny-rt; "
                         "none: no deblur graph)")

@@ -15,7 +15,7 @@ the events to the next frame) padded like the nodes pad them (``pad_to_multiple`
   base upsampled (bilinear) onto the full-resolution base, then the trained head at full resolution
   (the same weights, not retrained for this input);
 * the deblur students (threads 1 and 2): ``tiny``'s and the compact ``tiny-rt`` deployment student
-  (a 16-channel U-Net and 16-channel, 6-layer head in place of 64 channels and 32x8);
+  (a 16-channel U-Net, a 16-channel 5-layer head and the raw E in place of 64 channels, 32x8 and f(E));
 * the 4-step (full and coarse), 1-step and both deblur students at 640x480 and 1280x720 (the node docs'
   cost per frame).
 

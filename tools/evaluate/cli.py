@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset_name": dataset.meta["name"],
         "split": args.split,
         "k": args.k if args.task == "predict" else None,
-        "degradation": args.degradation if args.task == "restore" else None,
-        "clip_length": args.clip_length if args.task == "restore" else None,
-        "boundary": args.boundary if args.task == "restore" else None,
-        "noise": args.noise if args.task == "restore" else None,
-        "bits": args.bits if args.task == "restore" else None,
+        **_restore_settings(args, measurement),
         "exposure_intervals": args.exposure_intervals if args.task == "deblur" else None,
         "fit_samples": args.fit_samples,
         "max_samples": args.max_samples,
@@ -114,6 +110,17 @@ def _methods(args: argparse.Namespace) -> list:
     specs = [resolve_model(args.task, name) for name in args.model]
     methods = [resolve_model(args.task, name) for name in BASELINES[args.task]]
     return methods + [spec for spec in specs if spec.name not in BASELINES[args.task]]
+
+
+def _restore_settings(args: argparse.Namespace, measurement: Measurement) -> dict:
+    """The report's restore settings (degradations, clip length and how the clips were measured); None for
+    the other tasks."""
+    restore = args.task == "restore"
+    return {"degradation": args.degradation if restore else None,
+            "clip_length": args.clip_length if restore else None,
+            "boundary": measurement.boundary if restore else None,
+            "noise": measurement.noise if restore else None,
+            "bits": measurement.bits if restore else None}
 
 
 def _score(args: argparse.Namespace, methods: list, sources: list) -> list:
@@ -149,11 +156,7 @@ def _videos(args: argparse.Namespace, argv: list[str] | None, measurement: Measu
         "videos": str(args.videos),
         "width": args.width,
         "max_frames": args.max_frames,
-        "degradation": args.degradation if args.task == "restore" else None,
-        "clip_length": args.clip_length if args.task == "restore" else None,
-        "boundary": measurement.boundary if args.task == "restore" else None,
-        "noise": measurement.noise if args.task == "restore" else None,
-        "bits": measurement.bits if args.task == "restore" else None,
+        **_restore_settings(args, measurement),
         "max_samples": args.max_samples,
         "checkpoint": str(args.checkpoint or ""),
     }
