@@ -309,6 +309,21 @@ def test_edi_integral_large_input_matches_reference():
         np.testing.assert_allclose(result, reference, rtol=1e-5)
 
 
+def test_edi_integral_few_events_on_a_large_sensor_match_reference():
+    # A short exposure at the DAVIS346's size: the kernel numbers only the few pixels the events touch
+    # (two events share a pixel) and every other pixel is exactly 1.
+    t, x, y, p = random_events(300, 260, 346, span_us=500)
+    x[7], y[7] = x[3], y[3]
+    start = int(t[0])
+    for t_ref in (None, start, start + 250, start + 499):
+        result = edi_integral(t, x, y, p, 0.25, start, start + 500, 32, 260, 346, t_ref=t_ref)
+        reference = edi_reference(t, x, y, p, 0.25, start, start + 500, 32, 260, 346, t_ref=t_ref)
+        np.testing.assert_allclose(result, reference, rtol=1e-5)
+    untouched = np.ones((260, 346), bool)
+    untouched[y, x] = False
+    assert (result[untouched] == 1.0).all() and not (result[~untouched] == 1.0).all()
+
+
 def test_edi_integral_single_event_analytic():
     # One ON event at t=650 in the exposure [0, 1000), K=10 samples at 50, 150, ..., 950, tau=500:
     # samples 650..950 (4 of them; an event at a sample time counts for it) see exp(c), 6 see 1.

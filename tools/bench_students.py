@@ -62,7 +62,8 @@ from evpipe.tools.evaluate import DEFAULT_REAL_DATA, RealRecording, load_real_re
 SENSOR = (260, 346)  # DAVIS346, height x width
 LARGER_SENSORS = ((480, 640), (720, 1280))
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-LATENT_FACTORS = (2, 4)  # the coarse variants' pooling (Dessert.coarse); the full frame pads to 16 x factor
+# The coarse variants' pooling (Dessert.coarse); their frames pad to 4 x factor (Dessert.multiple).
+LATENT_FACTORS = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def quality(recordings: list[RealRecording], int8_path: Path, fp32_path: Path,
             modules[variant] = (FusedPredictor(model, steps).eval(), 16, 4)
         for factor in LATENT_FACTORS:
             model, steps = load_model(f"4step-coarse{factor}", "tiny", integration=(c, eps))
-            modules[coarse_name(factor)] = (FusedPredictor(model, steps).eval(), 16 * factor, 4 * factor)
+            modules[coarse_name(factor)] = (FusedPredictor(model, steps).eval(), 4 * factor, 4 * factor)
         scores: dict[str, list[float]] = {}
         for case in scored:
             anchor, target = case["anchor"], case["target"]
@@ -355,9 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Variant("1-step (no head), 1 thread", "predict", one, 1),
                 Variant("4-step + head, static int8", "predict", int8, 2),
                 Variant("4-step + head, static int8, 1 thread", "predict", int8, 1),
-                *[Variant(coarse_name(factor), "predict", path, 2, multiple=16 * factor, latent_down=4 * factor)
+                *[Variant(coarse_name(factor), "predict", path, 2, multiple=4 * factor, latent_down=4 * factor)
                   for factor, path in coarse.items()],
-                *[Variant(coarse_name(factor) + ", 1 thread", "predict", path, 1, multiple=16 * factor,
+                *[Variant(coarse_name(factor) + ", 1 thread", "predict", path, 1, multiple=4 * factor,
                           latent_down=4 * factor) for factor, path in coarse.items()],
                 Variant("deblur student", "deblur", deblur, 2),
                 Variant("deblur student, 1 thread", "deblur", deblur, 1),
@@ -372,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             big = [tiled(window, shape) for window in windows[:2]]
             larger = [Variant(f"4-step + head, {shape[1]}x{shape[0]}", "predict", four, 2),
                       *[Variant(f"4step-coarse{factor}, {shape[1]}x{shape[0]}", "predict", path, 2,
-                                multiple=16 * factor, latent_down=4 * factor) for factor, path in coarse.items()],
+                                multiple=4 * factor, latent_down=4 * factor) for factor, path in coarse.items()],
                       Variant(f"1-step (no head), {shape[1]}x{shape[0]}", "predict", one, 2),
                       Variant(f"deblur student, {shape[1]}x{shape[0]}", "deblur", deblur, 2),
                       Variant(f"deblur tiny-rt, {shape[1]}x{shape[0]}", "deblur", deblur_rt, 2)]

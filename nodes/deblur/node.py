@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from evpipe.kernels.edi import warm_up as warm_up_edi
+from evpipe.kernels.voxel import warm_up as warm_up_voxel_grid
 from evpipe.nodes.colour import gray_unit
 from evpipe.nodes.model_engines import (
     build_plans,
@@ -120,6 +122,9 @@ class Deblur(Node):
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
         if p.method == "diffevent" and p.frame_size:
             warm_up(self.deblurrer, p.frame_size)
+        # The event kernels load now, not at the first frame (0.2 s there, holding back the frames behind it).
+        warm_up_edi()
+        warm_up_voxel_grid()
 
         self.exposure_edi, self.exposure_voxel = exposure_edi, exposure_voxel
         self.c = p.edi_c or self.deblurrer.c

@@ -30,7 +30,7 @@ INPUT_NAMES = ("anchor", "voxel", "noise")
 OUTPUT_NAME = "prediction"
 SHIPPED = "onnx"  # folder of a checkpoint directory holding exports shipped with it
 # Bump when the exported graph changes for the same checkpoint (invalidates cached exports).
-_EXPORT_VERSION = "1"
+_EXPORT_VERSION = "2"
 
 
 def example_inputs(model: Dessert, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
