@@ -18,7 +18,7 @@ def test_levers_benchmark_times_every_lever(tmp_path):
     assert bench_students.main(argv) == 0
     result = json.loads(out.read_text())
     rows = result["timing"]
-    assert {"4-step + head (shipped default)", "4-step + head, static int8", "1-step (no head)",
+    assert {"4-step + head (full resolution)", "4-step + head, static int8", "1-step (no head)",
             "deblur student"} <= set(rows)
     assert any(name.startswith("4step-coarse4") for name in rows)
     for row in rows.values():

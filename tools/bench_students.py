@@ -293,8 +293,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['load']['end']} at the end (per round: {', '.join(map(str, result['load']['rounds']))}). "
         f"ONNX Runtime {result['onnxruntime']} on the CPU; {result['rounds']} rounds of {result['calls']} calls "
         "per variant, variants interleaved within each round. p50: median over rounds of each round's median "
-        "(spread: min-max over rounds); p99 and max over all calls. 346x260 frames are padded to 352x272 "
-        "(352x288 and 384x320 for the latent at 1/2 and 1/4 resolution).",
+        "(spread: min-max over rounds); p99 and max over all calls. 346x260 frames are padded to each network's "
+        "multiple: 352x272 (16: the 4-step and 1-step students, 4step-coarse4) or 352x264 (8: 4step-coarse2, the "
+        "deblur students); the coarse variants pad their pooled copy to the latent path's multiple inside the graph.",
         "",
         "| variant | size | threads | graph opt. | p50 ms (spread) | p99 ms | max ms | frames/s at p50 |",
         "|---|---|---:|---|---:|---:|---:|---:|",
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recordings = load_real_recordings(DEFAULT_REAL_DATA)
     int8 = int8_onnx(four, calibration_windows(recordings, 8))
     log("graphs ready; timing")
-    variants = [Variant("4-step + head (shipped default)", "predict", four, 2),
+    variants = [Variant("4-step + head (full resolution)", "predict", four, 2),
                 Variant("4-step + head, 1 thread", "predict", four, 1),
                 *[Variant(f"4-step + head, graph opt. {level}", "predict", four, 2, level)
                   for level in OPT_LEVELS if level != "all"],

@@ -47,10 +47,10 @@ class Deblur(Node):
 
     Any sensor size runs: frames are padded to the student's multiple (8) and cropped back. Cost per
     frame on this 2-core CPU (ONNX Runtime, 2 threads, isolated calls, ``tools/bench_students.py`` at load
-    2-4), checkpoint ``tiny-rt`` (the default) / ``tiny``: 346x260 12 / 57 ms, 640x480 40 / 195 ms,
-    1280x720 117 / 569 ms. Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, every frame on a
-    lossless edge, ``frame_size`` set): ``tiny-rt`` deblurs all 25 frames a second at end-to-end p50 27 ms;
-    ``tiny`` falls behind (p50 378 ms).
+    1.5-1.8), checkpoint ``tiny-rt`` (the default) / ``tiny``: 346x260 11 / 54 ms, 640x480 38 / 181 ms,
+    1280x720 118 / 570 ms. Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, every frame on a
+    lossless edge, ``frame_size`` set): ``tiny-rt`` deblurs all 25 frames a second at end-to-end p50
+    18 ms, p99 25 ms; ``tiny`` falls behind (p50 359 ms).
     """
 
     @classmethod

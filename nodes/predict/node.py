@@ -51,13 +51,13 @@ class Predictor(Node):
     waits (up to 16 of them) for it, and one whose anchor cannot come any more is counted as
     ``unanchored`` and skipped. Reports frames, predictions and unanchored.
 
-    Any sensor size runs: frames are padded to the variant's multiple (16; 32 and 64 for the coarse
-    variants) and the prediction cropped back. Cost per prediction on this 2-core CPU (ONNX Runtime, 2
-    threads, isolated calls, ``tools/bench_students.py`` at load 2-4): 346x260 (DAVIS346) 4step 71 ms,
-    4step-coarse4 17 ms; 640x480 4step 242 ms, 4step-coarse4 43 ms; 1280x720 4step 748 ms, 4step-coarse4
-    125 ms. Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, a DV network stream, set
-    ``frame_size`` so the engine warms up before it): 4step-coarse4 36 predictions/s at end-to-end p50 42 ms,
-    4step 9.5/s.
+    Any sensor size runs: frames are padded to the variant's multiple (16; 8 for 4step-coarse2) and the
+    prediction cropped back. Cost per prediction on this 2-core CPU (ONNX Runtime, 2 threads, isolated
+    calls, ``tools/bench_students.py`` at load 1.5-1.8): 346x260 (DAVIS346) 4step 67 ms, 4step-coarse4
+    14 ms; 640x480 4step 231 ms, 4step-coarse4 39 ms; 1280x720 4step 739 ms, 4step-coarse4 116 ms. Live
+    at 1x on the full DAVIS346 (``tools/bench_realtime.py``, a DV network stream, set ``frame_size`` so the
+    engine warms up before it): 4step-coarse4 42 predictions/s at end-to-end p50 35 ms, p99 53 ms; 4step
+    9/s.
     """
 
     @classmethod
