@@ -9,6 +9,7 @@ finish what it has; the graph then drains.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -190,6 +191,11 @@ class Worker:
             self.node.start()
         except NodeError as exc:
             return self._fatal(str(exc), started=False)
+        # What start() built (a model and its runtime) lives as long as the process; frozen, it is left out
+        # of the collector's full passes, each a stall of the stream (measured in the live deblur graph's
+        # nodes: generation-2 passes of 8-108 ms before, under 1.5 ms with this).
+        gc.collect()
+        gc.freeze()
         self.control.send({"type": "ready", "pid": os.getpid()})
         while not self.control.started.wait(0.05):
             if self.control.stop_requested.is_set():
