@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from evpipe.kernels.quality import Stopwatch, psnr
+from evpipe.nodes.upsample import DEFAULT_CHECKPOINT
 from evpipe.nodes.upsample.cascade import PAPER_SAMPLER, CascadeSettings, Upsampler
 from evpipe.tools import command_line
 
@@ -76,10 +77,10 @@ def bench_hifi(data: Path, width: int, runs: int) -> list[dict]:
         return np.moveaxis((0.5 * (moved[0] + moved[1])).numpy(), 0, -1)
 
     rows = [_hifi_row("aligned blend (reference)", aligned_blend, triplets, max(runs, 3))]
-    Upsampler("tiny", DEFAULT).middle(triplets[0][1], triplets[0][3])  # warm-up, untimed
+    Upsampler(DEFAULT_CHECKPOINT, DEFAULT).middle(triplets[0][1], triplets[0][3])  # warm-up, untimed
     for settings, name, n in ((DEFAULT, "default", runs), (PAPER_SAMPLER, "paper sampler", runs),
                               *((s, "", 1) for s in OTHERS)):
-        upsampler = Upsampler("tiny", settings)
+        upsampler = Upsampler(DEFAULT_CHECKPOINT, settings)
         row = _hifi_row(_label(settings), upsampler.middle, triplets, n)
         rows.append({**row, "role": name})
         print(f"hifi {row['setting']}: {row['median_s']:.1f} s median, {row['psnr_mean']:.2f} dB", flush=True)

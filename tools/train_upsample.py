@@ -16,6 +16,11 @@ does the base level. HiFI computes its estimates with the trained base model off
 plus noise is our cheaper stand-in. The diffusion data is the middle frame's residual from the blend
 of its two inputs (``HiFI.to_data``; ``residual_scale`` is measured on 32 training batches before
 the first step).
+With ``--real-clips`` the triplets come instead from the real video clips of the dataset's training split
+(its ``sources`` of kind ``clip``: the ``video_gallery`` training clips, ``video_cockatoo``,
+``video_bedroom``), read at ``--width`` px wide, as luma: the scale and texture the finer cascade levels
+meet on a user's video; ``--start-from`` fine-tunes a checkpoint (its residual scale kept).
+
 Loss: L1 on v (``evpipe.nodes.diffusion.diffusion_loss(norm="l1")``), Adam with linear warm-up and
 a cosine decay to a tenth of the rate, EMA weights saved (float16) every ``--save-every`` steps and at the end.
 """
@@ -34,9 +39,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 
 from evpipe.nodes import diffusion
+from evpipe.nodes.colour import gray_unit
 from evpipe.nodes.upsample.alignment import align_to_middle, motion_shift
-from evpipe.nodes.upsample.model import HiFI, HiFIConfig, save_checkpoint, to_model
+from evpipe.nodes.upsample.model import HiFI, HiFIConfig, load_checkpoint, save_checkpoint, to_model
 from evpipe.tools.dataset import EventDataset, default_dataset_path
+from evpipe.tools.evaluate.videos import read_clip
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,16 @@ PRESETS: dict[str, TrainPreset] = {
 def load_sequences(dataset: EventDataset) -> list[np.ndarray]:
     """Every sequence's APS frames, float32 (N, C, H, W) in [0, 1], held in memory for training."""
     return [seq.aps_frames(np.arange(seq.n_aps)).astype(np.float32) for seq in dataset.sequences]
+
+
+def real_clip_sequences(dataset: EventDataset, width: int, max_frames: int) -> list[np.ndarray]:
+    """The luma of the first ``max_frames`` frames of every real clip in the dataset's training split,
+    float32 (N, 1, H, W) in [0, 1], scaled to ``width`` px wide."""
+    clips = [Path(source["origin"]) for source in dataset.meta.get("sources", {}).values()
+             if source.get("kind") == "clip" and source.get("split") == "train"]
+    if not clips:
+        raise ValueError(f"{dataset.root}: the dataset's training split has no real clips")
+    return [np.stack([gray_unit(frame) for frame in read_clip(path, width, max_frames)])[:, None] for path in clips]
 
 
 class TripletSampler:
@@ -133,10 +150,12 @@ def residual_scale(model: HiFI, sampler: TripletSampler, batch: int, batches: in
 
 
 def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int = 0, save_every: int = 250,
-          max_minutes: float | None = None, progress: bool = True, source: str = "") -> dict[str, float]:
+          max_minutes: float | None = None, progress: bool = True, source: str = "",
+          start: HiFI | None = None) -> dict[str, float]:
     """Train on ``sequences`` (see :func:`load_sequences`; ``source`` names them in the checkpoint) and save
     ``out`` (EMA weights); returns {"iters", "minutes", "final_loss"} (loss: EMA of the batch
-    L1, smoothing 0.98). Stops early after ``max_minutes`` (still saving)."""
+    L1, smoothing 0.98). Stops early after ``max_minutes`` (still saving). ``start``: fine-tune these
+    weights (its config must be the preset's; its residual scale is kept)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -147,9 +166,13 @@ def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int
                          f"{preset.name!r}")
     sampler = TripletSampler(sequences, preset.spacings, config.patch, seed)
     model = HiFI(config)
-    # Its own sampler (seed + 1): the training batches stay the same draws as without this step.
-    model.residual_scale.fill_(residual_scale(model, TripletSampler(sequences, preset.spacings, config.patch, seed + 1),
-                                              preset.batch))
+    if start is not None:
+        if start.config != config:
+            raise ValueError(f"--start-from: its model {start.config} is not preset {preset.name!r}'s {config}")
+        model.load_state_dict(start.state_dict())
+    else:  # its own sampler (seed + 1): the training batches stay the same draws as without this step
+        model.residual_scale.fill_(residual_scale(model, TripletSampler(sequences, preset.spacings, config.patch,
+                                                                        seed + 1), preset.batch))
     ema = HiFI(config)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -204,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--real-clips", action="store_true",
+                        help="train on the real clips of the dataset's training split instead of its sequences")
+    parser.add_argument("--width", type=int, default=640, help="--real-clips: frames scaled to this width")
+    parser.add_argument("--max-frames", type=int, default=48, help="--real-clips: frames read per clip")
+    parser.add_argument("--start-from", help="fine-tune this checkpoint (a shipped name or a .pt file)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.iters is not None:
@@ -214,8 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         dataset = EventDataset(args.dataset, "train")
-        result = train(preset, load_sequences(dataset), args.out, args.seed, args.save_every, args.max_minutes,
-                       source=str(dataset.root))
+        sequences = (real_clip_sequences(dataset, args.width, args.max_frames) if args.real_clips
+                     else load_sequences(dataset))
+        start = load_checkpoint(args.start_from) if args.start_from else None
+        source = f"{dataset.root} ({'real clips at ' + str(args.width) + ' px' if args.real_clips else 'sequences'})"
+        result = train(preset, sequences, args.out, args.seed, args.save_every, args.max_minutes, source=source,
+                       start=start)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

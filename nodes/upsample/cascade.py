@@ -37,6 +37,7 @@ from torch import Tensor
 from evpipe.nodes import diffusion
 from evpipe.nodes.colour import rgb_to_ycbcr, unit_image, ycbcr_to_rgb
 from evpipe.nodes.model_engines import EngineChoice, NetworkEngines
+from evpipe.nodes.upsample import DEFAULT_CHECKPOINT
 from evpipe.nodes.upsample.alignment import align_to_middle, motion_shift
 from evpipe.nodes.upsample.export import INPUT_NAMES, OUTPUT_NAME, cached_denoiser_onnx
 from evpipe.nodes.upsample.model import HiFI, from_model, load_checkpoint, to_model
@@ -250,7 +251,7 @@ class Upsampler:
     graph per patch-batch shape on a GPU): the cascade calls the network with a different batch and
     size per level, and onnxruntime / tensorrt (the cached ONNX export) are used when asked for."""
 
-    def __init__(self, checkpoint: str | Path = "tiny", settings: CascadeSettings | None = None,
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, settings: CascadeSettings | None = None,
                  device: str = "cpu", backend: str = "torch", precision: str = "fp32") -> None:
         forms = ("torch",) if backend == "auto" else BACKENDS
         self.choice = EngineChoice(*select_engine(backend, device, precision, forms), precision)

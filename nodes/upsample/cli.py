@@ -3,8 +3,8 @@
 IN is a video file (anything PyAV/FFmpeg decodes) or a folder of images (PNG/JPEG/TIFF/BMP, taken
 in name order); OUT is a video file (``.mp4``, ``.mkv``, ``.avi``, ``.mov``; H.264 at ``factor`` × the
 input rate, 25 fps for an image folder unless ``--fps``) or a folder (written as
-``frame_000000.png`` ...). Colour in, colour out: the gray ``tiny`` checkpoint runs on the luma and
-the chroma is carried (see ``Upsampler``); a gray clip stays gray.
+``frame_000000.png`` ...). Colour in, colour out: the gray checkpoint (``tiny-real`` by default) runs on the
+luma and the chroma is carried (see ``Upsampler``); a gray clip stays gray.
 This module imports torch only when the command runs.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from evpipe.nodes.model_engines import add_engine_arguments, choose_engine
+from evpipe.nodes.upsample import DEFAULT_CHECKPOINT
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The upsampling settings (shared with ``evpipe batch upsample``)."""
     parser.add_argument("--factor", type=int, default=2, help="frame-rate multiplier: 2, 4, 8 or 16 (default 2)")
-    parser.add_argument("--checkpoint", default="tiny", help="shipped checkpoint name or a .pt file (default tiny)")
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help=f"shipped checkpoint name or a .pt file (default {DEFAULT_CHECKPOINT}; tiny: trained on "
+                        "synthetic data only)")
     parser.add_argument("--levels", type=int, help="cascade levels (default 3; 1 = no cascade)")
     parser.add_argument("--steps", type=int, help="DDIM steps per level (default 1; the paper's sampler: 8)")
     parser.add_argument("--samples", type=int,

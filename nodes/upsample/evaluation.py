@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from evpipe.nodes.upsample import DEFAULT_CHECKPOINT
+
 
 def factory(levels: int, patched: bool, steps: int = 8, samples: int = 4) -> Callable[[Any], Callable[..., np.ndarray]]:
     """A model factory (see ``evpipe.tools.evaluate``) for one cascade configuration."""
@@ -23,7 +25,7 @@ def factory(levels: int, patched: bool, steps: int = 8, samples: int = 4) -> Cal
         from evpipe.nodes.upsample.cascade import CascadeSettings, Upsampler
         from evpipe.nodes.upsample.model import load_checkpoint
 
-        checkpoint = context.checkpoint or "tiny"
+        checkpoint = context.checkpoint or DEFAULT_CHECKPOINT
         patch = load_checkpoint(checkpoint).config.patch if patched else None
         settings = CascadeSettings(levels=levels, steps=steps, samples=samples, patch=patch)
         upsampler = Upsampler(checkpoint, settings, context.device)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from evpipe.nodes.upsample import DEFAULT_CHECKPOINT
 from evpipe.nodes.upsample.model import HiFI, load_checkpoint, resolve_checkpoint
 from evpipe.runtime.engines.onnx_export import cached_export, export_cache_dir, export_onnx
 
@@ -41,12 +42,12 @@ def _export_name(checkpoint: str | Path) -> str:
     return f"{hashlib.sha256(_EXPORT_VERSION.encode() + data).hexdigest()[:16]}-hifi.onnx"
 
 
-def denoiser_onnx_path(checkpoint: str | Path = "tiny") -> Path:
+def denoiser_onnx_path(checkpoint: str | Path = DEFAULT_CHECKPOINT) -> Path:
     """Where :func:`cached_denoiser_onnx` keeps this export (whether or not it exists yet)."""
     return export_cache_dir("upsample") / _export_name(checkpoint)
 
 
-def cached_denoiser_onnx(checkpoint: str | Path = "tiny") -> Path:
+def cached_denoiser_onnx(checkpoint: str | Path = DEFAULT_CHECKPOINT) -> Path:
     """Path of HiFI's denoiser as an ONNX graph for a checkpoint; exported on first use."""
     return cached_export("upsample", _export_name(checkpoint),
                          lambda path: export_denoiser(load_checkpoint(checkpoint), path))

@@ -13,6 +13,7 @@ from evpipe.nodes.model_engines import (
     onnx_engine_summary,
     prepare_onnx,
 )
+from evpipe.nodes.upsample import DEFAULT_CHECKPOINT
 from evpipe.runtime.events import Frame
 from evpipe.runtime.node import Node, NodeError, Spec
 from evpipe.runtime.wire import Message
@@ -27,7 +28,7 @@ class Upsample(Node):
     ``factor - 1`` interpolated frames between it and the previous one (times evenly spaced, meta
     ``interpolated: true``), then the input frame itself, so the output is in time order. Frames come
     out float32 in [0, 1]: colour (H, W, 3) RGB when the stream's first frame has colour (the gray
-    ``tiny`` network runs on the luma and the chroma is carried, see ``Upsampler``), gray (H, W) when
+    network runs on the luma and the chroma is carried, see ``Upsampler``), gray (H, W) when
     it is gray. Offline: each frame pair costs seconds on a CPU. Reports frames in, frames interpolated.
     """
 
@@ -37,7 +38,9 @@ class Upsample(Node):
         spec.output("frames", "frame", "the input frames with the interpolated frames between them, float32, "
                     "colour kept")
         spec.param("factor", int, default=2, choices=FACTORS, doc="frame-rate multiplier (a power of two)")
-        spec.param("checkpoint", str, default="tiny", doc="shipped checkpoint name (tiny) or a .pt file")
+        spec.param("checkpoint", str, default=DEFAULT_CHECKPOINT,
+                   doc=f"shipped checkpoint name ({DEFAULT_CHECKPOINT}, the default, fine-tuned on real video; tiny, "
+                   "synthetic data only) or a .pt file")
         spec.param("levels", int, default=3, minimum=1, maximum=8, doc="cascade pyramid levels (1: no cascade)")
         spec.param("steps", int, default=1, minimum=1, doc="DDIM sampling steps per level (the paper's sampler: 8)")
         spec.param("samples", int, default=1, minimum=1,
