@@ -50,7 +50,7 @@ class Deblur(Node):
     1.5-1.8), checkpoint ``tiny-rt`` (the default) / ``tiny``: 346x260 11 / 54 ms, 640x480 38 / 181 ms,
     1280x720 118 / 570 ms. Live at 1x on the full DAVIS346 (``tools/bench_realtime.py``, every frame on a
     lossless edge, ``frame_size`` set): ``tiny-rt`` deblurs all 25 frames a second at end-to-end p50
-    18 ms, p99 25 ms; ``tiny`` falls behind (p50 359 ms).
+    18 ms, p99 25-55 ms (median of 3 runs, three sets); ``tiny`` falls behind (p50 344 ms).
     """
 
     @classmethod

@@ -56,8 +56,8 @@ class Predictor(Node):
     calls, ``tools/bench_students.py`` at load 1.5-1.8): 346x260 (DAVIS346) 4step 67 ms, 4step-coarse4
     14 ms; 640x480 4step 231 ms, 4step-coarse4 39 ms; 1280x720 4step 739 ms, 4step-coarse4 116 ms. Live
     at 1x on the full DAVIS346 (``tools/bench_realtime.py``, a DV network stream, set ``frame_size`` so the
-    engine warms up before it): 4step-coarse4 42 predictions/s at end-to-end p50 35 ms, p99 53 ms; 4step
-    9/s.
+    engine warms up before it): 4step-coarse4 46 predictions/s at end-to-end p50 31 ms, p99 51 ms; 4step
+    10/s.
     """
 
     @classmethod
