@@ -122,9 +122,11 @@ class Deblur(Node):
             raise NodeError(f"{self.name}: parameter 'checkpoint': {error}") from None
         if p.method == "diffevent" and p.frame_size:
             warm_up(self.deblurrer, p.frame_size)
-        # The event kernels load now, not at the first frame (0.2 s there, holding back the frames behind it).
+        # The event kernels load now, not at the first frame (0.2 s there, holding back the frames behind it);
+        # EDI alone never voxelizes.
         warm_up_edi()
-        warm_up_voxel_grid()
+        if p.method == "diffevent":
+            warm_up_voxel_grid()
 
         self.exposure_edi, self.exposure_voxel = exposure_edi, exposure_voxel
         self.c = p.edi_c or self.deblurrer.c

@@ -49,9 +49,10 @@ Network = Callable[..., Tensor]  # (z_t, t, frame0, frame1, estimate, available)
 @dataclass(frozen=True)
 class CascadeSettings:
     """Inference settings. The defaults (3 levels, 1 DDIM step, 1 sample) are the shipped setting, chosen by
-    measurement: on the 12 dropped frames of the three held-out `video_gallery` test clips at 640 px they
-    scored 36.52 dB colour PSNR against 36.21 for the paper's sampler (:data:`PAPER_SAMPLER`: 8 steps, mean
-    of 4 samples), above it on every clip, at 1/30 of its CPU time (benchmarks/upsample_videos_test_640.md).
+    measurement: on the 12 dropped frames of the three held-out `video_gallery` test clips at 640 px (with the
+    ``tiny`` checkpoint) they scored 36.52 dB colour PSNR against 36.21 for the paper's sampler
+    (:data:`PAPER_SAMPLER`: 8 steps, mean of 4 samples), above it on every clip, at 1/30 of its CPU time
+    (benchmarks/upsample_videos_test_640.md).
 
     ``patch``: patch side in pixels (None: whole levels, no patches); ``overlap``: fraction of the
     patch side shared by neighbouring patches (0.25: 25 patches of 32 cover 128², 49 at 0.5 — the CPU

@@ -5,7 +5,7 @@
 pyramid levels (patches of the training size, MultiDiffusion merging). All use the paper's sampler
 defaults (8 DDIM steps, mean of 4 samples, seeds 0..3); ``hifi`` is the shipped setting of ``evpipe upsample``
 and the node (3 levels, 1 step, 1 sample). ``--checkpoint`` selects a checkpoint file
-(default: the shipped ``tiny``).
+(default: the shipped default, ``DEFAULT_CHECKPOINT``).
 """
 
 from __future__ import annotations
