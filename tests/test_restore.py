@@ -113,6 +113,27 @@ def test_admm_tv_recovers_a_piecewise_constant_clip_better_than_the_measurement(
     assert float(torch.mean((restored - clip) ** 2)) < 0.5 * float(torch.mean((y - clip) ** 2))
 
 
+def test_admm_tv_fits_lambda_on_a_strided_pixel_subset_of_temporal_cases_only() -> None:
+    from evpipe.nodes.restore.evaluation import ADMM_FIT_PIXELS, _admm, _fit_subset
+
+    frames = np.random.default_rng(0).random((16, 360, 640, 3)).astype(np.float32)
+    case = {"degraded": frames, "target": frames, "psf": temporal_psf("uniform7"), "spatial": None,
+            "boundary": "circular"}
+    subset = _fit_subset(case)
+    assert subset["degraded"].shape == (16, 90, 160, 3) and 90 * 160 <= ADMM_FIT_PIXELS
+    np.testing.assert_array_equal(subset["target"], frames[:, ::4, ::4])
+    small = {**case, "degraded": frames[:, :90, :160], "target": frames[:, :90, :160]}
+    assert _fit_subset(small) is small
+    spatial = {**case, "spatial": {"kind": "blur", "seed": 0}}
+    assert _fit_subset(spatial) is spatial  # a spatial degradation couples neighbours: never subsampled
+    # Separable per pixel: ADMM on the subset solves the same problem as on the whole clip, restricted to it
+    # (up to CG's shared step sizes).
+    clip = frames[:, :24, :24, 0]
+    whole = _admm(clip, case["psf"], None, "circular", 1e-3)
+    strided = _admm(clip[:, ::3, ::3], case["psf"], None, "circular", 1e-3)
+    np.testing.assert_allclose(strided.numpy(), whole.numpy()[:, :, ::3, ::3], atol=2e-3)
+
+
 def test_cg_only_reduces_the_data_residual() -> None:
     generator = torch.Generator().manual_seed(1)
     clip = torch.rand(16, 1, 8, 8, generator=generator)

@@ -24,7 +24,8 @@ clock) p50/p99 per run.
 
 Every graph runs ``--repeats`` times, the graphs interleaved within each repeat so that they see the same
 machine load. Per run: end-to-end latency p50/p99/max (the runtime's tracing: from the newest input
-available to the output delivered at the metrics node), outputs per second of streamed time, windows (or
+available to the output delivered at the metrics node; also per traced path, i.e. by which input was
+newest, in the JSON's ``paths``), outputs per second of streamed time, windows (or
 frames not deblurred), and per process (each node's worker and the DV server) its CPU
 share (CPU seconds / wall seconds; 1.0 = one core) and peak RSS (``VmHWM``), sampled from /proc every
 0.25 s. The load average is recorded at the start and the end of every run. Reported per graph: the
@@ -180,7 +181,9 @@ def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_fr
         skipped = offered - outputs
     lag = next(r["live"] for r in report["reports"]["events"] if "live" in r)["arrival_lag_ms"]
     compute = report["latency"]["nodes"].get("model", {}).get("compute", {})
-    return {"graph": name, "paths": sorted(paths), "p50_ms": e2e.get("p50"), "p99_ms": e2e.get("p99"),
+    path_stats = {path: {"count": stats.get("count", 0), **{f"{q}_ms": stats.get(q) for q in ("p50", "p99", "max")}}
+                  for path, stats in sorted(paths.items())}
+    return {"graph": name, "paths": path_stats, "p50_ms": e2e.get("p50"), "p99_ms": e2e.get("p99"),
             "max_ms": e2e.get("max"),
             **{f"compute_{q}_ms": compute.get(q) for q in ("p50", "p99", "max")},
             "outputs": outputs, "outputs_s": outputs / sent["wall_s"],
