@@ -4,8 +4,8 @@
 
 Data: ``InterpolationView`` triplets of the dataset's training split at APS spacings
 ``preset.spacings`` (the middle frame is the target), the two outer frames moved halfway along their
-global translation where it explains them, as the cascade moves them (``alignment.motion_shift``). Each sample is a
-random crop of side uniform in [patch, min(H, W)] resized (area) to ``patch`` × ``patch`` — HiFI's
+global translation where it explains them, as the cascade moves them (``alignment.motion_shift``). Each sample is
+a random crop of side uniform in [patch, min(H, W)] (or ``--max-crop``) resized (area) to ``patch`` × ``patch`` — HiFI's
 multi-resolution crop, so the model sees both native-resolution patches (what the finer cascade
 levels feed it) and whole downscaled frames (what the coarsest level feeds it) — with horizontal,
 vertical and temporal flips (each p = 0.5). The low-resolution estimate is the target downsampled ×2
@@ -58,6 +58,8 @@ class TrainPreset:
     estimate_noise: float = 0.05  # in [0, 1] image units
     warmup: int = 100
     ema_decay: float = 0.995
+    # Largest crop side (px) before the resize to the patch; None: the frame's shorter side.
+    max_crop: int | None = None
 
 
 PRESETS: dict[str, TrainPreset] = {
@@ -88,13 +90,14 @@ def real_clip_sequences(dataset: EventDataset, width: int, max_frames: int) -> l
 class TripletSampler:
     """Random augmented training batches from sequences of frames (each float32 (N, C, H, W) in [0, 1])."""
 
-    def __init__(self, sequences: list[np.ndarray], spacings: tuple[int, ...], patch: int, seed: int) -> None:
+    def __init__(self, sequences: list[np.ndarray], spacings: tuple[int, ...], patch: int, seed: int,
+                 max_crop: int | None = None) -> None:
         self.frames = sequences
         self.triplets = np.array([(s, a, d) for s, frames in enumerate(self.frames) for d in spacings
                                   for a in range(len(frames) - 2 * d)], dtype=np.int64)
         if len(self.triplets) == 0:
             raise ValueError(f"no training triplets at spacings {spacings} (sequences too short or none)")
-        self.patch = patch
+        self.patch, self.max_crop = patch, max_crop
         self.rng = np.random.default_rng(seed)
         self.shifts: dict[tuple[int, int, int], tuple[float, float]] = {}
 
@@ -115,7 +118,7 @@ class TripletSampler:
         for s, a, d in self.triplets[self.rng.integers(0, len(self.triplets), size)]:
             triplet = self.aligned(s, a, d)  # (3, C, H, W)
             height, width = triplet.shape[-2:]
-            side = int(self.rng.integers(self.patch, min(height, width) + 1))
+            side = int(self.rng.integers(self.patch, min(height, width, self.max_crop or height) + 1))
             y, x = int(self.rng.integers(0, height - side + 1)), int(self.rng.integers(0, width - side + 1))
             crop = triplet[..., y:y + side, x:x + side]
             if side != self.patch:
@@ -164,7 +167,7 @@ def train(preset: TrainPreset, sequences: list[np.ndarray], out: Path, seed: int
     if any(frames.shape[1] != config.channels for frames in sequences):
         raise ValueError(f"{source or 'training data'}: frames must have {config.channels} channel(s) for preset "
                          f"{preset.name!r}")
-    sampler = TripletSampler(sequences, preset.spacings, config.patch, seed)
+    sampler = TripletSampler(sequences, preset.spacings, config.patch, seed, preset.max_crop)
     model = HiFI(config)
     if start is not None:
         if start.config != config:
@@ -232,12 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=640, help="--real-clips: frames scaled to this width")
     parser.add_argument("--max-frames", type=int, default=48, help="--real-clips: frames read per clip")
     parser.add_argument("--start-from", help="fine-tune this checkpoint (a shipped name or a .pt file)")
+    parser.add_argument("--max-crop", type=int,
+                        help="largest crop side in px before the resize to the patch (default: the frame's shorter "
+                             "side); 4 x the patch matches the scales a 3-level cascade feeds the network")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.iters is not None:
         if args.iters < 1:
             parser.error(f"--iters must be >= 1, got {args.iters}")
         preset = TrainPreset(**{**preset.__dict__, "iters": args.iters})
+    if args.max_crop is not None:
+        if args.max_crop < preset.model.patch:
+            parser.error(f"--max-crop must be >= the patch ({preset.model.patch}), got {args.max_crop}")
+        preset = TrainPreset(**{**preset.__dict__, "max_crop": args.max_crop})
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -3,7 +3,7 @@
 IN is a video file (anything PyAV/FFmpeg decodes) or a folder of images (PNG/JPEG/TIFF/BMP, taken
 in name order); OUT is a video file (``.mp4``, ``.mkv``, ``.avi``, ``.mov``; H.264 at ``factor`` × the
 input rate, 25 fps for an image folder unless ``--fps``) or a folder (written as
-``frame_000000.png`` ...). Colour in, colour out: the gray checkpoint (``tiny-real`` by default) runs on the
+``frame_000000.png`` ...). Colour in, colour out: the gray checkpoint (``tiny-real-scales`` by default) runs on the
 luma and the chroma is carried (see ``Upsampler``); a gray clip stays gray.
 This module imports torch only when the command runs.
 """
