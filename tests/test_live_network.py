@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import dv_processing as dv
 import numpy as np
@@ -89,7 +90,13 @@ def test_conversions_round_trip_events_frames_and_imu():
 
 def test_tcp_source_receives_every_event_of_a_real_recording():
     port = free_port()
-    server = DvServer(davis_recording(), "--events", f"tcp://127.0.0.1:{port}", "--wait-clients", "--speed", "4")
+    server = DvServer(davis_recording(), "--events", f"tcp://127.0.0.1:{port}", "--wait-clients", "--speed", "4",
+                      "--cpus", "0")
+    # --cpus pins the whole server, its writers' threads included (bench_realtime keeps its spinning on one core).
+    tasks = Path(f"/proc/{server.proc.pid}/task")
+    allowed = {line.split(":")[1].strip() for task in tasks.iterdir()
+               for line in (task / "status").read_text().splitlines() if line.startswith("Cpus_allowed_list")}
+    assert allowed == {"0"} and len(list(tasks.iterdir())) > 1
     out, live = run_source({"address": f"tcp://127.0.0.1:{port}"})
     sent = server.summary()["sent"]
     assert sent["events"] == 59_684  # the whole recording

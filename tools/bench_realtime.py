@@ -18,7 +18,11 @@ The model nodes get ``frame_size`` (346x260), so their engines open and run once
 
 The DV server runs with ``--idle-io`` unless ``--server-io normal``: dv-processing's writers busy-poll on
 a thread each (about a core apiece, see ``evpipe.tools.dv_server``), which a camera's stream does not
-cost; under SCHED_IDLE they spin on idle CPU only. Whether the stream still arrives on time is measured: the
+cost; under SCHED_IDLE they spin on idle CPU only. ``--server-cpus last`` pins the whole server to one CPU,
+so that its spinning keeps one core busy, not both: measured on this 2-core machine, that shortened the live
+deblur graph's latency tail and lengthened the predictor's (benchmarks/RESULTS.md, issue #26), so the default
+leaves it unpinned. Neither is what a camera on USB costs; the camera path itself is not measured here (no
+camera is attached). Whether the stream still arrives on time is measured: the
 events source's arrival lag (wall clock at receipt minus the packet's newest timestamp, both on the Unix
 clock) p50/p99 per run.
 
@@ -146,14 +150,14 @@ class ProcessSampler:
         return shares
 
 
-def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_frame: int, idle_io: bool
-             ) -> dict[str, Any]:
+def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_frame: int, idle_io: bool,
+             server_cpus: str | None) -> dict[str, Any]:
     """Serve ``duration_s`` of the recording at 1x into one graph; what it measured (see the module doc)."""
     events_port, frames_port = free_tcp_port("127.0.0.1"), free_tcp_port("127.0.0.1")
     load_start = os.getloadavg()[0]
     server = DvServer(RECORDING, "--events", f"tcp://127.0.0.1:{events_port}", "--frames",
                       f"tcp://127.0.0.1:{frames_port}", "--wait-clients", "--duration-s", str(duration_s),
-                      *(["--idle-io"] if idle_io else []))
+                      *(["--idle-io"] if idle_io else []), *(["--cpus", server_cpus] if server_cpus else []))
     sampler = ProcessSampler(server.proc.pid)
     try:
         doc = graph_doc(name, events_port, frames_port, model, windows_per_frame)
@@ -180,6 +184,10 @@ def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_fr
         offered = sent["sent"]["frames"]
         skipped = offered - outputs
     lag = next(r["live"] for r in report["reports"]["events"] if "live" in r)["arrival_lag_ms"]
+    # Where a frame served but not deblurred went: what the frames source received, what the model counted.
+    frames_received = sum(r["live"]["received"].get("frames", 0) for r in report["reports"]["frames"] if "live" in r)
+    model_counts = {key: value for r in report["reports"].get("model", []) for key, value in r.items()
+                    if isinstance(value, int)}
     compute = report["latency"]["nodes"].get("model", {}).get("compute", {})
     path_stats = {path: {"count": stats.get("count", 0), **{f"{q}_ms": stats.get(q) for q in ("p50", "p99", "max")}}
                   for path, stats in sorted(paths.items())}
@@ -190,7 +198,8 @@ def live_run(name: str, model: dict[str, Any], duration_s: float, windows_per_fr
             "offered": offered, "skipped": skipped,
             "dropped_on_edges": sum(e.get("dropped", 0) for e in report["edges"]),
             "arrival_lag_p50_ms": lag.get("p50"), "arrival_lag_p99_ms": lag.get("p99"),
-            "sent": sent["sent"], "served_wall_s": sent["wall_s"],
+            "sent": sent["sent"], "served_wall_s": sent["wall_s"], "frames_received": frames_received,
+            "model_counts": model_counts,
             "server_io_threads_sched_idle": sent["io_threads_sched_idle"], "processes": processes,
             "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2),
             "series_ms": series}
@@ -229,7 +238,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Written {result['date']} by `{result['command']}` ({result['wall_s']:.0f} s). Machine: "
         f"{result['machine']['cpus']} CPUs, shared with other jobs; load average per run at start -> end: "
         + ", ".join(f"{r['load_start']}->{r['load_end']}" for r in result["runs"]) + ". "
-        f"A DV server (dv-processing `NetworkWriter`, a separate process) streams "
+        "A DV server (dv-processing `NetworkWriter`, a separate process"
+        + (f", pinned to CPU {result['server_cpus']}" if result["server_cpus"] != "any" else "") + ") streams "
         f"`{Path(result['recording']).name}` at 1x real time, looped for {result['duration_s']:g} s, on two TCP "
         f"streams ({server_threads}); "
         f"{result['repeats']} repeats, graphs interleaved within each. Cells: median over repeats "
@@ -324,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "none: no deblur graph)")
     parser.add_argument("--server-io", choices=("idle", "normal"), default="idle",
                         help="priority of the DV server's busy-polling I/O threads (default idle: SCHED_IDLE)")
+    parser.add_argument("--server-cpus", default="any",
+                        help="CPUs the DV server may run on: any (default: no pinning), last (the highest-numbered "
+                        "usable CPU), or a list such as 0,1")
     parser.add_argument("--windows-per-frame", type=int, default=2,
                         help="voxelizer windows per APS interval offered to the predictor (default 2)")
     parser.add_argument("--threads", type=int, default=0,
@@ -336,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("nothing to run: give --variants or --deblur-checkpoints")
     if not RECORDING.is_file():
         parser.error(f"the DAVIS346 recording is missing: {RECORDING}")
+    server_cpus = {"last": str(max(os.sched_getaffinity(0))), "any": None}.get(args.server_cpus, args.server_cpus)
     # frame_size: the engines open and warm up before the stream starts, as a user with a known camera sets it.
     common = {"frame_size": SENSOR, "threads": args.threads}
     graphs = {f"predictor {variant}": {"type": "predictor", "params": {"variant": variant, **common}}
@@ -349,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, model in graphs.items():
             print(f"[bench_realtime {time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats}: {name}",
                   flush=True)
-            runs.append(live_run(name, model, args.duration, args.windows_per_frame, args.server_io == "idle"))
+            runs.append(live_run(name, model, args.duration, args.windows_per_frame, args.server_io == "idle",
+                                 server_cpus))
             print(f"  e2e p50 {runs[-1]['p50_ms']} ms, {runs[-1]['outputs_s']:.1f} outputs/s, skipped "
                   f"{runs[-1]['skipped']}/{runs[-1]['offered']}", flush=True)
     result = {
@@ -358,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "recording": str(RECORDING), "duration_s": args.duration, "repeats": args.repeats,
         "windows_per_frame": args.windows_per_frame, "server_idle_io": args.server_io == "idle",
+        "server_cpus": server_cpus or "any",
         "threads": args.threads,
         "graphs": {name: summarise([r for r in runs if r["graph"] == name]) for name in graphs},
         "runs": runs, "wall_s": time.time() - started,

@@ -18,7 +18,9 @@ two writers of a 1x DAVIS346 stream took 1.96 cores of an idle 2-core machine, t
 CPU that a camera's stream does not need and that would otherwise be taken from the graph under test.
 Under ``SCHED_IDLE`` those threads run only on CPU nothing else wants and yield as soon as another thread
 wakes; the pacing thread keeps its priority, and the clients' arrival lag (``dv_network_source``'s
-report) shows whether packets still leave on time.
+report) shows whether packets still leave on time. ``--cpus`` confines the whole server to some CPUs:
+with its spinning threads on one core of two, the other core idles whenever the graph leaves it idle
+(``tools/bench_realtime.py`` measured what that does to a live graph's latency tail).
 
 Prints ``ready`` once every writer listens; writes a JSON summary (what was sent, with an
 order-independent checksum of the events) and exits (with ``--hold``, once stdin closes) with
@@ -146,10 +148,18 @@ def main() -> int:
     parser.add_argument("--summary", help="write what was sent here (JSON)")
     parser.add_argument("--idle-io", action="store_true",
                         help="run the writers' busy-polling I/O threads under SCHED_IDLE (see the module docstring)")
+    parser.add_argument("--cpus", help="run the whole server on these CPUs only, e.g. 1 or 0,1 (Linux; default: "
+                        "wherever the scheduler puts it)")
     parser.add_argument("--hold", action="store_true",
                         help="after the stream, print the summary and stay connected until stdin closes: "
                              "dv-processing discards what a reader has not yet taken when its server goes away")
     args = parser.parse_args()
+    if args.cpus:
+        try:
+            cpus = {int(cpu) for cpu in args.cpus.split(",")}
+            os.sched_setaffinity(0, cpus)  # before any writer exists: its threads inherit the mask
+        except (ValueError, OSError) as error:
+            parser.error(f"--cpus {args.cpus!r}: {error}")
 
     items, t0, span, size, camera = load(args.recording, args.packet_us)
     streams = {"events": dv.io.Stream.EventStream(0, "events", camera, size),
