@@ -184,12 +184,12 @@ def test_an_interrupted_batch_resumes_without_redoing_finished_inputs(cluster, r
     try:
         wait_for(lambda: any(e["status"] == "done" for e in manifest(out).values()), 180, "a finished input")
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr[-3000:]
     finished = {stem for stem, e in manifest(out).items() if e["status"] == "done"}
     assert 1 <= len(finished) < 4
     report = json.loads((out / "batch_report.json").read_text())

@@ -189,9 +189,14 @@ def run_graphs(ray: Any, batch: Batch, config: Path, bar: Any) -> None:
         bar.update(1)
 
     def stop() -> None:
-        for ref, stem in scheduler.in_flight.items():
-            ray.cancel(ref, force=True)
-            batch.rows[stem]["status"] = "interrupted"
+        refs = list(scheduler.in_flight)
+        finished = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        for ref in refs:
+            # Force-cancelling a task whose result is already back can crash the driver inside Ray (its task
+            # manager's "Tried to complete task that was not pending" check, seen here on Ctrl-C).
+            if ref not in finished:
+                ray.cancel(ref, force=True)
+            batch.rows[scheduler.in_flight[ref]]["status"] = "interrupted"
 
     batch.stop = stop
     scheduler.run(submit, done, failed, capacity=lambda: len(todo))
@@ -428,6 +433,12 @@ def _run(ray: Any, batch: Batch, target: str, config: Path | None) -> int:
         else:
             run_graphs(ray, batch, config, bar)
     except KeyboardInterrupt:
+        interrupted = True
+        batch.stop()
+    except Exception:
+        if not batch.interrupted.is_set():
+            raise
+        # Ctrl-C raised inside a Ray call can come back as another error (a task or actor error): still Ctrl-C.
         interrupted = True
         batch.stop()
     finally:
