@@ -31,7 +31,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -243,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters is not None:
         if args.iters < 1:
             parser.error(f"--iters must be >= 1, got {args.iters}")
-        preset = TrainPreset(**{**preset.__dict__, "iters": args.iters})
+        preset = replace(preset, iters=args.iters)
     if args.max_crop is not None:
         if args.max_crop < preset.model.patch:
             parser.error(f"--max-crop must be >= the patch ({preset.model.patch}), got {args.max_crop}")
-        preset = TrainPreset(**{**preset.__dict__, "max_crop": args.max_crop})
+        preset = replace(preset, max_crop=args.max_crop)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -153,9 +153,8 @@ def _fit_subset(case: dict[str, Any]) -> dict[str, Any]:
 
 def _admm_tv(context: Any) -> Callable[..., np.ndarray]:
     cases = context.fit_samples()
-    picks = [cases[int(i)] for i in np.linspace(0, len(cases) - 1, min(ADMM_FIT_CLIPS, len(cases))).round()]
-
-    picks = [_fit_subset(case) for case in picks]
+    picks = [_fit_subset(cases[int(i)])
+             for i in np.linspace(0, len(cases) - 1, min(ADMM_FIT_CLIPS, len(cases))).round()]
 
     def fit_mse(lam: float) -> float:
         errors = []
