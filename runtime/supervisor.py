@@ -38,6 +38,11 @@ READY_TIMEOUT_S = 120.0
 DRAIN_GRACE_S = 15.0
 STATUS_INTERVAL_S = 5.0  # console status line
 SNAPSHOT_INTERVAL_S = 0.5  # status.json for dashboards
+# OpenMP's idle workers (Numba's parallel kernels, torch on the CPU) busy-wait a few ms after every parallel
+# region by default, on cores the graph's other processes need: measured in the live DAVIS346 deblur graph, the
+# spinning took ~0.2 of a core and stretched the model's latency tail (benchmarks/RESULTS.md, issue #26). Workers
+# wait passively unless the user's environment says otherwise.
+WORKER_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @dataclass
@@ -181,7 +186,7 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "evpipe.runtime.worker", "--node", np_.config.name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", RUN_DIR_ENV: self.run_dir},
+            env={**WORKER_ENV_DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1", RUN_DIR_ENV: self.run_dir},
         )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(self._spec(np_)).encode())

@@ -84,6 +84,9 @@ def _run_and_kill(tmp_path: Path, text: str, victim: str) -> tuple[subprocess.Co
         time.sleep(0.1)
     time.sleep(1.0)  # mid-stream
     (pid,) = _pids_of(victim, run.pid)
+    # OpenMP waits passively in workers unless the user's environment chose otherwise (runtime/supervisor.py)
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if item)
+    assert environ[b"OMP_WAIT_POLICY"].decode() == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     os.kill(pid, signal.SIGKILL)
     _, err = run.communicate(timeout=90)
     assert run.returncode == 0, err
