@@ -238,12 +238,7 @@ def test_restore_batch_on_local_ray_splits_videos_into_windows_and_equals_the_se
     assert_restore_batch_equals_serial(clips, tmp_path / "out", "--num-cpus", "2")
 
 
-# Known bug, cause not found: on this two-node test cluster the batch output differed from the serial command in
-# 3 of about 17 runs on 2026-12-07 (every clip, mean 1.4 grey levels, up to 45; within a run some windows right,
-# others wrong), while 6 of 6 runs on a local Ray instance and every serial run matched byte for byte.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="intermittent: batch restore across two Ray nodes sometimes differs from "
-                   "serial (see the comment above); tracked in the closing note of 2026-12-07")
 def test_restore_batch_across_two_nodes_equals_the_serial_command(cluster, clips, tmp_path):
     assert_restore_batch_equals_serial(clips, tmp_path / "out", "--address", cluster.address, env=cluster.env)
 

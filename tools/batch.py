@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -330,11 +332,13 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
                 staging.mkdir(parents=True)
             ordered = [video.results[i] for i in range(len(video.units))]
             if target == "restore":
-                report = batch_jobs.write_restored(video.data["video"], iter(ordered), model_params["overlap"],
-                                                   video.data["times"], model_params["degradation"])
+                report = writer.submit(batch_jobs.write_restored, video.data["video"], ordered,
+                                       model_params["overlap"], video.data["times"],
+                                       model_params["degradation"]).result()
             else:
                 output = staging / f"{video.stem}_x{args.factor}.mp4"
-                count = batch_jobs.write_upsampled(output, video.data["fps"], video.data["frames"], ordered)
+                count = writer.submit(batch_jobs.write_upsampled, output, video.data["fps"], video.data["frames"],
+                                      ordered).result()
                 report = {"path": str(output), "frames": count, "fps": video.data["fps"]}
             fields = batch_jobs.publish(staging, out / video.stem, {"units": len(video.units), "sink": report})
         except Exception as error:  # writing failed (disk, codec): this video fails, the others go on
@@ -351,7 +355,14 @@ def run_models(ray: Any, batch: Batch, target: str, bar: Any) -> None:
             batch.rows[stem]["status"] = "interrupted"
 
     batch.stop = stop
-    scheduler.run(submit, done, failed, capacity=lambda: len(actors), refill=refill, settle=settle)
+    # Videos are encoded in a separate process: in this Ray driver x264 now and then wrote different bytes
+    # from the very same frames (8 of 109 runs of a 4-clip batch; 0 of 70 written by a separate process;
+    # benchmarks/RESULTS.md, batch jobs), so the batch would not equal the serial command.
+    writer = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        scheduler.run(submit, done, failed, capacity=lambda: len(actors), refill=refill, settle=settle)
+    finally:
+        writer.shutdown(cancel_futures=True)
 
 
 # -- the command ----------------------------------------------------------------------------------------

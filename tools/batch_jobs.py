@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +112,13 @@ def read_clip(clip_params: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
     return np.stack(images), times
 
 
-def write_restored(video_params: dict[str, Any], windows: Iterator[np.ndarray], overlap: int, times: list[int],
+def write_restored(video_params: dict[str, Any], windows: list[np.ndarray], overlap: int, times: list[int],
                    degradation: str) -> dict[str, Any]:
     """Join restored windows (in order) as the node does and write them with the ``video`` sink's own code,
     so the file is the one ``evpipe restore`` writes from the same frames. Returns the sink's report."""
     from evpipe.nodes.restore.windows import WindowStitcher, restored_message
     from evpipe.nodes.sinks.video import VideoWriter
 
-    windows = list(windows)
     sink = VideoWriter("video", video_params)
     reports: list[dict[str, Any]] = []
     sink.attach_reporter(reports.append)

@@ -89,7 +89,7 @@ def inprocess_restore(clips: list[Path], out: Path) -> float:
         frames, times = read_clip(graph.nodes["clip"].params)
         windows = [model.restore(frames[a:b]) for a, b in window_spans(len(frames), params["window"],
                                                                           params["overlap"])]
-        write_restored(graph.nodes["video"].params, iter(windows), params["overlap"], times, params["degradation"])
+        write_restored(graph.nodes["video"].params, windows, params["overlap"], times, params["degradation"])
     return time.perf_counter() - started
 
 
