@@ -48,10 +48,14 @@ def worker_pid(run: subprocess.Popen, node: str, timeout: float = 60) -> int:
     raise AssertionError(f"no worker for node {node!r}")
 
 
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment a running process was started with."""
+    return dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+
+
 def run_dir(pid: int) -> str:
     """The run directory (live status.json) of the graph a worker belongs to, from its environment."""
-    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-    return environ[RUN_DIR_ENV]
+    return process_environ(pid)[RUN_DIR_ENV]
 
 
 def processed(folder: str, node: str) -> int:

@@ -22,7 +22,7 @@ from evpipe.runtime.events import Events
 from evpipe.runtime.graph import ConfigError, load_graph
 from evpipe.runtime.wire import Message, encode
 from tests.conftest import TESTS, evpipe, run_graph, start_evpipe
-from tests.live_support import record
+from tests.live_support import process_environ, record
 
 THREE_NODES = """\
 name: three
@@ -85,8 +85,7 @@ def _run_and_kill(tmp_path: Path, text: str, victim: str) -> tuple[subprocess.Co
     time.sleep(1.0)  # mid-stream
     (pid,) = _pids_of(victim, run.pid)
     # OpenMP waits passively in workers unless the user's environment chose otherwise (runtime/supervisor.py)
-    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if item)
-    assert environ[b"OMP_WAIT_POLICY"].decode() == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert process_environ(pid)["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     os.kill(pid, signal.SIGKILL)
     _, err = run.communicate(timeout=90)
     assert run.returncode == 0, err
